@@ -1,0 +1,287 @@
+"""Input checking and the paired source/target ``tf.data`` pipeline.
+
+Everything here runs before a training graph is traced, so bad input is reported
+as a ``ValueError``/``TypeError`` that names the argument, never as a graph error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+# Marker put in in-pipeline assertion messages so `fit` can recognise and re-raise them.
+PIPELINE_ERROR_MARKER = "domadapt-input-error:"
+
+
+@dataclass
+class Stream:
+    """One input stream, unbatched, before shuffling and pairing.
+
+    ``images``/``labels`` hold numpy arrays for array input; ``dataset`` holds an
+    unbatched dataset of ``images`` or ``(images, labels)`` otherwise.
+    """
+
+    argument: str
+    labeled: bool
+    size: int | None
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    dataset: tf.data.Dataset | None = None
+    user_batch_size: int | None = None
+    user_num_batches: int | None = None
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a numpy array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, tf.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype.name}"
+    if isinstance(value, tf.data.Dataset):
+        return f"a tf.data.Dataset with element_spec {value.element_spec}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def _to_numpy(value, argument: str) -> np.ndarray:
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        value = value.numpy()
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        value = np.asarray(value.numpy())
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # ragged lists and the like
+        raise TypeError(f"Argument `{argument}`: could not be read as an array ({error}).") from None
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+    ):
+        raise TypeError(
+            f"Argument `{argument}`: expected a numeric array; received {_describe(array)}."
+        )
+    return array
+
+
+def _shape_matches(actual, expected) -> bool:
+    if len(actual) != len(expected):
+        return False
+    return all(e is None or a is None or int(a) == int(e) for a, e in zip(actual, expected))
+
+
+def _check_images(images: np.ndarray, argument: str, image_shape: tuple) -> None:
+    expected = "(num_images, " + ", ".join("?" if d is None else str(d) for d in image_shape) + ")"
+    if images.ndim != len(image_shape) + 1 or not _shape_matches(images.shape[1:], image_shape):
+        raise ValueError(
+            f"Argument `{argument}`: expected images of shape {expected} to match the "
+            f"backbone's input; received shape {images.shape}."
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"Argument `{argument}`: received no images (an empty array).")
+    if np.issubdtype(images.dtype, np.floating):
+        finite = np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise ValueError(
+                f"Argument `{argument}`: image {bad} (and {int((~finite).sum()) - 1} others) "
+                "contains NaN or inf values."
+            )
+
+
+def _check_labels(labels: np.ndarray, argument: str, num_images: int, num_classes: int) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"Argument `{argument}`: expected integer class labels of shape ({num_images},) "
+            f"(sparse labels, not one-hot); received shape {labels.shape}."
+        )
+    if labels.shape[0] != num_images:
+        raise ValueError(
+            f"Argument `{argument}`: {num_images} images but {labels.shape[0]} labels; "
+            "expected one label per image."
+        )
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise ValueError(
+                f"Argument `{argument}`: labels must be whole class indices; received "
+                "non-integer or non-finite float labels."
+            )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"Argument `{argument}`: labels must be in [0, {num_classes - 1}] for "
+            f"num_classes={num_classes}; received labels from {labels.min()} to {labels.max()}."
+        )
+    return labels.astype(np.int32)
+
+
+def _split_element_spec(spec, labeled: bool, argument: str):
+    """Return (image_spec, label_spec_or_None) from a dataset's element_spec."""
+    if isinstance(spec, tf.TensorSpec):
+        if labeled:
+            raise ValueError(
+                f"Argument `{argument}`: expected a dataset of (images, labels); received a "
+                f"dataset of single tensors {spec}."
+            )
+        return spec, None
+    if isinstance(spec, tuple) and len(spec) in (2, 3) and all(isinstance(s, tf.TensorSpec) for s in spec):
+        return spec[0], spec[1]
+    raise ValueError(
+        f"Argument `{argument}`: expected a dataset of "
+        f"{'(images, labels)' if labeled else 'images or (images, labels)'} tensors; "
+        f"received element_spec {spec}."
+    )
+
+
+def make_stream(value, *, argument: str, labeled: bool, image_shape: tuple, num_classes: int) -> Stream:
+    """Check ``value`` and wrap it as a :class:`Stream`.
+
+    Labeled input: ``(images, labels)`` arrays or a dataset of ``(images, labels)``.
+    Unlabeled input: an image array, ``(images, labels)`` (labels dropped) or a
+    dataset of images or ``(images, labels, ...)`` (everything after images dropped).
+    """
+    if isinstance(value, tf.data.Dataset):
+        return _dataset_stream(value, argument, labeled, image_shape, num_classes)
+    if labeled:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(
+                f"Argument `{argument}`: expected a tuple (images, labels) of arrays or a "
+                f"tf.data.Dataset of (images, labels); received {_describe(value)}."
+            )
+        images = _to_numpy(value[0], f"{argument}[0] (images)")
+        labels = _to_numpy(value[1], f"{argument}[1] (labels)")
+        _check_images(images, f"{argument}[0] (images)", image_shape)
+        labels = _check_labels(labels, f"{argument}[1] (labels)", images.shape[0], num_classes)
+        return Stream(argument, True, images.shape[0], images=images, labels=labels)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and not np.isscalar(value[0]):
+        value = value[0]  # (images, labels): the labels of an unlabeled stream are never used
+    images = _to_numpy(value, argument)
+    _check_images(images, argument, image_shape)
+    return Stream(argument, False, images.shape[0], images=images)
+
+
+def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> Stream:
+    image_spec, label_spec = _split_element_spec(dataset.element_spec, labeled, argument)
+    rank = len(image_spec.shape) if image_spec.shape.rank is not None else None
+    if rank == len(image_shape) + 1:
+        batched = True
+    elif rank == len(image_shape):
+        batched = False
+    else:
+        raise ValueError(
+            f"Argument `{argument}`: dataset images have shape {image_spec.shape}; expected "
+            f"{image_shape} per image (unbatched) or (batch,) + {image_shape} (batched)."
+        )
+    per_image = image_spec.shape[1:] if batched else image_spec.shape
+    if not _shape_matches(tuple(per_image), image_shape):
+        raise ValueError(
+            f"Argument `{argument}`: dataset images have shape {tuple(per_image)} per image; "
+            f"the backbone expects {image_shape}."
+        )
+    if not (image_spec.dtype.is_floating or image_spec.dtype.is_integer):
+        raise TypeError(
+            f"Argument `{argument}`: dataset images must be numeric; received dtype {image_spec.dtype.name}."
+        )
+    if labeled and not label_spec.dtype.is_integer and not label_spec.dtype.is_floating:
+        raise TypeError(
+            f"Argument `{argument}`: labels must be integer class indices; received dtype {label_spec.dtype.name}."
+        )
+
+    # Keep just what the stream needs: target labels are dropped here, at the very
+    # start, so nothing downstream can ever see them.
+    if labeled:
+        dataset = dataset.map(lambda *element: (element[0], element[1]))
+    elif label_spec is not None:
+        dataset = dataset.map(lambda *element: element[0])
+
+    # Peek at one element to catch empty datasets and wrong values before training.
+    first = next(iter(dataset.take(1)), None)
+    if first is None:
+        raise ValueError(f"Argument `{argument}`: the dataset is empty.")
+    first_images = first[0] if labeled else first
+    first_images = first_images.numpy()
+    if not batched:
+        first_images = first_images[None]
+    _check_images(first_images, f"{argument} (first element)", image_shape)
+    if labeled:
+        first_labels = np.reshape(first[1].numpy(), (first_images.shape[0], -1))
+        if first_labels.shape[1] != 1:
+            raise ValueError(
+                f"Argument `{argument}`: expected one integer label per image (sparse labels); "
+                f"received labels of shape {tuple(first[1].shape)}."
+            )
+        _check_labels(first_labels[:, 0], f"{argument} (labels of the first element)", first_images.shape[0], num_classes)
+
+    cardinality = int(dataset.cardinality())
+    user_batch_size = int(first_images.shape[0]) if batched else None
+    size = None
+    num_batches = None
+    if cardinality >= 0:
+        if batched:
+            num_batches = cardinality
+            size = cardinality * user_batch_size
+        else:
+            size = cardinality
+    if batched:
+        dataset = dataset.unbatch()
+    if labeled:
+        dataset = dataset.map(lambda images, labels: (images, _checked_labels(labels, num_classes, argument)))
+    return Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size, user_num_batches=num_batches)
+
+
+def _checked_labels(labels, num_classes, argument):
+    labels = tf.cast(tf.reshape(labels, []), tf.int32)
+    # Datasets are checked lazily: an out-of-range label deeper in the data stops
+    # training with this message, which `fit` turns into a ValueError.
+    tf.debugging.assert_greater_equal(labels, 0, message=f"{PIPELINE_ERROR_MARKER} `{argument}` has a negative label")
+    tf.debugging.assert_less(
+        labels, num_classes, message=f"{PIPELINE_ERROR_MARKER} `{argument}` has a label >= num_classes={num_classes}"
+    )
+    return labels
+
+
+def batched_forever(stream: Stream, batch_size: int, *, shuffle: bool, seed: int | None, shuffle_buffer: int):
+    """An endless dataset of full batches: shuffled, repeated, batched (remainder spills into the next pass)."""
+    if stream.images is not None:
+        # Arrays: shuffle indices, not images, then gather a whole batch at once.
+        images = tf.constant(stream.images)
+        labels = tf.constant(stream.labels) if stream.labeled else None
+        indices = tf.data.Dataset.range(stream.size)
+        if shuffle:
+            indices = indices.shuffle(stream.size, seed=seed, reshuffle_each_iteration=True)
+        indices = indices.repeat().batch(batch_size, drop_remainder=True)
+        if stream.labeled:
+            return indices.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
+        return indices.map(lambda index: tf.gather(images, index))
+    dataset = stream.dataset
+    if shuffle:
+        buffer = shuffle_buffer if stream.size is None else max(1, min(shuffle_buffer, stream.size))
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.repeat().batch(batch_size, drop_remainder=True)
+
+
+def evaluation_dataset(value, *, argument: str, image_shape: tuple, num_classes: int, batch_size: int):
+    """A finite batched dataset of ``(images, labels)`` for validation/evaluation."""
+    stream = make_stream(value, argument=argument, labeled=True, image_shape=image_shape, num_classes=num_classes)
+    if stream.images is not None:
+        dataset = tf.data.Dataset.from_tensor_slices((stream.images, stream.labels))
+    else:
+        dataset = stream.dataset
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_for(stream: Stream, batch_size: int) -> int | None:
+    if stream.user_num_batches is not None and stream.user_batch_size == batch_size:
+        return stream.user_num_batches
+    if stream.size is None:
+        return None
+    return max(1, math.ceil(stream.size / batch_size))
+
+
+def check_positive_int(value, argument: str, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"Argument `{argument}` must be a positive integer; received {argument}={value!r}.")
+    return int(value)
