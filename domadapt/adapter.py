@@ -243,6 +243,7 @@ class DomainAdapter(keras.Model):
         }
         self._user_metrics = []
         self._classification_loss = None
+        self._compile_arguments = {"loss": None, "metrics": []}
         self._structure_key = None
         self.built = True
 
@@ -340,11 +341,29 @@ class DomainAdapter(keras.Model):
             if loss is None:
                 raise ValueError(f"Argument `loss`: unknown loss {loss!r}.")
         self._classification_loss = loss
+        self._compile_arguments = {"loss": loss, "metrics": list(metrics or [])}
         if metrics is not None and not isinstance(metrics, (list, tuple)):
             raise TypeError(f"Argument `metrics` must be a list; received {metrics!r}.")
         self._user_metrics = [_resolve_metric(m) for m in (metrics or [])]
         super().compile(optimizer=optimizer, loss=None, metrics=None, **kwargs)
         self._structure_key = None
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None:
+            config = dict(config)
+            config["loss"] = keras.saving.serialize_keras_object(self._compile_arguments["loss"])
+            config["metrics"] = keras.saving.serialize_keras_object(self._compile_arguments["metrics"])
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        for unsupported in ("loss_weights", "weighted_metrics"):
+            config.pop(unsupported, None)
+        self.compile(**config)
+        if self.optimizer is not None:
+            # Build now so the saved optimizer state can be loaded into it.
+            self.optimizer.build(self.trainable_variables)
 
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=None):
@@ -519,7 +538,7 @@ class DomainAdapter(keras.Model):
         Returns:
             A ``keras.callbacks.History``.
         """
-        if self.optimizer is None:
+        if getattr(self, "optimizer", None) is None:
             raise RuntimeError("Call adapter.compile(optimizer=...) before adapter.fit(...).")
         if source is None:
             raise ValueError("Argument `source` is required: labeled source data (images, labels) or a dataset of them.")
@@ -544,6 +563,56 @@ class DomainAdapter(keras.Model):
                 f"Argument `target_labeled_weight` must be a non-negative number; received {target_labeled_weight!r}."
             )
 
+        dataset, steps_per_epoch, info = self._training_data(
+            source,
+            target,
+            target_labeled,
+            batch_size=batch_size,
+            target_batch_size=target_batch_size,
+            steps_per_epoch=steps_per_epoch,
+            shuffle=shuffle,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+        )
+        shape = dict(image_shape=self.image_shape, num_classes=self.num_classes)
+        if validation_data is not None:
+            validation_data = _data.evaluation_dataset(
+                validation_data, argument="validation_data", batch_size=info["batch_size"], **shape
+            )
+
+        self._target_labeled_weight = float(target_labeled_weight)
+        structure = (info["streams"], self._target_labeled_weight)
+        if structure != self._structure_key:
+            # A different data structure needs a new train function (new logs).
+            self.train_function = None
+            self._structure_key = structure
+        self.planned_steps.assign(float(epochs * steps_per_epoch))
+        fit_info = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, **info}
+        for strategy in self.strategies:
+            strategy.on_fit_start(self, fit_info)
+        callbacks = list(callbacks or [])
+        for strategy in self.strategies:
+            callbacks.extend(strategy.callbacks())
+        try:
+            return super().fit(
+                dataset,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                verbose=verbose,
+                initial_epoch=initial_epoch,
+                shuffle=False,  # the streams above shuffle themselves
+                **kwargs,
+            )
+        except tf.errors.InvalidArgumentError as error:
+            _reraise_input_error(error)
+            raise
+
+    def _training_data(
+        self, source, target, target_labeled, *, batch_size, target_batch_size, steps_per_epoch, shuffle, seed, shuffle_buffer
+    ):
+        """Check the inputs and pair them: returns (dataset of dicts, steps_per_epoch, info)."""
         shape = dict(image_shape=self.image_shape, num_classes=self.num_classes)
         source_stream = _data.make_stream(source, argument="source", labeled=True, **shape)
         users = [type(s).__name__ for s in self.strategies if s.uses_target]
@@ -594,46 +663,14 @@ class DomainAdapter(keras.Model):
             streams["target_labeled"] = stream(labeled_stream, labeled_size, 2)
         dataset = tf.data.Dataset.zip(streams).prefetch(tf.data.AUTOTUNE)
 
-        if validation_data is not None:
-            validation_data = _data.evaluation_dataset(
-                validation_data, argument="validation_data", batch_size=batch_size, **shape
-            )
-
-        self._target_labeled_weight = float(target_labeled_weight)
-        structure = (tuple(sorted(streams)), self._target_labeled_weight)
-        if structure != self._structure_key:
-            # A different data structure needs a new train function (new logs).
-            self.train_function = None
-            self._structure_key = structure
-        self.planned_steps.assign(float(epochs * steps_per_epoch))
-        fit_info = {
-            "epochs": epochs,
-            "steps_per_epoch": steps_per_epoch,
+        info = {
             "batch_size": batch_size,
             "target_batch_size": target_batch_size,
             "target_stream": target_stream,
             "target_labeled_stream": labeled_stream,
+            "streams": tuple(sorted(streams)),
         }
-        for strategy in self.strategies:
-            strategy.on_fit_start(self, fit_info)
-        callbacks = list(callbacks or [])
-        for strategy in self.strategies:
-            callbacks.extend(strategy.callbacks())
-        try:
-            return super().fit(
-                dataset,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                validation_data=validation_data,
-                callbacks=callbacks,
-                verbose=verbose,
-                initial_epoch=initial_epoch,
-                shuffle=False,  # the streams above shuffle themselves
-                **kwargs,
-            )
-        except tf.errors.InvalidArgumentError as error:
-            _reraise_input_error(error)
-            raise
+        return dataset, steps_per_epoch, info
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", **kwargs):
         """Evaluate the classifier on labeled images: ``(x, y)`` arrays or a dataset of ``(x, y)``."""

@@ -1,0 +1,5 @@
+"""Keras layers of domadapt."""
+
+from domadapt.layers.gradient_reversal import GradientReversal
+
+__all__ = ["GradientReversal"]

@@ -1,0 +1,112 @@
+"""Shared machinery of the adversarial strategies (DANN, CDAN): lambda schedule,
+discriminator, domain loss and accuracy."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from domadapt.layers.gradient_reversal import GradientReversal as ReversalLayer
+from domadapt.strategies._schedule import check_schedule, check_weight, deserialize_schedule, scheduled, serialize_schedule
+from domadapt.strategy import Strategy
+
+def default_discriminator(hidden_units, dropout, name):
+    layers = []
+    for units in hidden_units:
+        layers.append(keras.layers.Dense(units, activation="relu"))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(1, dtype="float32"))
+    return keras.Sequential(layers, name=name)
+
+
+class AdversarialStrategy(Strategy):
+    """A domain discriminator trained through a gradient reversal layer.
+
+    Subclasses define :meth:`discriminator_inputs` and, optionally, per-example
+    weights of the domain loss.
+    """
+
+    log_names = {"domain_loss": "mean", "domain_acc": "mean", "grl_lambda": "last"}
+    loss_name = "domain_loss"
+    accuracy_name = "domain_acc"
+    lambda_name = "grl_lambda"
+
+    def __init__(self, weight=1.0, schedule="ganin", discriminator=None, hidden_units=(1024, 1024), dropout=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = check_weight(weight)
+        check_schedule(schedule)
+        if discriminator is not None and not isinstance(discriminator, keras.layers.Layer):
+            raise TypeError(
+                f"Argument `discriminator` must be a Keras layer/model mapping features to one logit; "
+                f"received {type(discriminator).__name__}."
+            )
+        hidden_units = tuple(int(u) for u in hidden_units)
+        if any(u < 1 for u in hidden_units):
+            raise ValueError(f"Argument `hidden_units` must hold positive integers; received {hidden_units}.")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"Argument `dropout` must be in [0, 1); received dropout={dropout!r}.")
+        self.schedule = schedule
+        self.hidden_units = hidden_units
+        self.dropout = float(dropout)
+        self.discriminator = discriminator
+        self.reversal = ReversalLayer(scale=0.0 if schedule == "ganin" else self.weight, name=f"{self.name}_reversal")
+
+    def discriminator_input_dim(self, adapter) -> int:
+        return adapter.feature_dim
+
+    def setup(self, adapter):
+        if self.discriminator is None:
+            self.discriminator = default_discriminator(self.hidden_units, self.dropout, f"{self.name}_discriminator")
+        width = self.discriminator_input_dim(adapter)
+        output = keras.ops.shape(self.discriminator(keras.KerasTensor((None, width))))
+        if len(output) != 2 or output[-1] != 1:
+            raise ValueError(
+                f"Argument `discriminator` must output one logit per example; it outputs shape {tuple(output)}."
+            )
+
+    def discriminator_inputs(self, step):
+        """Return ``(source_inputs, target_inputs)`` fed to the discriminator."""
+        raise NotImplementedError
+
+    def example_weights(self, step):
+        """Optional ``(source_weights, target_weights)`` of the domain loss; ``None`` for uniform."""
+        return None
+
+    def loss(self, step):
+        lam = scheduled(self.weight, self.schedule, step.progress)
+        self.reversal.scale.assign(lam)
+        source_inputs, target_inputs = self.discriminator_inputs(step)
+        inputs = ops.concatenate([source_inputs, target_inputs], axis=0)
+        logits = ops.cast(self.discriminator(self.reversal(inputs), training=step.training), "float32")[:, 0]
+        domain = ops.concatenate(
+            [ops.zeros_like(source_inputs[:, 0]), ops.ones_like(target_inputs[:, 0])], axis=0
+        )
+        per_example = ops.binary_crossentropy(domain, logits, from_logits=True)
+        weights = self.example_weights(step)
+        if weights is None:
+            domain_loss = ops.mean(per_example)
+        else:
+            weights = ops.stop_gradient(ops.concatenate(weights, axis=0))
+            domain_loss = ops.sum(weights * per_example) / ops.maximum(ops.sum(weights), 1e-6)
+        accuracy = ops.mean(ops.cast(ops.equal(ops.cast(logits > 0, "float32"), domain), "float32"))
+        step.report(self.accuracy_name, accuracy)
+        step.report(self.lambda_name, lam)
+        return {self.loss_name: domain_loss}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "weight": self.weight,
+            "schedule": serialize_schedule(self.schedule),
+            "discriminator": keras.saving.serialize_keras_object(self.discriminator),
+            "hidden_units": list(self.hidden_units),
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = deserialize_schedule(config)
+        if config.get("discriminator") is not None:
+            config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
+        return cls(**config)
