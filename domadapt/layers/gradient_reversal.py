@@ -17,7 +17,8 @@ def _reverse_gradient(inputs, scale):
     return tf.identity(inputs), gradient
 
 
-@keras.saving.register_keras_serializable(package="domadapt")
+# Registered apart from the DANN strategy of the same class name.
+@keras.saving.register_keras_serializable(package="domadapt.layers")
 class GradientReversal(keras.layers.Layer):
     """Identity on the forward pass; multiplies the gradient by ``-scale`` on the backward pass.
 
