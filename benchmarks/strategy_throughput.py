@@ -1,0 +1,159 @@
+"""Throughput of each strategy against a plain Keras fit, and target accuracy on the demo's shift.
+
+    python benchmarks/strategy_throughput.py [--steps 60] [--batch 128] [--image 28] [--skip-accuracy]
+
+Throughput is images through the backbone per second. The plain fit sees `batch`
+source images per step; an adapter sees `batch / 2` source + `batch / 2` target
+images, so both process the same number of images per step and the ratio shows
+the cost of the adaptation machinery itself. Every run is in this process,
+after a warm-up epoch (tracing/compilation excluded). Writes
+benchmarks/results/strategy_throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import domadapt as da  # noqa: E402
+from domadapt import demo  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine():
+    gpus = tf.config.list_physical_devices("GPU")
+    gpu_names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpu_names,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+class _Timer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds = time.perf_counter() - self.started
+
+
+def plain_fit_throughput(images, labels, batch, steps, repeats):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input(images.shape[1:]), keras.layers.Rescaling(1 / 255), demo.backbone(images.shape[1:]),
+         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(len(images)).repeat().batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    timer = _Timer()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+        best = max(best, steps * batch / timer.seconds)
+    return best
+
+
+def adapter_throughput(strategies, images, labels, batch, steps, repeats):
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(
+        demo.backbone(images.shape[1:]), num_classes=10, strategies=strategies, preprocess=keras.layers.Rescaling(1 / 255)
+    )
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-3))
+    uses_target = any(s.uses_target for s in adapter.strategies)
+    source_batch = batch // 2 if uses_target else batch
+    half = len(images) // 2
+    kwargs = dict(
+        source=(images[:half], labels[:half]), target=images[half:], batch_size=source_batch,
+        steps_per_epoch=steps, verbose=0,
+    )
+    timer = _Timer()
+    adapter.fit(epochs=1, **kwargs)  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        adapter.fit(epochs=1, callbacks=[timer], **kwargs)
+        best = max(best, steps * batch / timer.seconds)
+    return best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--accuracy-epochs", type=int, default=6)
+    args = parser.parse_args(argv)
+
+    name, data = demo.load_images()
+    images = np.concatenate([data["source_x"], data["target_x"]])
+    labels = np.concatenate([data["source_y"], data["source_y"]])  # labels of target images are never read
+
+    plain = plain_fit_throughput(images, labels, args.batch, args.steps, args.repeats)
+    strategies = {"source-only (adapter)": lambda: [], **{k: (lambda k=k: demo.candidates()[k]) for k in demo.candidates() if k != "source-only"}}
+    rows = []
+    for label, make in strategies.items():
+        throughput = adapter_throughput(make(), images, labels, args.batch, args.steps, args.repeats)
+        rows.append({"method": label, "images_per_second": throughput, "ratio_to_plain_fit": throughput / plain})
+        print(f"{label:<28} {throughput:9.0f} img/s  ratio {throughput / plain:.2f}", flush=True)
+
+    accuracy = {}
+    if not args.skip_accuracy:
+        for method, strategies_of in demo.candidates().items():
+            result = demo.train_one(strategies_of, data, args.accuracy_epochs)
+            accuracy[method] = {k: result[k] for k in ("target_accuracy", "source_accuracy", "feature_mmd2")}
+            print(f"{method:<28} target accuracy {result['target_accuracy']:.3f}", flush=True)
+
+    report = {
+        "machine": machine(),
+        "data": name,
+        "settings": vars(args),
+        "plain_fit_images_per_second": plain,
+        "throughput": rows,
+        "accuracy_on_sunny_to_rainy": accuracy,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "strategy_throughput.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        "# Strategy throughput vs a plain Keras fit",
+        "",
+        f"Machine: {report['machine']['processor']}, {report['machine']['cpu_count']} CPUs, "
+        f"GPUs: {report['machine']['gpus'] or 'none'}; TF {tf.__version__}, Keras {keras.__version__}. Data: {name}.",
+        f"Batch {args.batch} images per step (adapters: half source, half target), {args.steps} steps, best of {args.repeats}.",
+        "",
+        f"Plain `keras.Model.fit`: {plain:.0f} images/s.",
+        "",
+        "| method | images/s | ratio to plain fit | target acc | source acc |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        key = "source-only" if row["method"].startswith("source-only") else row["method"]
+        acc = accuracy.get(key, {})
+        fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+        lines.append(
+            f"| {row['method']} | {row['images_per_second']:.0f} | {row['ratio_to_plain_fit']:.2f} | "
+            f"{fmt(acc.get('target_accuracy'))} | {fmt(acc.get('source_accuracy'))} |"
+        )
+    (RESULTS / "strategy_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

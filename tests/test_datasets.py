@@ -1,0 +1,46 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from domadapt.datasets import DEBIAN_FASHION_MNIST, load_fashion_mnist, read_idx
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_read_idx_round_trips_a_written_file(tmp_path, compressed):
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    payload = b"\x00\x00\x08\x03" + struct.pack(">3I", *images.shape) + images.tobytes()
+    path = tmp_path / ("images.idx.gz" if compressed else "images.idx")
+    (gzip.open if compressed else open)(path, "wb").write(payload)
+    np.testing.assert_array_equal(read_idx(path), images)
+
+
+def test_read_idx_rejects_a_truncated_file(tmp_path):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x01\x02")
+    with pytest.raises(ValueError, match="header says shape"):
+        read_idx(path)
+
+
+def test_load_fashion_mnist_from_a_user_folder(tmp_path):
+    def write(name, array):
+        header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        (tmp_path / name).write_bytes(header + array.tobytes())
+
+    write("train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
+    write("train-labels-idx1-ubyte", np.array([1, 2, 3], np.uint8))
+    write("t10k-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
+    write("t10k-labels-idx1-ubyte", np.array([4, 5], np.uint8))
+    (train_x, train_y), (test_x, test_y) = load_fashion_mnist(tmp_path)
+    assert train_x.shape == (3, 28, 28) and train_y.tolist() == [1, 2, 3] and test_y.tolist() == [4, 5]
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        (tmp_path / "t10k-images-idx3-ubyte").unlink()
+        load_fashion_mnist(tmp_path)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_has_the_standard_shapes():
+    (train_x, train_y), (test_x, test_y) = load_fashion_mnist()
+    assert train_x.shape == (60000, 28, 28) and test_x.shape == (10000, 28, 28)
+    assert sorted(set(train_y.tolist())) == list(range(10))
