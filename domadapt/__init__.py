@@ -17,7 +17,7 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from domadapt import layers  # noqa: E402
+from domadapt import gap, layers  # noqa: E402
 from domadapt.adapter import DomainAdapter  # noqa: E402
 from domadapt.strategies import (  # noqa: E402
     CORAL,
@@ -40,5 +40,6 @@ __all__ = [
     "Recipe",
     "Step",
     "Strategy",
+    "gap",
     "layers",
 ]

@@ -1,0 +1,76 @@
+"""Pooled backbone features of two image sets."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+_POOL = {3: keras.layers.GlobalAveragePooling1D, 4: keras.layers.GlobalAveragePooling2D, 5: keras.layers.GlobalAveragePooling3D}
+
+
+def pooled_model(backbone):
+    """A model mapping images to ``(batch, d)`` features: the backbone, globally average-pooled."""
+    backbone = getattr(backbone, "feature_extractor", backbone)  # a DomainAdapter gives its extractor
+    if not isinstance(backbone, keras.layers.Layer):
+        raise TypeError(f"Argument `backbone` must be a Keras model or a DomainAdapter; received {type(backbone).__name__}.")
+    try:
+        shape = backbone.input_shape
+    except (AttributeError, ValueError):
+        raise ValueError("Argument `backbone` has no defined input shape; build it with keras.Input first.") from None
+    if isinstance(shape, list):
+        raise ValueError("Argument `backbone` must have one image input.")
+    rank = len(backbone.output_shape)
+    if rank == 2:
+        return backbone
+    if rank not in _POOL:
+        raise ValueError(f"The backbone's output shape {backbone.output_shape} cannot be pooled to a vector.")
+    inputs = keras.Input(shape[1:])
+    return keras.Model(inputs, _POOL[rank]()(backbone(inputs)))
+
+
+def _as_images(images, name, image_shape):
+    if isinstance(images, tf.data.Dataset):
+        return images
+    if hasattr(images, "numpy") and not isinstance(images, np.ndarray):
+        images = images.numpy()
+    images = np.asarray(images)
+    if images.dtype == object or not np.issubdtype(images.dtype, np.number):
+        raise TypeError(f"Argument `{name}`: expected a numeric image array; received dtype {images.dtype}.")
+    if images.ndim != len(image_shape) + 1 or any(
+        e is not None and a != e for a, e in zip(images.shape[1:], image_shape)
+    ):
+        raise ValueError(f"Argument `{name}`: expected images of shape (N,) + {tuple(image_shape)}; received {images.shape}.")
+    if len(images) < 2:
+        raise ValueError(f"Argument `{name}`: needs at least 2 images; received {len(images)}.")
+    return images.astype("float32")
+
+
+def features(backbone, source_images, target_images, *, batch_size=256, verbose="auto"):
+    """Pooled features of source and target images, batched, with Keras' progress bar.
+
+    Args:
+        backbone: a Keras model (feature maps are global-average pooled) or a
+            ``da.DomainAdapter`` (its feature extractor).
+        source_images, target_images: arrays (N, H, W, C) or datasets of image batches.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(source_features, target_features)``: float32 arrays of shape (N, d).
+
+    Example:
+
+    ```python
+    import numpy as np, keras, domadapt as da
+    backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+    fs, ft = da.gap.features(backbone, np.random.rand(10, 8, 8, 3), np.random.rand(12, 8, 8, 3), verbose=0)
+    ```
+    """
+    model = pooled_model(backbone)
+    image_shape = tuple(model.input_shape[1:])
+    outputs = []
+    for name, images in (("source_images", source_images), ("target_images", target_images)):
+        images = _as_images(images, name, image_shape)
+        kwargs = {} if isinstance(images, tf.data.Dataset) else {"batch_size": batch_size}
+        outputs.append(np.asarray(model.predict(images, verbose=verbose, **kwargs), dtype="float32"))
+    return outputs[0], outputs[1]
