@@ -76,7 +76,8 @@ def median_bandwidth(source, target, rng, max_samples=1000):
     distances = squared[:, None] - 2 * pooled @ pooled.T + squared[None]
     upper = distances[np.triu_indices(len(pooled), k=1)]
     median = float(np.median(np.maximum(upper, 0.0)))
-    return median if median > 0 else 1.0
+    # Kernels run in float32: a bandwidth that rounds to zero there would give 0/0.
+    return median if median > 1e3 * np.finfo(np.float32).tiny else 1.0
 
 
 def _make_kernel(kernel, bandwidth, source, target, seed):

@@ -1,0 +1,222 @@
+"""Gap metrics against independent references, statistical behaviour, properties, report and CLI."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import scipy.linalg
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import domadapt as da
+from domadapt.cli import main as cli_main
+from domadapt.gap.statistics import frechet_from_moments
+
+
+def rbf_kernel(a, b, bandwidth):
+    return np.exp(-np.sum((a - b) ** 2) / bandwidth)
+
+
+def loop_mmd(source, target, kernel, unbiased):
+    """Direct double loop over all pairs: the reference."""
+    n, m = len(source), len(target)
+    ss = sum(kernel(source[i], source[j]) for i in range(n) for j in range(n) if not (unbiased and i == j))
+    tt = sum(kernel(target[i], target[j]) for i in range(m) for j in range(m) if not (unbiased and i == j))
+    st_ = sum(kernel(source[i], target[j]) for i in range(n) for j in range(m))
+    if unbiased:
+        return ss / (n * (n - 1)) + tt / (m * (m - 1)) - 2 * st_ / (n * m)
+    return ss / n**2 + tt / m**2 - 2 * st_ / (n * m)
+
+
+@pytest.fixture(scope="module")
+def small_samples():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(23, 5)), rng.normal(0.4, 1.2, size=(17, 5))
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+@pytest.mark.parametrize("block_size", [4096, 6])
+def test_rbf_mmd_matches_a_double_loop(small_samples, estimator, block_size):
+    source, target = small_samples
+    expected = loop_mmd(source, target, lambda a, b: rbf_kernel(a, b, 3.0), estimator == "unbiased")
+    value = da.gap.mmd(source, target, bandwidth=3.0, estimator=estimator, block_size=block_size)
+    assert value == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_multi_bandwidth_and_polynomial_and_linear_kernels_match_a_double_loop(small_samples):
+    source, target = small_samples
+    multi = lambda a, b: np.mean([rbf_kernel(a, b, w) for w in (1.0, 4.0)])  # noqa: E731
+    assert da.gap.mmd(source, target, bandwidth=[1.0, 4.0]) == pytest.approx(loop_mmd(source, target, multi, True), rel=1e-4)
+    poly = lambda a, b: (a @ b / 5 + 1) ** 3  # noqa: E731
+    assert da.gap.mmd(source, target, kernel="polynomial", block_size=5) == pytest.approx(
+        loop_mmd(source, target, poly, True), rel=1e-4
+    )
+    linear = lambda a, b: a @ b  # noqa: E731
+    assert da.gap.mmd(source, target, kernel="linear", estimator="biased") == pytest.approx(
+        np.sum((source.mean(0) - target.mean(0)) ** 2), rel=1e-4
+    )
+    assert da.gap.mmd(source, target, kernel="linear") == pytest.approx(loop_mmd(source, target, linear, True), rel=1e-4)
+
+
+def test_linear_time_mmd_matches_its_formula(small_samples):
+    source, target = small_samples
+    pairs = min(len(source), len(target)) // 2
+    k = lambda a, b: rbf_kernel(a, b, 2.0)  # noqa: E731
+    expected = np.mean([
+        k(source[2 * i], source[2 * i + 1]) + k(target[2 * i], target[2 * i + 1])
+        - k(source[2 * i], target[2 * i + 1]) - k(source[2 * i + 1], target[2 * i])
+        for i in range(pairs)
+    ])
+    assert da.gap.mmd(source, target, bandwidth=2.0, estimator="linear") == pytest.approx(expected, rel=1e-4)
+
+
+def test_frechet_matches_the_closed_form_for_known_gaussians():
+    mean_a, mean_b = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([2.0, 1.0, 1.0])
+    expected = np.sum((mean_a - mean_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+    assert frechet_from_moments(mean_a, np.diag(var_a), mean_b, np.diag(var_b)) == pytest.approx(expected, rel=1e-10)
+    # Non-commuting covariances: the scipy.sqrtm form agrees where it is well conditioned.
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    cov_a, cov_b = a @ a.T + np.eye(4), b @ b.T + np.eye(4)
+    reference = np.trace(cov_a + cov_b - 2 * scipy.linalg.sqrtm(cov_a @ cov_b).real)
+    assert frechet_from_moments(np.zeros(4), cov_a, np.zeros(4), cov_b) == pytest.approx(reference, rel=1e-8)
+    # From samples of those Gaussians (moments estimated block-wise).
+    samples_a = rng.multivariate_normal(mean_a, np.diag(var_a), size=40000)
+    samples_b = rng.multivariate_normal(mean_b, np.diag(var_b), size=40000)
+    assert da.gap.frechet(samples_a, samples_b) == pytest.approx(expected, rel=0.03)
+
+
+def test_frechet_is_sound_for_near_singular_covariances():
+    rng = np.random.default_rng(0)
+    source, target = rng.normal(size=(10, 64)), rng.normal(size=(12, 64))  # fewer samples than dimensions
+    value = da.gap.frechet(source, target)
+    assert np.isfinite(value) and value >= 0
+    assert da.gap.frechet(source, source) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_coral_matches_its_formula(small_samples):
+    source, target = small_samples
+    expected = np.sum((np.cov(source, rowvar=False) - np.cov(target, rowvar=False)) ** 2) / (4 * 5**2)
+    assert da.gap.coral(source, target) == pytest.approx(expected, rel=1e-10)
+
+
+def test_permutation_test_holds_its_level_and_detects_a_small_shift():
+    rng = np.random.default_rng(0)
+    rejections = [
+        da.gap.mmd_test(rng.normal(size=(40, 3)), rng.normal(size=(40, 3)), permutations=100, seed=i).p_value < 0.05
+        for i in range(80)
+    ]
+    assert np.mean(rejections) <= 0.12  # alpha = 0.05, with room for 80 draws
+    detected = [
+        da.gap.mmd_test(rng.normal(size=(150, 3)), rng.normal(0.5, 1, size=(150, 3)), permutations=100, seed=i).p_value < 0.05
+        for i in range(10)
+    ]
+    assert np.mean(detected) >= 0.9
+    statistic, p_value = da.gap.mmd_test(rng.normal(size=(60, 3)), rng.normal(size=(60, 3)), permutations=50)
+    assert 0 < p_value <= 1
+
+
+def test_proxy_a_distance_and_auc_span_their_range():
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=(400, 6)), rng.normal(size=(400, 6))
+    apart = rng.normal(size=(400, 6)), rng.normal(4, 1, size=(400, 6))
+    assert da.gap.proxy_a_distance(*same) < 0.4
+    assert da.gap.proxy_a_distance(*apart) > 1.9
+    assert abs(da.gap.domain_classifier_auc(*same) - 0.5) < 0.1
+    assert da.gap.domain_classifier_auc(*apart) > 0.99
+
+
+finite_features = arrays(
+    np.float64, st.tuples(st.integers(3, 12), st.just(3)),
+    elements=st.floats(-10, 10, allow_nan=False, allow_subnormal=False),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(finite_features, finite_features)
+def test_distances_are_non_negative_and_symmetric(source, target):
+    for metric in (lambda s, t: da.gap.mmd(s, t, estimator="biased"), da.gap.coral, da.gap.frechet):
+        forward, backward = metric(source, target), metric(target, source)
+        assert forward >= -1e-6
+        assert forward == pytest.approx(backward, rel=1e-4, abs=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(finite_features)
+def test_identical_samples_have_zero_gap(features):
+    assert da.gap.mmd(features, features, estimator="biased") == pytest.approx(0.0, abs=1e-5)
+    assert da.gap.coral(features, features) == pytest.approx(0.0, abs=1e-9)
+    scale = 1 + np.trace(np.cov(features, rowvar=False))
+    assert da.gap.frechet(features, features) == pytest.approx(0.0, abs=1e-6 * scale)
+
+
+@pytest.mark.parametrize("metric", [da.gap.mmd, da.gap.coral, da.gap.frechet, da.gap.kid, da.gap.proxy_a_distance])
+@pytest.mark.parametrize(
+    "source, target, pattern",
+    [
+        (np.zeros((10, 4)), np.zeros((10, 5)), "same width"),
+        (np.full((10, 4), np.nan), np.zeros((10, 4)), "NaN"),
+        (np.zeros((1, 4)), np.zeros((10, 4)), "at least"),
+        (np.zeros((10, 4, 4)), np.zeros((10, 4, 4)), r"\(num_samples, num_features\)"),
+    ],
+)
+def test_bad_features_are_clear_errors(metric, source, target, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        metric(source, target)
+
+
+def small_backbone():
+    return keras.Sequential(
+        [keras.Input((12, 12, 3)), keras.layers.Conv2D(8, 3, activation="relu", name="first"),
+         keras.layers.Conv2D(8, 3, activation="relu", name="second"), keras.layers.Conv2D(16, 3, name="third")]
+    )
+
+
+def test_measure_profiles_every_layer_and_writes_json_and_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    source = rng.random((60, 12, 12, 3)).astype("float32")
+    shifted = source * 0.5 + 0.4
+    report = da.gap.measure(small_backbone(), source, shifted, metrics=("mmd", "frechet"), verbose=0)
+    assert [row["layer"] for row in report.rows] == ["pixels", "first", "second", "third"]
+    same = da.gap.measure(small_backbone(), source[:30], source[30:], metrics=("mmd",), verbose=0)
+    assert report.rows[0]["mmd"] > 10 * abs(same.rows[0]["mmd"])  # the shift is seen from the pixels on
+    assert "pixels" in str(report)
+    path = report.to_json(tmp_path / "gap.json")
+    assert json.loads(path.read_text())["rows"][1]["layer"] == "first"
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        report.to_json(tmp_path / "gap.json")
+    picture = report.plot(tmp_path / "gap.png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_features_pools_feature_maps():
+    source, target = da.gap.features(small_backbone(), np.zeros((5, 12, 12, 3)), np.ones((7, 12, 12, 3)), verbose=0)
+    assert source.shape == (5, 16) and target.shape == (7, 16)
+    with pytest.raises(ValueError, match=r"target_images.*\(N,\) \+ \(12, 12, 3\)"):
+        da.gap.features(small_backbone(), np.zeros((5, 12, 12, 3)), np.zeros((5, 10, 10, 3)), verbose=0)
+
+
+def test_cli_gap_reads_arrays_and_folders(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    source = (rng.random((40, 12, 12, 3)) * 255).astype("uint8")
+    np.save(tmp_path / "source.npy", source)
+    np.savez(tmp_path / "target.npz", images=(source * 0.5 + 100).astype("uint8"))
+    backbone_path = tmp_path / "backbone.keras"
+    small_backbone().save(backbone_path)
+    code = cli_main(["gap", str(tmp_path / "source.npy"), str(tmp_path / "target.npz"), "--backbone", str(backbone_path),
+                     "--metrics", "mmd", "coral", "--json", str(tmp_path / "out.json")])
+    assert code == 0
+    table = json.loads((tmp_path / "out.json").read_text())
+    assert [row["layer"] for row in table["rows"]][:2] == ["pixels", "first"] and table["rows"][0]["mmd"] > 0
+    assert "Domain gap per layer" in capsys.readouterr().out
+    folder = tmp_path / "images" / "sub"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        keras.utils.save_img(folder / f"{i}.png", source[i])
+    assert cli_main(["gap", str(tmp_path / "images"), str(tmp_path / "images"), "--backbone", "pixels",
+                     "--image-size", "12", "--metrics", "mmd"]) == 0
+    assert cli_main(["gap", str(tmp_path / "missing"), str(tmp_path / "images"), "--backbone", "pixels"]) == 2
+    assert "does not exist" in capsys.readouterr().err
