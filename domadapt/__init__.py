@@ -17,7 +17,7 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from domadapt import gap, layers  # noqa: E402
+from domadapt import augment, gap, layers  # noqa: E402
 from domadapt.adapter import DomainAdapter  # noqa: E402
 from domadapt.strategies import (  # noqa: E402
     CORAL,
@@ -25,6 +25,7 @@ from domadapt.strategies import (  # noqa: E402
     ConditionalAdversarial,
     EntropyMinimization,
     GradientReversal,
+    MimicAugment,
 )
 from domadapt.strategy import Recipe, Step, Strategy  # noqa: E402
 
@@ -37,9 +38,11 @@ __all__ = [
     "DomainAdapter",
     "EntropyMinimization",
     "GradientReversal",
+    "MimicAugment",
     "Recipe",
     "Step",
     "Strategy",
+    "augment",
     "gap",
     "layers",
 ]

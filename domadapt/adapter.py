@@ -616,16 +616,13 @@ class DomainAdapter(keras.Model):
         shape = dict(image_shape=self.image_shape, num_classes=self.num_classes)
         source_stream = _data.make_stream(source, argument="source", labeled=True, **shape)
         users = [type(s).__name__ for s in self.strategies if s.uses_target]
+        if users and target is None:
+            raise ValueError(f"Argument `target` is required: strategies {users} train on unlabeled target images.")
+        # Checked even when no strategy pairs it into the steps (a wrong target fails
+        # now, not when a strategy is added), and offered to strategies at fit start.
         target_stream = None
-        if users:
-            if target is None:
-                raise ValueError(
-                    f"Argument `target` is required: strategies {users} train on unlabeled target images."
-                )
+        if target is not None:
             target_stream = _data.make_stream(target, argument="target", labeled=False, **shape)
-        elif target is not None:
-            # Still checked, so a wrong target fails now rather than when a strategy is added.
-            _data.make_stream(target, argument="target", labeled=False, **shape)
         labeled_stream = None
         if target_labeled is not None:
             labeled_stream = _data.make_stream(target_labeled, argument="target_labeled", labeled=True, **shape)
@@ -652,7 +649,7 @@ class DomainAdapter(keras.Model):
             if strategy._overrides("transform_source"):
                 source_ds = source_ds.map(strategy.transform_source, num_parallel_calls=tf.data.AUTOTUNE)
         streams = {"source": source_ds}
-        if target_stream is not None:
+        if users:
             target_ds = stream(target_stream, target_batch_size, 1)
             for strategy in self.strategies:
                 if strategy._overrides("transform_target"):
