@@ -19,11 +19,13 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from domadapt import augment, gap, layers  # noqa: E402
 from domadapt.adapter import DomainAdapter  # noqa: E402
+from domadapt.batchnorm import adapt_batchnorm  # noqa: E402
 from domadapt.strategies import (  # noqa: E402
     CORAL,
     MMD,
     ConditionalAdversarial,
     EntropyMinimization,
+    FineTune,
     GradientReversal,
     MimicAugment,
 )
@@ -37,11 +39,13 @@ __all__ = [
     "ConditionalAdversarial",
     "DomainAdapter",
     "EntropyMinimization",
+    "FineTune",
     "GradientReversal",
     "MimicAugment",
     "Recipe",
     "Step",
     "Strategy",
+    "adapt_batchnorm",
     "augment",
     "gap",
     "layers",

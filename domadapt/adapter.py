@@ -245,6 +245,8 @@ class DomainAdapter(keras.Model):
         self._classification_loss = None
         self._compile_arguments = {"loss": None, "metrics": []}
         self._structure_key = None
+        # id(variable) -> learning-rate multiplier, set by strategies (FineTune) at fit start.
+        self.learning_rate_multipliers = {}
         self.built = True
 
     @property
@@ -363,7 +365,7 @@ class DomainAdapter(keras.Model):
         self.compile(**config)
         if self.optimizer is not None:
             # Build now so the saved optimizer state can be loaded into it.
-            self.optimizer.build(self.trainable_variables)
+            self.optimizer.build(trainable_in_principle(self))
 
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=None):
@@ -463,7 +465,7 @@ class DomainAdapter(keras.Model):
         gradients = tape.gradient(scaled, variables)
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
         if pairs:
-            self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+            self._apply_gradients(pairs)
 
         self._loss_tracker.update_state(total)
         for name, value in {**terms, **reports}.items():
@@ -475,6 +477,20 @@ class DomainAdapter(keras.Model):
         logs.update({name: self._trackers[name].result() for name in {**terms, **reports}})
         logs.update({m.name: m.result() for m in self._user_metrics})
         return logs
+
+    def _apply_gradients(self, pairs):
+        """One optimizer step; variables with a learning-rate multiplier m move m times as far.
+
+        For optimizers whose update is proportional to the learning rate (SGD,
+        momentum, Adam, AdamW, RMSprop, ...) scaling the step equals scaling that
+        variable's learning rate; the optimizer's slots are updated as usual.
+        """
+        scaled = [(v, self.learning_rate_multipliers[id(v)]) for _, v in pairs
+                  if self.learning_rate_multipliers.get(id(v), 1.0) != 1.0]
+        before = [tf.identity(v) for v, _ in scaled]
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        for (variable, multiplier), old in zip(scaled, before):
+            variable.assign(old + multiplier * (variable - old))
 
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -581,15 +597,20 @@ class DomainAdapter(keras.Model):
             )
 
         self._target_labeled_weight = float(target_labeled_weight)
-        structure = (info["streams"], self._target_labeled_weight)
-        if structure != self._structure_key:
-            # A different data structure needs a new train function (new logs).
-            self.train_function = None
-            self._structure_key = structure
         self.planned_steps.assign(float(epochs * steps_per_epoch))
         fit_info = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, **info}
         for strategy in self.strategies:
             strategy.on_fit_start(self, fit_info)
+        if not self.optimizer.built:
+            # Built on every variable that may train, frozen ones included, so that
+            # unfreezing later (gradual fine-tuning) keeps the state of the others.
+            self.optimizer.build(trainable_in_principle(self))
+        structure = (info["streams"], self._target_labeled_weight, tuple(id(v) for v in self.trainable_variables),
+                     tuple(sorted(self.learning_rate_multipliers.items())))
+        if structure != self._structure_key:
+            # Different data, trainable variables or multipliers need a new train function.
+            self.train_function = None
+            self._structure_key = structure
         callbacks = list(callbacks or [])
         for strategy in self.strategies:
             callbacks.extend(strategy.callbacks())
@@ -661,6 +682,7 @@ class DomainAdapter(keras.Model):
         dataset = tf.data.Dataset.zip(streams).prefetch(tf.data.AUTOTUNE)
 
         info = {
+            "source_stream": source_stream,
             "batch_size": batch_size,
             "target_batch_size": target_batch_size,
             "target_stream": target_stream,
@@ -690,6 +712,17 @@ class DomainAdapter(keras.Model):
             images = _data._to_numpy(x, "x")
             _data._check_images(images, "x", self.image_shape)
         return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
+
+
+def trainable_in_principle(model):
+    """Variables created trainable (kernels, biases, BN scales), whether or not their layer is frozen now."""
+    seen, variables = set(), []
+    for layer in model._flatten_layers(include_self=True):
+        for variable in getattr(layer, "_trainable_variables", []):
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables
 
 
 def _reraise_input_error(error):

@@ -152,7 +152,7 @@ def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", e
     return ss / (n * (n - 1)) + tt / (m * (m - 1)) - 2 * st / (n * m)
 
 
-def _linear_time_mmd(source, target, kernel_fn, chunk=65536):
+def _linear_time_mmd(source, target, kernel_fn, chunk=8192):
     pairs = min(len(source), len(target)) // 2
     if pairs < 1:
         raise ValueError("The linear-time MMD needs at least 2 samples per domain.")
