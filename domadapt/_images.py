@@ -47,3 +47,35 @@ def read_images(path, image_size=None, max_images=None, seed=0):
         chosen = np.random.default_rng(seed).choice(len(images), max_images, replace=False)
         images = images[np.sort(chosen)]
     return images
+
+
+def read_labeled_folder(path, image_size=None, max_images=None, seed=0, class_names=None):
+    """``(images, labels, class_names)`` from a folder with one sub-folder of images per class.
+
+    ``class_names`` fixes the label order (e.g. the source's, for a labeled target
+    folder); a sub-folder not in it, or a class folder without images, is an error.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder (expected one sub-folder of images per class).")
+    folders = sorted(p for p in path.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"{path} has no class sub-folders: put the images of each class in its own sub-folder.")
+    names = [folder.name for folder in folders]
+    if class_names is not None:
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise ValueError(f"{path}: classes {unknown} are not among the source classes {list(class_names)}.")
+        names = list(class_names)
+    images, labels = [], []
+    for label, name in enumerate(names):
+        folder = path / name
+        if not folder.is_dir():
+            continue
+        files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise ValueError(f"{path}: class folder '{name}' holds no images.")
+        batch = read_images(folder, image_size, max_images, seed=seed + label)
+        images.append(batch)
+        labels.append(np.full(len(batch), label, dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels), names

@@ -1,4 +1,4 @@
-"""The ``domadapt`` command line: ``domadapt gap ...`` and ``domadapt demo ...``."""
+"""The ``domadapt`` command line: ``domadapt gap``, ``domadapt run`` and ``domadapt demo``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,143 @@ def _gap(args):
     return 0
 
 
+def load_recipe(name_or_path):
+    """A recipe module from a file path, or by name from ./recipes/ or the project's recipes/ folder."""
+    import importlib.util
+    from pathlib import Path
+
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith(".py"):
+        here = Path.cwd() / "recipes" / f"{name_or_path}.py"
+        project = Path(__file__).resolve().parent.parent / "recipes" / f"{name_or_path}.py"
+        candidates = [here, project]
+    for path in candidates:
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location(f"domadapt_recipe_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            if not callable(getattr(module, "recipe", None)):
+                raise ValueError(f"{path} defines no recipe() function returning strategies.")
+            return module
+    raise FileNotFoundError(
+        f"Recipe {name_or_path!r} not found (looked for {', '.join(str(c) for c in candidates)})."
+    )
+
+
+def _add_run_arguments(parser):
+    parser.add_argument("--source", required=True, help="labeled source images: one sub-folder per class")
+    parser.add_argument("--target", required=True, help="unlabeled target images: a folder (searched recursively)")
+    parser.add_argument("--target-labeled", help="a few labeled target images: one sub-folder per class")
+    parser.add_argument("--backbone", default="mobilenetv3small",
+                        help="keras.applications name or path to a .keras model (default mobilenetv3small)")
+    parser.add_argument("--weights", default="auto", help="'imagenet', a weights file, 'none', or 'auto'")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--max-images", type=int, default=None, help="images read per folder (random subset)")
+    parser.add_argument("--out", default="domadapt_run", help="output folder (default domadapt_run)")
+    parser.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+
+
+def _run(recipe_module, args):
+    import inspect
+    import json
+    from pathlib import Path
+
+    import keras
+
+    import domadapt as da
+    from domadapt._backbones import load_backbone
+    from domadapt._images import read_images, read_labeled_folder
+
+    out = Path(args.out)
+    names = ("classifier.keras", "summary.json", "training.png")
+    existing = [name for name in names if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{out} already holds {existing}; pass --overwrite to replace them.")
+    size = (args.image_size, args.image_size)
+    source_x, source_y, classes = read_labeled_folder(args.source, size, args.max_images)
+    target_x = read_images(args.target, size, args.max_images, seed=1)
+    labeled = None
+    if args.target_labeled:
+        labeled_x, labeled_y, _ = read_labeled_folder(args.target_labeled, size, args.max_images, class_names=classes)
+        labeled = (labeled_x, labeled_y)
+    print(f"{len(source_x)} source images in {len(classes)} classes, {len(target_x)} target images"
+          + (f", {len(labeled[0])} labeled target images" if labeled else ""))
+    backbone = load_backbone(args.backbone, weights=args.weights, input_shape=source_x.shape[1:])
+
+    def gap(model):
+        sample = min(500, len(source_x), len(target_x))
+        features = da.gap.features(model, source_x[:sample], target_x[:sample], verbose=0)
+        return {"mmd": da.gap.mmd(*features), "frechet": da.gap.frechet(*features),
+                "proxy_a_distance": da.gap.proxy_a_distance(*features)}
+
+    before = gap(backbone)
+    offered = {"target_images": target_x, "source_images": source_x}
+    accepted = inspect.signature(recipe_module.recipe).parameters
+    strategies = recipe_module.recipe(**{k: v for k, v in offered.items() if k in accepted})
+    adapter = da.DomainAdapter(backbone, num_classes=len(classes), strategies=strategies)
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    history = adapter.fit(source=(source_x, source_y), target=target_x, target_labeled=labeled, epochs=args.epochs,
+                          batch_size=args.batch_size, verbose=1)
+    after = gap(adapter)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter.classifier.save(out / "classifier.keras")
+    summary = {
+        "recipe": getattr(recipe_module, "__file__", None), "strategies": [type(s).__name__ for s in adapter.strategies],
+        "classes": classes, "backbone": args.backbone, "epochs": args.epochs,
+        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "gap_before": before, "gap_after": after,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    picture = _plot_run(summary, out / "training.png")
+    print(f"gap before -> after: " + ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before))
+    print(f"Wrote {out / 'classifier.keras'}, {out / 'summary.json'}" + (f", {picture}" if picture else ""))
+    return 0
+
+
+def _plot_run(summary, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for name, values in summary["history"].items():
+        if name.endswith("loss") or name.endswith("acc") or name == "accuracy":
+            curves.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    curves.set_xlabel("epoch")
+    curves.set_title("training")
+    curves.legend(fontsize=8)
+    metrics = list(summary["gap_before"])
+    positions = range(len(metrics))
+    before = [summary["gap_before"][m] for m in metrics]
+    after = [summary["gap_after"][m] for m in metrics]
+    scale = [max(abs(b), abs(a), 1e-12) for b, a in zip(before, after)]
+    bars.bar([p - 0.2 for p in positions], [b / s for b, s in zip(before, scale)], width=0.4, label="before")
+    bars.bar([p + 0.2 for p in positions], [a / s for a, s in zip(after, scale)], width=0.4, label="after")
+    bars.set_xticks(list(positions), metrics)
+    bars.set_title("domain gap on backbone features (scaled to the larger)")
+    bars.legend()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def recipe_main(recipe_path, argv=None):
+    """Command line of a recipe file: ``python recipes/NAME.py --source DIR --target DIR ...``."""
+    parser = argparse.ArgumentParser(prog=f"python {recipe_path}", description=(load_recipe(recipe_path).__doc__ or "").split("\n\n")[0])
+    _add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        sys.exit(_run(load_recipe(recipe_path), args))
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None):
     from domadapt.gap.report import DEFAULT_METRICS, METRICS
 
@@ -57,6 +194,11 @@ def main(argv=None):
     gap_parser.add_argument("--json", help="write the table as JSON here")
     gap_parser.add_argument("--plot", help="write the profile plot (PNG) here")
     gap_parser.add_argument("--overwrite", action="store_true", help="replace existing --json/--plot files")
+    run_parser = commands.add_parser("run", help="run a recipe on image folders",
+                                     description="Train a recipe on image folders and write the classifier, "
+                                                 "a JSON summary and a plot to --out.")
+    run_parser.add_argument("recipe", help="a recipe name from recipes/ (e.g. sunny_to_rainy) or a path to a .py file")
+    _add_run_arguments(run_parser)
     commands.add_parser("demo", help="run the offline sunny-to-rainy demo (options: domadapt demo --help)",
                         add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -66,12 +208,18 @@ def main(argv=None):
         return demo.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.max_samples < 2 or args.image_size < 8:
-        parser.error("--max-samples must be >= 2 and --image-size >= 8")
+    if args.image_size < 8:
+        parser.error("--image-size must be >= 8")
     try:
+        if args.command == "run":
+            if args.epochs < 1 or args.batch_size < 1:
+                parser.error("--epochs and --batch-size must be >= 1")
+            return _run(load_recipe(args.recipe), args)
+        if args.max_samples < 2:
+            parser.error("--max-samples must be >= 2")
         return _gap(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        print(f"domadapt gap: error: {error}", file=sys.stderr)
+        print(f"domadapt {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 

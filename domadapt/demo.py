@@ -64,6 +64,7 @@ def load_images(fashion_dir=None, per_domain=4000, test_size=2000, seed=0):
         "source_x": rgb(train_x[source_index]),
         "source_y": train_y[source_index].astype("int64"),
         "target_x": rainy(rgb(train_x[target_index]), seed=seed + 1),
+        "target_y": train_y[target_index].astype("int64"),  # hidden from training; for few-label experiments
         "target_test_x": rainy(rgb(test_x[:test_size]), seed=seed + 2),
         "target_test_y": test_y[:test_size].astype("int64"),
         "source_test_x": rgb(test_x[:test_size]),

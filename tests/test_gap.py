@@ -215,7 +215,7 @@ def test_cli_gap_reads_arrays_and_folders(tmp_path, capsys):
     folder = tmp_path / "images" / "sub"
     folder.mkdir(parents=True)
     for i in range(4):
-        keras.utils.save_img(folder / f"{i}.png", source[i])
+        keras.utils.save_img(folder / f"{i}.png", source[i], scale=False)
     assert cli_main(["gap", str(tmp_path / "images"), str(tmp_path / "images"), "--backbone", "pixels",
                      "--image-size", "12", "--metrics", "mmd"]) == 0
     assert cli_main(["gap", str(tmp_path / "missing"), str(tmp_path / "images"), "--backbone", "pixels"]) == 2

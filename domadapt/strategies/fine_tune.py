@@ -289,5 +289,7 @@ class _AdaptAtEnd(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.stream is None:
             raise ValueError("FineTune(batchnorm='adapt') needs unlabeled target images: pass target= to fit.")
+        if not batchnorm_layers(self.adapter.backbone):
+            return  # no batch-norm statistics to re-estimate
         images = self.stream.images if self.stream.images is not None else self.stream.dataset
         adapt_batchnorm(self.adapter.classifier, images)

@@ -1,0 +1,141 @@
+"""Recipes on tiny data, and `domadapt run` through its entry point."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import domadapt as da
+from domadapt.cli import load_recipe
+from domadapt.cli import main as cli_main
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def bn_backbone(size=16):
+    return keras.Sequential([
+        keras.Input((size, size, 3)), keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv"), keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv_top"),
+    ])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(0)
+    source = (rng.random((32, 16, 16, 3)) * 255).astype("uint8")
+    labels = np.arange(32) % 2
+    target = (rng.random((24, 16, 16, 3)) * 120 + 60).astype("uint8")
+    return source, labels, target
+
+
+def test_every_recipe_file_defines_a_recipe_with_a_command_line():
+    files = sorted(p.stem for p in RECIPES.glob("*.py"))
+    assert {"sunny_to_rainy", "few_labels", "style_gap", "measure_only", "custom_strategy"} <= set(files)
+    for name in files:
+        text = (RECIPES / f"{name}.py").read_text()
+        assert "def recipe(" in text and '__name__ == "__main__"' in text, name
+
+
+def fit_recipe(name, tiny, **fit_kwargs):
+    source, labels, target = tiny
+    module = load_recipe(str(RECIPES / f"{name}.py"))
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(bn_backbone(), num_classes=2, strategies=module.recipe())
+    adapter.compile(optimizer="adam")
+    history = adapter.fit(source=(source, labels), target=target, epochs=1, batch_size=8, verbose=0, **fit_kwargs)
+    return adapter, history
+
+
+def test_sunny_to_rainy_trains_adversarially_and_adapts_batchnorm_to_the_target(tiny):
+    source, _, target = tiny
+    adapter, history = fit_recipe("sunny_to_rainy", tiny)
+    assert {"domain_loss", "domain_acc", "grl_lambda"} <= set(history.history)
+    # BN statistics were re-estimated on target images at the end (AdaBN).
+    inputs = keras.Model(adapter.backbone.inputs, adapter.backbone.get_layer("conv").output).predict(target, verbose=0)
+    np.testing.assert_allclose(adapter.backbone.get_layer("bn").moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)),
+                               rtol=0.05, atol=1e-3)
+
+
+def test_few_labels_weights_labeled_target_images_twice(tiny):
+    source, labels, target = tiny
+    _, history = fit_recipe("few_labels", tiny, target_labeled=(target[:4], np.array([0, 1, 0, 1])))
+    total = history.history["loss"][0]
+    parts = history.history["cls_loss"][0] + history.history["target_cls_loss"][0] + history.history["domain_loss"][0]
+    assert total == pytest.approx(parts, rel=1e-4)
+    assert "target_cls_loss" in history.history
+
+
+def test_style_gap_takes_references_from_the_target_stream(tiny):
+    _, _, target = tiny
+    adapter, history = fit_recipe("style_gap", tiny)
+    augment = adapter.strategies[0]
+    assert all(any(np.array_equal(r, t) for t in target) for r in augment.references)
+    assert "mmd_loss" in history.history
+
+
+def test_custom_strategy_recipe_reports_its_loss_and_balances_predictions(tiny):
+    _, history = fit_recipe("custom_strategy", tiny)
+    assert {"balance_loss", "entropy_loss", "domain_loss"} <= set(history.history)
+    assert 0 <= history.history["balance_loss"][0] < 1.0
+
+
+def test_measure_only_measures_two_folders(tmp_path, tiny):
+    source, _, _ = tiny
+    for folder, images in (("a", source), ("b", (source * 0.3).astype("uint8"))):
+        (tmp_path / folder).mkdir()
+        for i, image in enumerate(images[:6]):
+            keras.utils.save_img(tmp_path / folder / f"{i}.png", image, scale=False)
+    backbone_path = tmp_path / "bb.keras"
+    bn_backbone().save(backbone_path)
+    report = load_recipe(str(RECIPES / "measure_only.py")).measure(tmp_path / "a", tmp_path / "b",
+                                                                   backbone=str(backbone_path), image_size=16)
+    assert report.rows[0]["layer"] == "pixels" and report.rows[0]["mmd"] > 0
+
+
+def write_folders(root, tiny, empty_class=False):
+    source, labels, target = tiny
+    for label in (0, 1):
+        folder = root / "source" / f"class_{label}"
+        folder.mkdir(parents=True)
+        if empty_class and label == 1:
+            continue
+        for i in np.flatnonzero(labels == label)[:8]:
+            keras.utils.save_img(folder / f"{i}.png", source[i], scale=False)
+    (root / "target").mkdir()
+    for i, image in enumerate(target[:10]):
+        keras.utils.save_img(root / "target" / f"{i}.png", image, scale=False)
+
+
+def test_cli_run_writes_classifier_summary_and_plot(tmp_path, tiny, capsys):
+    write_folders(tmp_path, tiny)
+    backbone_path = tmp_path / "bb.keras"
+    bn_backbone().save(backbone_path)
+    out = tmp_path / "out"
+    arguments = ["run", str(RECIPES / "sunny_to_rainy.py"), "--source", str(tmp_path / "source"),
+                 "--target", str(tmp_path / "target"), "--backbone", str(backbone_path), "--epochs", "1",
+                 "--image-size", "16", "--batch-size", "4", "--out", str(out)]
+    assert cli_main(arguments) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["class_0", "class_1"]
+    assert summary["strategies"] == ["MimicAugment", "GradientReversal", "FineTune"]
+    assert set(summary["gap_before"]) == {"mmd", "frechet", "proxy_a_distance"}
+    assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
+    classifier = keras.saving.load_model(out / "classifier.keras")
+    assert classifier.predict(tiny[2][:3], verbose=0).shape == (3, 2)
+    # A second run does not replace the files without --overwrite.
+    assert cli_main(arguments) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_cli_run_reports_a_missing_folder_and_an_empty_class(tmp_path, tiny, capsys):
+    write_folders(tmp_path, tiny, empty_class=True)
+    common = ["--target", str(tmp_path / "target"), "--backbone", "pixels-not-a-model", "--out", str(tmp_path / "o")]
+    assert cli_main(["run", "few_labels", "--source", str(tmp_path / "missing"), *common]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert cli_main(["run", "few_labels", "--source", str(tmp_path / "source"), *common]) == 2
+    assert "class folder 'class_1' holds no images" in capsys.readouterr().err
+    assert cli_main(["run", "no_such_recipe", "--source", str(tmp_path / "source"), *common]) == 2
+    assert "not found" in capsys.readouterr().err
