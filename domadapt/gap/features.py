@@ -68,9 +68,21 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
     """
     model = pooled_model(backbone)
     image_shape = tuple(model.input_shape[1:])
+    # One trace for every batch size (the last batch is usually smaller).
+    forward = tf.function(lambda x: model(x, training=False),
+                          input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
     outputs = []
     for name, images in (("source_images", source_images), ("target_images", target_images)):
         images = _as_images(images, name, image_shape)
-        kwargs = {} if isinstance(images, tf.data.Dataset) else {"batch_size": batch_size}
-        outputs.append(np.asarray(model.predict(images, verbose=verbose, **kwargs), dtype="float32"))
+        if isinstance(images, tf.data.Dataset):
+            batches, total = images, None
+        else:
+            batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+            total = -(-len(images) // batch_size)
+        progress = keras.utils.Progbar(total, verbose=1 if verbose == "auto" else int(verbose), unit_name="batch")
+        pieces = []
+        for index, batch in enumerate(batches):
+            pieces.append(forward(tf.cast(batch, tf.float32)).numpy())
+            progress.update(index + 1)
+        outputs.append(np.concatenate(pieces).astype("float32"))
     return outputs[0], outputs[1]
