@@ -17,7 +17,7 @@ import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from domadapt import augment, gap, layers  # noqa: E402
+from domadapt import augment, callbacks, gap, layers, validators  # noqa: E402
 from domadapt.adapter import DomainAdapter  # noqa: E402
 from domadapt.batchnorm import adapt_batchnorm  # noqa: E402
 from domadapt.strategies import (  # noqa: E402
@@ -30,6 +30,7 @@ from domadapt.strategies import (  # noqa: E402
     MimicAugment,
 )
 from domadapt.strategy import Recipe, Step, Strategy  # noqa: E402
+from domadapt.validators import compare, validate  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,10 @@ __all__ = [
     "Strategy",
     "adapt_batchnorm",
     "augment",
+    "callbacks",
+    "compare",
     "gap",
     "layers",
+    "validate",
+    "validators",
 ]

@@ -1,0 +1,71 @@
+"""What every validator needs: probabilities and features of a model on some images."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class Validator:
+    """A named score of a trained model that uses no target labels.
+
+    ``higher_is_better`` gives its direction; :meth:`ranking_score` flips lower-is-
+    better validators so that for every validator a larger ranking score is better.
+    """
+
+    name = "validator"
+    higher_is_better = True
+    reference = ""
+
+    def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        raise NotImplementedError
+
+    def ranking_score(self, value):
+        return value if self.higher_is_better else -value
+
+    def __repr__(self):
+        return f"{self.name} ({'higher' if self.higher_is_better else 'lower'} is better)"
+
+
+def images_of(value, argument):
+    """Images from an array, an (images, labels) tuple or a dataset of image batches; labels are never read."""
+    if value is None:
+        raise ValueError(f"Argument `{argument}` is required by this validator.")
+    if isinstance(value, tf.data.Dataset):
+        if isinstance(value.element_spec, tuple):
+            value = value.map(lambda *element: element[0])
+        images = np.concatenate(list(value.as_numpy_iterator()))  # batched, as image_dataset_from_directory gives
+    else:
+        if isinstance(value, (tuple, list)) and len(value) == 2 and not np.isscalar(value[0]):
+            value = value[0]
+        images = np.asarray(value)
+    if len(images) < 2:
+        raise ValueError(f"Argument `{argument}`: needs at least 2 images; received {len(images)}.")
+    return images
+
+
+def labeled(value, argument):
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise TypeError(f"Argument `{argument}` must be (images, labels) for this validator.")
+    images = np.asarray(value[0])
+    labels = np.asarray(value[1]).reshape(-1).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"Argument `{argument}`: {len(images)} images but {len(labels)} labels.")
+    return images, labels
+
+
+def outputs(model, images, feature_extractor=None, batch_size=256):
+    """``(probabilities, features)``: a DomainAdapter gives both; a plain classifier gives
+    probabilities, and features from ``feature_extractor`` (else the probabilities)."""
+    classifier = getattr(model, "classifier", model)
+    extractor = getattr(model, "feature_extractor", feature_extractor)
+    probabilities = np.asarray(classifier.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    if extractor is None:
+        return probabilities, probabilities
+    features = np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return probabilities, features.reshape(len(features), -1)
+
+
+def entropies(probabilities):
+    clipped = np.clip(probabilities, 1e-12, 1.0)
+    return -np.sum(probabilities * np.log(clipped), axis=1)

@@ -1,0 +1,216 @@
+"""Run validators on one or several trained candidates and recommend one."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from domadapt.validators._common import Validator, labeled, outputs
+from domadapt.validators.dev import DeepEmbeddedValidation
+from domadapt.validators.entropy import Entropy
+from domadapt.validators.information_maximization import InformationMaximization
+from domadapt.validators.mmd import FeatureMMD
+from domadapt.validators.snd import SoftNeighborhoodDensity
+from domadapt.validators.source_accuracy import SourceAccuracy
+
+VALIDATORS = {
+    "source_accuracy": SourceAccuracy,
+    "entropy": Entropy,
+    "information_maximization": InformationMaximization,
+    "snd": SoftNeighborhoodDensity,
+    "dev": DeepEmbeddedValidation,
+    "mmd": FeatureMMD,
+}
+DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd")
+# The recommendation: candidates ranked by each of these, ranks averaged.
+RECOMMENDING = ("information_maximization", "snd", "dev")
+
+
+def _resolve(validators):
+    resolved = []
+    for item in validators:
+        if isinstance(item, Validator):
+            resolved.append(item)
+        elif isinstance(item, str) and item in VALIDATORS:
+            resolved.append(VALIDATORS[item]())
+        else:
+            raise ValueError(f"Argument `validators`: unknown {item!r}; choose from {sorted(VALIDATORS)} or pass a Validator.")
+    return resolved
+
+
+def validate(model, source=None, target=None, validators=DEFAULT_VALIDATORS, *, feature_extractor=None):
+    """Score one trained model with each validator; returns ``{name: value}``.
+
+    Args:
+        model: a ``da.DomainAdapter`` or a Keras classifier (probabilities out).
+        source: held-out labeled source ``(images, labels)``.
+        target: unlabeled target images (an array, or ``(images, labels)`` whose labels are ignored).
+        validators: names (see ``VALIDATORS``) or Validator objects.
+        feature_extractor: features of a plain classifier (a DomainAdapter has its own).
+
+    Example:
+
+    ```python
+    scores = da.validate(adapter, source=(xs_val, ys_val), target=xt_val, validators=["entropy", "snd"])
+    ```
+    """
+    return {v.name: v(model, source, target, feature_extractor=feature_extractor) for v in _resolve(validators)}
+
+
+@dataclass
+class ComparisonTable:
+    """Validator scores of several candidates, with a recommendation.
+
+    Attributes:
+        scores: ``{candidate: {validator: value}}``.
+        directions: ``{validator: "higher" | "lower"}`` (which is better).
+        recommended: the candidate with the best mean rank over the recommending validators.
+        reasons: why, in words; ``warnings``: source-accuracy drops and disagreements.
+        target_accuracy: ``{candidate: accuracy}`` when target labels were given.
+        correlations: ``{validator: Spearman rho with target accuracy}`` when given.
+    """
+
+    scores: dict
+    directions: dict
+    recommended: str
+    reasons: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    target_accuracy: dict = field(default_factory=dict)
+    correlations: dict = field(default_factory=dict)
+
+    def __str__(self):
+        names = list(self.directions)
+        extra = ["target_accuracy"] if self.target_accuracy else []
+        width = max(len(c) for c in self.scores) + 4
+        header = f"{'candidate':<{width}}" + "".join(f"{n[:14]:>16}" for n in names + extra)
+        arrows = f"{'(better)':<{width}}" + "".join(f"{'higher' if self.directions[n] == 'higher' else 'lower':>16}"
+                                                     for n in names) + ("".join(f"{'higher':>16}" for _ in extra))
+        lines = [header, arrows, "-" * len(header)]
+        for candidate, row in self.scores.items():
+            mark = " *" if candidate == self.recommended else ""
+            values = "".join(f"{row[n]:>16.4g}" for n in names)
+            if extra:
+                values += f"{self.target_accuracy[candidate]:>16.4g}"
+            lines.append(f"{candidate + mark:<{width}}{values}")
+        if self.correlations:
+            lines.append(f"{'spearman vs acc':<{width}}" + "".join(
+                f"{self.correlations.get(n, float('nan')):>16.2f}" for n in names))
+        lines.append(f"* recommended: {self.recommended} — " + "; ".join(self.reasons))
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+    def to_dict(self):
+        return {"scores": self.scores, "directions": self.directions, "recommended": self.recommended,
+                "reasons": self.reasons, "warnings": self.warnings, "target_accuracy": self.target_accuracy,
+                "correlations": self.correlations}
+
+    def to_json(self, path, overwrite=False):
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    def plot(self, path, overwrite=False):
+        """Bar chart per validator (scaled, oriented so that higher is better)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        names = list(self.directions)
+        candidates = list(self.scores)
+        figure, axis = plt.subplots(figsize=(1.8 * len(names) + 3, 4), layout="constrained")
+        width = 0.8 / len(candidates)
+        for index, candidate in enumerate(candidates):
+            values = []
+            for name in names:
+                column = np.array([self.scores[c][name] for c in candidates], dtype=float)
+                oriented = column if self.directions[name] == "higher" else -column
+                span = oriented.max() - oriented.min() or 1.0
+                values.append((oriented[index] - oriented.min()) / span)
+            label = candidate + (" (recommended)" if candidate == self.recommended else "")
+            axis.bar(np.arange(len(names)) + index * width, values, width, label=label)
+        axis.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=20)
+        axis.set_ylabel("relative score (1 = best)")
+        axis.legend(fontsize=8)
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        return path
+
+
+def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS, *, target_labels=None,
+            source_drop=0.05):
+    """Score several trained candidates, rank them, and recommend one.
+
+    The recommendation is the best mean rank over IM, SND and DEV (those present),
+    excluding candidates whose source accuracy is more than ``source_drop`` below
+    the best candidate's. Warnings name candidates whose source accuracy dropped
+    that sharply, and validators whose top pick differs from the recommendation.
+    With ``target_labels`` (for your own labeled slice), the table adds true target
+    accuracy and each validator's Spearman correlation with it.
+
+    Example:
+
+    ```python
+    table = da.compare({"source-only": a0, "dann": a1}, source=(xs_val, ys_val), target=xt_val)
+    print(table); table.to_json("compare.json")
+    ```
+    """
+    if not isinstance(candidates, dict) or len(candidates) < 1:
+        raise TypeError("Argument `candidates` must be a dict {name: trained model} with at least one entry.")
+    resolved = _resolve(validators)
+    scores = {name: validate(model, source, target, resolved) for name, model in candidates.items()}
+    directions = {v.name: "higher" if v.higher_is_better else "lower" for v in resolved}
+    oriented = {v.name: {c: v.ranking_score(scores[c][v.name]) for c in scores} for v in resolved}
+
+    eligible = list(scores)
+    table_warnings = []
+    if "source_accuracy" in directions:
+        best_source = max(scores[c]["source_accuracy"] for c in scores)
+        dropped = [c for c in scores if scores[c]["source_accuracy"] < best_source - source_drop]
+        for c in dropped:
+            table_warnings.append(
+                f"{c}: source accuracy {scores[c]['source_accuracy']:.3f} is more than {source_drop:.0%} below the "
+                f"best ({best_source:.3f}); it is not recommended"
+            )
+        eligible = [c for c in scores if c not in dropped] or list(scores)
+    deciding = [n for n in RECOMMENDING if n in directions] or list(directions)
+    mean_rank = {c: np.mean([stats.rankdata([-oriented[n][x] for x in eligible])[eligible.index(c)] for n in deciding])
+                 for c in eligible}
+    recommended = min(mean_rank, key=mean_rank.get)
+    reasons = [f"best mean rank ({mean_rank[recommended]:.1f}) over {', '.join(deciding)}"]
+    for name in directions:
+        top = max(eligible, key=lambda c: oriented[name][c])
+        if top != recommended:
+            table_warnings.append(f"validators disagree: {name} prefers {top}")
+
+    target_accuracy, correlations = {}, {}
+    if target_labels is not None:
+        target_labels = np.asarray(target_labels).reshape(-1)
+        from domadapt.validators._common import images_of
+
+        images = images_of(target, "target")
+        for name, model in candidates.items():
+            probabilities, _ = outputs(model, images)
+            target_accuracy[name] = float(np.mean(np.argmax(probabilities, axis=1) == target_labels))
+        if len(candidates) >= 3:
+            accuracies = [target_accuracy[c] for c in scores]
+            for name in directions:
+                rho = stats.spearmanr([oriented[name][c] for c in scores], accuracies).statistic
+                correlations[name] = float(rho)
+    table = ComparisonTable(scores, directions, recommended, reasons, table_warnings, target_accuracy, correlations)
+    for message in table_warnings:
+        warnings.warn(message, stacklevel=2)
+    return table
+
+
+__all__ = ["ComparisonTable", "VALIDATORS", "compare", "labeled", "validate"]

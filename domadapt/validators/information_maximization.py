@@ -1,0 +1,22 @@
+"""Information maximisation on the target."""
+
+import numpy as np
+
+from domadapt.validators._common import Validator, entropies, images_of, outputs
+
+
+class InformationMaximization(Validator):
+    """IM = H(mean_t p) - mean_t H(p) (mutual information of inputs and predicted classes;
+    Shi & Sha 2012, Liang et al. 2020). Higher is better.
+
+    Rewards confident predictions (low mean entropy) that still spread over the
+    classes (high entropy of the average prediction), so it penalises collapse.
+    """
+
+    name = "information_maximization"
+    higher_is_better = True
+
+    def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        probabilities, _ = outputs(model, images_of(target, "target"))
+        marginal = probabilities.mean(axis=0, keepdims=True)
+        return float(entropies(marginal)[0] - np.mean(entropies(probabilities)))

@@ -1,0 +1,48 @@
+"""Soft neighbourhood density on the target."""
+
+import numpy as np
+
+from domadapt.validators._common import Validator, images_of, outputs
+
+
+class SoftNeighborhoodDensity(Validator):
+    """SND (Saito et al. 2021). Higher is better.
+
+    Target predictions are L2-normalised; their cosine similarities, diagonal left
+    out, are scaled by 1/temperature and turned into a softmax over neighbours per
+    sample; SND is the mean entropy of those distributions. Dense, clustered target
+    outputs give many close neighbours, hence high entropy.
+
+    Args:
+        temperature: the softmax temperature (0.05 in the paper).
+        use: ``"probabilities"`` (the paper's choice) or ``"features"``.
+        max_samples: target samples used (a seeded subsample).
+    """
+
+    name = "snd"
+    higher_is_better = True
+
+    def __init__(self, temperature=0.05, use="probabilities", max_samples=2000, seed=0):
+        if use not in ("probabilities", "features"):
+            raise ValueError(f"Argument `use` must be 'probabilities' or 'features'; received {use!r}.")
+        self.temperature = float(temperature)
+        self.use = use
+        self.max_samples = int(max_samples)
+        self.seed = seed
+
+    def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        images = images_of(target, "target")
+        if len(images) > self.max_samples:
+            images = images[np.random.default_rng(self.seed).choice(len(images), self.max_samples, replace=False)]
+        probabilities, features = outputs(model, images, feature_extractor)
+        return snd_of(probabilities if self.use == "probabilities" else features, self.temperature)
+
+
+def snd_of(vectors, temperature=0.05):
+    normalised = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    similarity = normalised @ normalised.T / temperature
+    np.fill_diagonal(similarity, -np.inf)
+    similarity -= similarity.max(axis=1, keepdims=True)
+    weights = np.exp(similarity)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return float(np.mean(-np.sum(weights * np.log(np.clip(weights, 1e-30, 1.0)), axis=1)))

@@ -1,0 +1,21 @@
+"""Source validation accuracy."""
+
+import numpy as np
+
+from domadapt.validators._common import Validator, labeled, outputs
+
+
+class SourceAccuracy(Validator):
+    """Accuracy on held-out labeled source images. Higher is better.
+
+    The baseline validator: it ignores the target entirely, so it cannot see
+    negative transfer, but a sharp drop flags an adaptation that broke the classifier.
+    """
+
+    name = "source_accuracy"
+    higher_is_better = True
+
+    def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        images, labels = labeled(source, "source")
+        probabilities, _ = outputs(model, images)
+        return float(np.mean(np.argmax(probabilities, axis=1) == labels))

@@ -1,0 +1,142 @@
+"""Unsupervised validators: directions on constructed cases, label blindness, compare, checkpoint."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import mlp_backbone, train_and_score
+
+import domadapt as da
+from domadapt.validators import (
+    DeepEmbeddedValidation,
+    Entropy,
+    FeatureMMD,
+    InformationMaximization,
+    SoftNeighborhoodDensity,
+)
+from domadapt.validators.snd import snd_of
+
+
+class FixedOutputs(keras.Model):
+    """A 'classifier' returning stored probabilities for stored inputs (row index in x[:, 0])."""
+
+    def __init__(self, probabilities):
+        super().__init__()
+        self.table = keras.ops.convert_to_tensor(np.asarray(probabilities, "float32"))
+
+    def call(self, x):
+        return keras.ops.take(self.table, keras.ops.cast(x[:, 0], "int32"), axis=0)
+
+
+def indices(count):
+    return np.arange(count, dtype="float32")[:, None]
+
+
+def test_entropy_is_lower_for_confident_predictions():
+    confident = FixedOutputs(np.tile([[0.98, 0.01, 0.01]], (20, 1)))
+    unsure = FixedOutputs(np.tile([[0.4, 0.3, 0.3]], (20, 1)))
+    assert Entropy()(confident, target=indices(20)) < Entropy()(unsure, target=indices(20))
+    assert not Entropy.higher_is_better
+
+
+def test_information_maximization_penalises_collapse():
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 3, 30)
+    diverse = FixedOutputs(np.eye(3)[classes] * 0.97 + 0.01)
+    collapsed = FixedOutputs(np.tile([[0.98, 0.01, 0.01]], (30, 1)))
+    assert InformationMaximization()(diverse, target=indices(30)) > InformationMaximization()(collapsed, target=indices(30))
+
+
+def test_snd_is_higher_for_clustered_target_outputs():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8))
+    clustered = centres[rng.integers(0, 3, 90)] + 0.01 * rng.normal(size=(90, 8))
+    scattered = rng.normal(size=(90, 8))
+    assert snd_of(clustered) > snd_of(scattered)
+    assert SoftNeighborhoodDensity.higher_is_better
+
+
+def test_dev_equals_the_source_risk_when_domains_coincide():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(600, 4)).astype("float32")
+    labels = (images[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=3, verbose=0)
+    probabilities = model.predict(images[:300], verbose=0)
+    risk = np.mean(-np.log(probabilities[np.arange(300), labels[:300]]))
+    same = DeepEmbeddedValidation()(model, source=(images[:300], labels[:300]), target=images[300:])
+    assert same == pytest.approx(risk, rel=0.15)
+    shifted = DeepEmbeddedValidation()(model, source=(images[:300], labels[:300]), target=images[300:] + [3, 0, 0, 0])
+    assert abs(shifted - risk) > abs(same - risk)
+
+
+def test_no_validator_reads_target_labels(moons):
+    source_x, source_y, target_x, target_y = moons
+    keras.utils.set_random_seed(0)
+    _, _, adapter = train_and_score(mlp_backbone(), [da.MMD()], source_x, source_y, target_x, target_y, epochs=3)
+    names = ["source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd"]
+    with_true = da.validate(adapter, source=(source_x[:200], source_y[:200]), target=(target_x, target_y), validators=names)
+    with_wrong = da.validate(adapter, source=(source_x[:200], source_y[:200]), target=(target_x, 1 - target_y),
+                             validators=names)
+    assert with_true == with_wrong
+
+
+def test_feature_mmd_is_lower_after_alignment(moons):
+    source_x, source_y, target_x, target_y = moons
+    scores = {}
+    for name, strategies in (("plain", []), ("mmd", [da.MMD()])):
+        keras.utils.set_random_seed(0)
+        _, _, adapter = train_and_score(mlp_backbone(), strategies, source_x, source_y, target_x, target_y, epochs=40)
+        scores[name] = FeatureMMD()(adapter, source=source_x, target=target_x)
+    assert scores["mmd"] < scores["plain"]
+
+
+@pytest.fixture(scope="module")
+def candidates(moons):
+    source_x, source_y, target_x, target_y = moons
+    trained = {}
+    for name, strategies, epochs in (
+        ("untrained", [], 1),
+        ("source-only", [], 40),
+        ("dann", [da.GradientReversal(hidden_units=(64, 64), dropout=0.0)], 80),
+    ):
+        keras.utils.set_random_seed(0)
+        learning_rate = 1e-6 if name == "untrained" else 3e-3
+        _, _, adapter = train_and_score(mlp_backbone(), strategies, source_x, source_y, target_x, target_y,
+                                        epochs=epochs, learning_rate=learning_rate)
+        trained[name] = adapter
+    return trained
+
+
+def test_compare_ranks_candidates_and_warns_about_source_accuracy_drops(moons, candidates, tmp_path):
+    source_x, source_y, target_x, target_y = moons
+    with pytest.warns(UserWarning, match="untrained: source accuracy"):
+        table = da.compare(candidates, source=(source_x[:200], source_y[:200]), target=target_x,
+                           target_labels=target_y)
+    assert table.recommended != "untrained"
+    assert set(table.correlations) == set(table.directions)
+    assert table.target_accuracy["dann"] > table.target_accuracy["untrained"]
+    text = str(table)
+    assert "* recommended" in text and "spearman" in text
+    assert table.to_json(tmp_path / "c.json").exists()
+    assert table.plot(tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validator_checkpoint_restores_the_best_epoch(moons):
+    source_x, source_y, target_x, _ = moons
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(mlp_backbone(), num_classes=2)
+    adapter.compile(optimizer=keras.optimizers.Adam(3e-3))
+    checkpoint = da.callbacks.ValidatorCheckpoint("source_accuracy", source=(source_x[:200], source_y[:200]),
+                                                  target=target_x)
+    history = adapter.fit(source=(source_x, source_y), epochs=4, verbose=0, callbacks=[checkpoint])
+    assert len(checkpoint.history) == 4 and "val_source_accuracy" in history.history
+    assert checkpoint.best_epoch == int(np.argmax(checkpoint.history))
+    restored = da.validate(adapter, source=(source_x[:200], source_y[:200]), validators=["source_accuracy"])
+    assert restored["source_accuracy"] == pytest.approx(max(checkpoint.history))
+
+
+def test_unknown_validator_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown 'magic'"):
+        da.validate(None, validators=["magic"])
