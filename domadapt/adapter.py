@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from domadapt import _data
+from domadapt.callbacks import StopOnNonFinite
 from domadapt.strategy import Step, Strategy, flatten_strategies
 
 __all__ = ["DomainAdapter"]
@@ -463,6 +464,11 @@ class DomainAdapter(keras.Model):
             scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        # A step whose loss terms are not all finite changes nothing: its gradients are
+        # dropped here and StopOnNonFinite reports the term (weights never turn NaN).
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(term)) for term in terms.values()]))
+        gradients = [g if g is None or isinstance(g, tf.IndexedSlices) else ops.where(finite, g, ops.zeros_like(g))
+                     for g in gradients]
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
         if pairs:
             self._apply_gradients(pairs)
@@ -524,6 +530,7 @@ class DomainAdapter(keras.Model):
         seed=None,
         shuffle_buffer=10_000,
         target_labeled_weight=1.0,
+        stop_on_nonfinite=True,
         **kwargs,
     ):
         """Train on labeled source data and unlabeled target data with Keras' own ``fit``.
@@ -549,6 +556,9 @@ class DomainAdapter(keras.Model):
             shuffle: shuffle each stream every pass (datasets: with a buffer of
                 ``shuffle_buffer`` images).
             seed: seed of the shuffles, for reproducible runs.
+            stop_on_nonfinite: stop with ``da.callbacks.NonFiniteLossError`` naming the
+                term and step when a loss term becomes NaN or inf (adds a
+                ``da.callbacks.StopOnNonFinite`` unless one is passed).
             **kwargs: passed to ``keras.Model.fit`` (``validation_freq``, ...).
 
         Returns:
@@ -612,6 +622,8 @@ class DomainAdapter(keras.Model):
             self.train_function = None
             self._structure_key = structure
         callbacks = list(callbacks or [])
+        if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
+            callbacks.append(StopOnNonFinite())
         for strategy in self.strategies:
             callbacks.extend(strategy.callbacks())
         try:

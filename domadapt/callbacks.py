@@ -57,3 +57,60 @@ class ValidatorCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.restore_best and self._best_weights is not None:
             self.model.set_weights(self._best_weights)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite during training."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop training with a clear error when a loss term becomes NaN or infinite.
+
+    ``DomainAdapter.fit`` adds one by default (``stop_on_nonfinite=True``). The train
+    step itself drops the gradients of a step whose loss terms are not all finite,
+    so the weights stay finite (an optimizer with momentum still moves them by its
+    momentum for that step). The error names the term, the epoch, the batch and the
+    optimizer step. Reading the logs synchronises host and device every
+    ``check_every`` batches, as Keras' own ``TerminateOnNaN`` does every batch.
+
+    Example:
+
+    ```python
+    adapter.fit(source=(xs, ys), target=xt, callbacks=[da.callbacks.StopOnNonFinite(check_every=10)])
+    ```
+    """
+
+    def __init__(self, check_every=1):
+        super().__init__()
+        if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 1:
+            raise ValueError(f"Argument `check_every` must be a positive integer; received {check_every!r}.")
+        self.check_every = check_every
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs or (batch + 1) % self.check_every:
+            return
+        import numpy as np
+
+        bad = {}
+        for name, value in logs.items():
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                bad[name] = float(np.ravel(value)[0])
+        if not bad:
+            return
+        terms = [n for n in bad if n != "loss"] or list(bad)
+        self.model.stop_training = True
+        step = int(self.model.optimizer.iterations.numpy())
+        where = f"epoch {self._epoch + 1}, batch {batch + 1}" + (
+            f" (within the last {self.check_every} batches)" if self.check_every > 1 else ""
+        )
+        raise NonFiniteLossError(
+            f"Loss term(s) {', '.join(repr(t) + ' = ' + str(bad[t]) for t in terms)} became non-finite at {where}, "
+            f"optimizer step {step}. Training stopped; the gradients of that step were dropped, so the weights are "
+            "finite. Common causes: a learning rate or strategy weight too high, NaN or inf in the input images, "
+            "float16 overflow without loss scaling."
+        )

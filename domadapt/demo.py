@@ -37,8 +37,12 @@ def rainy(images: np.ndarray, seed: int) -> np.ndarray:
     return (0.65 * veiled + 0.35 * streaked).astype("uint8")
 
 
-def load_images(fashion_dir=None, per_domain=4000, test_size=2000, seed=0):
-    """Return a dict of sunny source / rainy target splits and the data set's name."""
+def load_images(fashion_dir=None, per_domain=4000, test_size=2000, seed=0, shift=None):
+    """Return a dict of sunny source / rainy target splits and the data set's name.
+
+    ``shift(images, seed) -> images`` renders the target domain (default: :func:`rainy`).
+    """
+    shift = rainy if shift is None else shift
     from domadapt.datasets import load_fashion_mnist
 
     try:
@@ -63,9 +67,9 @@ def load_images(fashion_dir=None, per_domain=4000, test_size=2000, seed=0):
     return name, {
         "source_x": rgb(train_x[source_index]),
         "source_y": train_y[source_index].astype("int64"),
-        "target_x": rainy(rgb(train_x[target_index]), seed=seed + 1),
+        "target_x": shift(rgb(train_x[target_index]), seed=seed + 1),
         "target_y": train_y[target_index].astype("int64"),  # hidden from training; for few-label experiments
-        "target_test_x": rainy(rgb(test_x[:test_size]), seed=seed + 2),
+        "target_test_x": shift(rgb(test_x[:test_size]), seed=seed + 2),
         "target_test_y": test_y[:test_size].astype("int64"),
         "source_test_x": rgb(test_x[:test_size]),
         "source_test_y": test_y[:test_size].astype("int64"),

@@ -11,6 +11,7 @@ from domadapt.validators import (
     Entropy,
     FeatureMMD,
     InformationMaximization,
+    ReverseValidation,
     SoftNeighborhoodDensity,
 )
 from domadapt.validators.snd import snd_of
@@ -71,11 +72,31 @@ def test_dev_equals_the_source_risk_when_domains_coincide():
     assert abs(shifted - risk) > abs(same - risk)
 
 
+def test_reverse_validation_is_higher_when_target_pseudo_labels_transfer_back():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    centres = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]])
+    labels = rng.integers(0, 3, 600)
+    images = (centres[labels] + rng.normal(size=(600, 2))).astype("float32")
+    identity = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
+    trained = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    trained.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    trained.fit(images[:300], labels[:300], epochs=20, verbose=0)
+    # Constant-ish predictions: a random tiny-weight classifier labels nearly everything alike.
+    careless = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax",
+                                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))])
+    source, target = (images[:300], labels[:300]), images[300:]
+    good = ReverseValidation()(trained, source=source, target=target, feature_extractor=identity)
+    poor = ReverseValidation()(careless, source=source, target=target, feature_extractor=identity)
+    assert good > 0.9
+    assert good > poor + 0.2
+
+
 def test_no_validator_reads_target_labels(moons):
     source_x, source_y, target_x, target_y = moons
     keras.utils.set_random_seed(0)
     _, _, adapter = train_and_score(mlp_backbone(), [da.MMD()], source_x, source_y, target_x, target_y, epochs=3)
-    names = ["source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd"]
+    names = ["source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd", "reverse"]
     with_true = da.validate(adapter, source=(source_x[:200], source_y[:200]), target=(target_x, target_y), validators=names)
     with_wrong = da.validate(adapter, source=(source_x[:200], source_y[:200]), target=(target_x, 1 - target_y),
                              validators=names)

@@ -19,10 +19,11 @@ from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization
 from domadapt.validators.mmd import FeatureMMD
+from domadapt.validators.reverse import ReverseValidation
 from domadapt.validators.snd import SoftNeighborhoodDensity
 from domadapt.validators.source_accuracy import SourceAccuracy
 
 __all__ = [
-    "ComparisonTable", "DeepEmbeddedValidation", "Entropy", "FeatureMMD", "InformationMaximization",
+    "ComparisonTable", "DeepEmbeddedValidation", "Entropy", "FeatureMMD", "InformationMaximization", "ReverseValidation",
     "SoftNeighborhoodDensity", "SourceAccuracy", "Validator", "compare", "validate",
 ]

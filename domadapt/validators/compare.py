@@ -15,6 +15,7 @@ from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization
 from domadapt.validators.mmd import FeatureMMD
+from domadapt.validators.reverse import ReverseValidation
 from domadapt.validators.snd import SoftNeighborhoodDensity
 from domadapt.validators.source_accuracy import SourceAccuracy
 
@@ -25,8 +26,9 @@ VALIDATORS = {
     "snd": SoftNeighborhoodDensity,
     "dev": DeepEmbeddedValidation,
     "mmd": FeatureMMD,
+    "reverse": ReverseValidation,
 }
-DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd")
+DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd", "reverse")
 # The recommendation: candidates ranked by each of these, ranks averaged.
 RECOMMENDING = ("information_maximization", "snd", "dev")
 

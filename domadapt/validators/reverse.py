@@ -1,0 +1,72 @@
+"""Reverse validation on frozen features."""
+
+import numpy as np
+from scipy import optimize
+
+from domadapt.validators._common import Validator, images_of, labeled, outputs
+
+
+class ReverseValidation(Validator):
+    """Reverse validation (Zhong et al. 2010; Ganin et al. 2016, section 5.1.2). Higher is better.
+
+    The model labels the target; a *reverse* classifier is trained on the target
+    features with those pseudo-labels and scored on the labeled source. If the
+    model's target labels are right and its features carry the classes across
+    domains, the reverse classifier transfers back well.
+
+    The paper retrains the whole network in reverse; to stay affordable this one
+    keeps the model's features frozen and fits an L2-regularised softmax regression
+    on them (standardised), so it costs two predictions and one L-BFGS fit.
+
+    Args:
+        max_samples: target samples used for the reverse fit (a seeded subsample).
+        l2: regularisation of the softmax regression.
+    """
+
+    name = "reverse"
+    higher_is_better = True
+
+    def __init__(self, max_samples=2000, l2=1e-2, seed=0):
+        self.max_samples = int(max_samples)
+        self.l2 = float(l2)
+        self.seed = seed
+
+    def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        source_images, source_labels = labeled(source, "source")
+        target_images = images_of(target, "target")
+        if len(target_images) > self.max_samples:
+            chosen = np.random.default_rng(self.seed).choice(len(target_images), self.max_samples, replace=False)
+            target_images = target_images[chosen]
+        target_probabilities, target_features = outputs(model, target_images, feature_extractor)
+        _, source_features = outputs(model, source_images, feature_extractor)
+        pseudo_labels = np.argmax(target_probabilities, axis=1)
+        mean, scale = target_features.mean(axis=0), target_features.std(axis=0)
+        scale[scale == 0] = 1.0
+        weights = fit_softmax((target_features - mean) / scale, pseudo_labels, target_probabilities.shape[1], self.l2)
+        predicted = np.argmax(_logits((source_features - mean) / scale, weights), axis=1)
+        return float(np.mean(predicted == source_labels))
+
+
+def _logits(features, weights):
+    return features @ weights[:-1] + weights[-1]
+
+
+def fit_softmax(features, labels, num_classes, l2):
+    """L2-regularised multinomial logistic regression by L-BFGS; returns a (d + 1, k) matrix
+    whose last row is the bias."""
+    count, dimension = features.shape
+    one_hot = np.eye(num_classes)[labels]
+
+    def loss_and_gradient(flat):
+        weights = flat.reshape(dimension + 1, num_classes)
+        logits = _logits(features, weights)
+        logits -= logits.max(axis=1, keepdims=True)
+        log_probabilities = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        loss = -np.sum(one_hot * log_probabilities) / count + 0.5 * l2 * np.sum(weights[:-1] ** 2)
+        residual = (np.exp(log_probabilities) - one_hot) / count
+        gradient = np.vstack([features.T @ residual + l2 * weights[:-1], residual.sum(axis=0)])
+        return loss, gradient.ravel()
+
+    start = np.zeros((dimension + 1) * num_classes)
+    result = optimize.minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B", options={"maxiter": 300})
+    return result.x.reshape(dimension + 1, num_classes)
