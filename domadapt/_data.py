@@ -247,10 +247,21 @@ def batched_forever(stream: Stream, batch_size: int, *, shuffle: bool, seed: int
         # Arrays: shuffle indices, not images, then gather a whole batch at once.
         images = tf.constant(stream.images)
         labels = tf.constant(stream.labels) if stream.labeled else None
-        indices = tf.data.Dataset.range(stream.size)
         if shuffle:
-            indices = indices.shuffle(stream.size, seed=seed, reshuffle_each_iteration=True)
-        indices = indices.repeat().batch(batch_size, drop_remainder=True)
+            # One stateless permutation per pass, a pure function of (seed, pass): the
+            # same batches on one device, under tf.distribute's dataset rewrite (which
+            # does not keep a seeded stateful shuffle's order) and after a restart.
+            if seed is None:
+                seed = int(np.random.randint(0, 2**31 - 1))
+            size = stream.size
+            indices = tf.data.Dataset.counter().map(
+                lambda epoch: tf.random.experimental.stateless_shuffle(
+                    tf.range(size, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+                )
+            ).unbatch()
+        else:
+            indices = tf.data.Dataset.range(stream.size).repeat()
+        indices = indices.batch(batch_size, drop_remainder=True)
         if stream.labeled:
             return indices.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)))
         return indices.map(lambda index: tf.gather(images, index))

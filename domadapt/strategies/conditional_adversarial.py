@@ -94,7 +94,7 @@ class ConditionalAdversarial(AdversarialStrategy):
 
         def weights(logits):
             w = 1.0 + ops.exp(-_ops.entropy(ops.softmax(logits, axis=-1)))
-            return w / ops.sum(w)  # each domain contributes equally
+            return w / _ops.replica_sum(ops.sum(w))  # each domain contributes equally (global batch)
 
         return weights(step.source_logits), weights(step.target_logits)
 

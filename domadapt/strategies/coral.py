@@ -29,5 +29,7 @@ class CORAL(WeightedStrategy):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
 
     def loss(self, step):
-        return {"coral_loss": self.current_weight(step) * _ops.coral(step.source_features, step.target_features)}
+        # The global batch under tf.distribute (see MMD.loss).
+        source, target = _ops.gather_replicas(step.source_features), _ops.gather_replicas(step.target_features)
+        return {"coral_loss": self.current_weight(step) * _ops.coral(source, target)}
 

@@ -47,11 +47,15 @@ class MMD(WeightedStrategy):
         self.kernels = kernels
 
     def loss(self, step):
+        # The global batch under tf.distribute; each replica then holds the same loss,
+        # which the train step divides by the number of replicas.
+        source = _ops.gather_replicas(step.source_features)
+        target = _ops.gather_replicas(step.target_features)
         if self.kernels == "linear":
-            value = _ops.linear_mmd_squared(step.source_features, step.target_features)
+            value = _ops.linear_mmd_squared(source, target)
         else:
             multipliers = _ops.MULTI_KERNEL_MULTIPLIERS if self.kernels == "multi" else (1.0,)
-            value = _ops.mmd_squared(step.source_features, step.target_features, multipliers)
+            value = _ops.mmd_squared(source, target, multipliers)
         return {"mmd_loss": self.current_weight(step) * value}
 
     def get_config(self):
