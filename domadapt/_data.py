@@ -55,11 +55,11 @@ def _to_numpy(value, argument: str) -> np.ndarray:
         array = np.asarray(value)
     except Exception as error:  # ragged lists and the like
         raise TypeError(f"Argument `{argument}`: could not be read as an array ({error}).") from None
-    if array.dtype == object or not (
+    if array.dtype == object or np.issubdtype(array.dtype, np.complexfloating) or not (
         np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
     ):
         raise TypeError(
-            f"Argument `{argument}`: expected a numeric array; received {_describe(array)}."
+            f"Argument `{argument}`: expected a real numeric array; received {_describe(array)}."
         )
     return array
 
@@ -225,9 +225,22 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> Str
             size = cardinality
     if batched:
         dataset = dataset.unbatch()
+    check_images = image_spec.dtype.is_floating
     if labeled:
-        dataset = dataset.map(lambda images, labels: (images, _checked_labels(labels, num_classes, argument)))
+        dataset = dataset.map(lambda images, labels: (
+            _checked_images(images, argument) if check_images else images, _checked_labels(labels, num_classes, argument)
+        ))
+    elif check_images:
+        dataset = dataset.map(lambda images: _checked_images(images, argument))
     return Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size, user_num_batches=num_batches)
+
+
+def _checked_images(image, argument):
+    # As labels below: a NaN or inf image deeper in a dataset stops training with a
+    # ValueError (a relu network would otherwise silently turn NaN into 0).
+    finite = tf.reduce_all(tf.math.is_finite(image))
+    with tf.control_dependencies([tf.debugging.Assert(finite, [f"{PIPELINE_ERROR_MARKER} `{argument}` has an image with NaN or inf values"])]):
+        return tf.identity(image)
 
 
 def _checked_labels(labels, num_classes, argument):

@@ -19,7 +19,9 @@ def as_features(source_features, target_features, *, minimum=2):
             array = np.asarray(value)
         except Exception as error:
             raise TypeError(f"Argument `{name}`: could not be read as an array ({error}).") from None
-        if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+        if array.dtype == object or np.issubdtype(array.dtype, np.complexfloating) or not np.issubdtype(
+            array.dtype, np.number
+        ):
             raise TypeError(f"Argument `{name}`: expected a numeric array; received dtype {array.dtype}.")
         if array.ndim == 1:
             array = array[:, None]
