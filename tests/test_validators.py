@@ -161,3 +161,15 @@ def test_validator_checkpoint_restores_the_best_epoch(moons):
 def test_unknown_validator_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown 'magic'"):
         da.validate(None, validators=["magic"])
+
+
+def test_compare_never_recommends_a_collapsed_candidate_even_when_snd_prefers_it():
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 3, 60)
+    collapsed = FixedOutputs(np.tile([[0.98, 0.01, 0.01]], (60, 1)))
+    diverse = FixedOutputs(np.eye(3)[classes] * 0.6 + rng.uniform(0, 0.2, size=(60, 3)))
+    scores = da.validate(collapsed, target=indices(60), validators=["snd"])
+    assert scores["snd"] > da.validate(diverse, target=indices(60), validators=["snd"])["snd"]  # SND's blind spot
+    with pytest.warns(UserWarning, match="collapsed: its target predictions collapse"):
+        table = da.compare({"collapsed": collapsed, "diverse": diverse}, target=indices(60), validators=["snd"])
+    assert table.recommended == "diverse"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from domadapt.validators._common import Validator, labeled, outputs
+from domadapt.validators._common import Validator, entropies, images_of, labeled, outputs
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization
@@ -29,8 +29,11 @@ VALIDATORS = {
     "reverse": ReverseValidation,
 }
 DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd", "reverse")
-# The recommendation: candidates ranked by each of these, ranks averaged.
-RECOMMENDING = ("information_maximization", "snd", "dev")
+# The recommendation: candidates ranked by each of these, ranks averaged. Chosen on
+# benchmarks/results/validator_selection.md (two shifts, twelve candidates): IM and
+# reverse validation correlated best with target accuracy (Spearman +0.66 to +0.94);
+# SND rewarded collapsed models and DEV was weak there.
+RECOMMENDING = ("information_maximization", "reverse")
 
 
 def _resolve(validators):
@@ -150,12 +153,14 @@ class ComparisonTable:
 
 
 def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS, *, target_labels=None,
-            source_drop=0.05):
+            source_drop=0.15, collapse_threshold=0.5, collapse_samples=2000):
     """Score several trained candidates, rank them, and recommend one.
 
-    The recommendation is the best mean rank over IM, SND and DEV (those present),
+    The recommendation is the best mean rank over IM and reverse validation (those present),
     excluding candidates whose source accuracy is more than ``source_drop`` below
-    the best candidate's. Warnings name candidates whose source accuracy dropped
+    the best candidate's, and candidates whose target predictions collapse: the
+    entropy of their mean target prediction, divided by log(num_classes), is below
+    ``collapse_threshold`` (an accurate model on a balanced target is near 1). Warnings name candidates whose source accuracy dropped
     that sharply, and validators whose top pick differs from the recommendation.
     With ``target_labels`` (for your own labeled slice), the table adds true target
     accuracy and each validator's Spearman correlation with it.
@@ -185,6 +190,22 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
                 f"best ({best_source:.3f}); it is not recommended"
             )
         eligible = [c for c in scores if c not in dropped] or list(scores)
+    # A model that puts (nearly) every target image in one class scores well on
+    # density validators (SND: identical outputs are all close neighbours) yet is useless.
+    target_images = images_of(target, "target") if target is not None else None
+    if target_images is not None:
+        collapsed = []
+        for c in eligible:
+            probabilities, _ = outputs(candidates[c], target_images[:collapse_samples])
+            classes = probabilities.shape[1]
+            spread = float(entropies(probabilities.mean(axis=0, keepdims=True))[0] / np.log(max(classes, 2)))
+            if spread < collapse_threshold:
+                collapsed.append(c)
+                table_warnings.append(
+                    f"{c}: its target predictions collapse onto few classes (class-spread {spread:.2f} < "
+                    f"{collapse_threshold}); it is not recommended"
+                )
+        eligible = [c for c in eligible if c not in collapsed] or eligible
     deciding = [n for n in RECOMMENDING if n in directions] or list(directions)
     mean_rank = {c: np.mean([stats.rankdata([-oriented[n][x] for x in eligible])[eligible.index(c)] for n in deciding])
                  for c in eligible}
@@ -198,8 +219,6 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     target_accuracy, correlations = {}, {}
     if target_labels is not None:
         target_labels = np.asarray(target_labels).reshape(-1)
-        from domadapt.validators._common import images_of
-
         images = images_of(target, "target")
         for name, model in candidates.items():
             probabilities, _ = outputs(model, images)
