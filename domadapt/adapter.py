@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from domadapt import _data
+from domadapt import _data, _ops
 from domadapt.callbacks import StopOnNonFinite
 from domadapt.strategy import Step, Strategy, flatten_strategies
 
@@ -237,6 +237,18 @@ class DomainAdapter(keras.Model):
         self.planned_steps = self.add_weight(
             shape=(), initializer="ones", trainable=False, name="planned_steps", dtype="float32"
         )
+        # The first optimizer step (1-based; 0: none) whose loss terms were not all
+        # finite, and a bit mask of those terms: written in the graph, read by
+        # da.callbacks.StopOnNonFinite every few batches (no per-step host sync).
+        self.first_nonfinite_step = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="first_nonfinite_step", dtype="int64",
+            aggregation="only_first_replica",
+        )
+        self.nonfinite_terms = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="nonfinite_terms", dtype="int64",
+            aggregation="only_first_replica",
+        )
+        self.loss_term_names = ()
         self._log_names = self._make_log_names()
         self._trackers = {
             name: (_LastValue(name=name) if kind == "last" else keras.metrics.Mean(name=name))
@@ -464,11 +476,22 @@ class DomainAdapter(keras.Model):
             scaled = self.optimizer.scale_loss(scaled)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        # A step whose loss terms are not all finite changes nothing: its gradients are
-        # dropped here and StopOnNonFinite reports the term (weights never turn NaN).
-        finite = ops.all(ops.stack([ops.all(ops.isfinite(term)) for term in terms.values()]))
+        # A step whose loss terms are not all finite (on any replica) changes nothing:
+        # its gradients are dropped and the step and terms are recorded for
+        # StopOnNonFinite, so the weights never turn NaN.
+        self.loss_term_names = tuple(terms)
+        bad = ops.stack([ops.cast(ops.logical_not(ops.all(ops.isfinite(t))), "float32") for t in terms.values()])
+        bad = _ops.replica_sum(bad)
+        mask = sum(ops.where(bad[index] > 0, 1 << index, 0) for index in range(len(terms)))
+        mask = ops.cast(mask, "int64")
+        finite = ops.equal(mask, 0)
         gradients = [g if g is None or isinstance(g, tf.IndexedSlices) else ops.where(finite, g, ops.zeros_like(g))
                      for g in gradients]
+        record = ops.logical_and(ops.logical_not(finite), ops.equal(self.first_nonfinite_step, 0))
+        self.first_nonfinite_step.assign(
+            ops.where(record, ops.cast(self.optimizer.iterations, "int64") + 1, self.first_nonfinite_step)
+        )
+        self.nonfinite_terms.assign(ops.where(record, mask, self.nonfinite_terms))
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
         if pairs:
             self._apply_gradients(pairs)

@@ -67,50 +67,54 @@ class StopOnNonFinite(keras.callbacks.Callback):
     """Stop training with a clear error when a loss term becomes NaN or infinite.
 
     ``DomainAdapter.fit`` adds one by default (``stop_on_nonfinite=True``). The train
-    step itself drops the gradients of a step whose loss terms are not all finite,
-    so the weights stay finite (an optimizer with momentum still moves them by its
-    momentum for that step). The error names the term, the epoch, the batch and the
-    optimizer step. Reading the logs synchronises host and device every
-    ``check_every`` batches, as Keras' own ``TerminateOnNaN`` does every batch.
+    step drops the gradients of any step whose loss terms are not all finite (so the
+    weights stay finite; an optimizer with momentum still moves them by its momentum)
+    and records, in the graph, the first such step and its terms. This callback reads
+    that record every ``check_every`` batches and at each epoch's end (one small
+    device-to-host read, so training is not synchronised every step) and raises
+    :class:`NonFiniteLossError` naming the terms, the optimizer step, the epoch and
+    the batch.
 
     Example:
 
     ```python
-    adapter.fit(source=(xs, ys), target=xt, callbacks=[da.callbacks.StopOnNonFinite(check_every=10)])
+    adapter.fit(source=(xs, ys), target=xt, callbacks=[da.callbacks.StopOnNonFinite(check_every=1)])
     ```
     """
 
-    def __init__(self, check_every=1):
+    def __init__(self, check_every=20):
         super().__init__()
         if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 1:
             raise ValueError(f"Argument `check_every` must be a positive integer; received {check_every!r}.")
         self.check_every = check_every
-        self._epoch = 0
+        self._epoch_starts = []  # (epoch, optimizer iterations when it began)
+
+    def on_train_begin(self, logs=None):
+        self.model.first_nonfinite_step.assign(0)
+        self.model.nonfinite_terms.assign(0)
+        self._epoch_starts = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        self._epoch_starts.append((epoch, int(self.model.optimizer.iterations.numpy())))
 
     def on_train_batch_end(self, batch, logs=None):
-        if not logs or (batch + 1) % self.check_every:
-            return
-        import numpy as np
+        if (batch + 1) % self.check_every == 0:
+            self._check()
 
-        bad = {}
-        for name, value in logs.items():
-            value = np.asarray(value)
-            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-                bad[name] = float(np.ravel(value)[0])
-        if not bad:
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
+
+    def _check(self):
+        step = int(self.model.first_nonfinite_step.numpy())
+        if step == 0:
             return
-        terms = [n for n in bad if n != "loss"] or list(bad)
+        mask = int(self.model.nonfinite_terms.numpy())
+        names = [name for index, name in enumerate(self.model.loss_term_names) if mask >> index & 1]
+        epoch, start = next(((e, s) for e, s in reversed(self._epoch_starts) if s < step), (0, 0))
         self.model.stop_training = True
-        step = int(self.model.optimizer.iterations.numpy())
-        where = f"epoch {self._epoch + 1}, batch {batch + 1}" + (
-            f" (within the last {self.check_every} batches)" if self.check_every > 1 else ""
-        )
         raise NonFiniteLossError(
-            f"Loss term(s) {', '.join(repr(t) + ' = ' + str(bad[t]) for t in terms)} became non-finite at {where}, "
-            f"optimizer step {step}. Training stopped; the gradients of that step were dropped, so the weights are "
-            "finite. Common causes: a learning rate or strategy weight too high, NaN or inf in the input images, "
-            "float16 overflow without loss scaling."
+            f"Loss term(s) {', '.join(repr(n) for n in names)} became non-finite (NaN or inf) at optimizer step {step} "
+            f"(epoch {epoch + 1}, batch {step - start}). Training stopped; the gradients of non-finite steps were "
+            "dropped, so the weights are finite. Common causes: a learning rate or strategy weight too high, NaN or "
+            "inf in the input images, float16 overflow without loss scaling."
         )
