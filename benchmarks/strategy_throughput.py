@@ -130,7 +130,7 @@ def main(argv=None):
     if not args.skip_accuracy:
         for method, strategies_of in demo.candidates().items():
             result = demo.train_one(strategies_of, data, args.accuracy_epochs)
-            accuracy[method] = {k: result[k] for k in ("target_accuracy", "source_accuracy", "feature_mmd2")}
+            accuracy[method] = {k: result[k] for k in ("target_accuracy", "source_accuracy", "mmd")}
             print(f"{method:<28} target accuracy {result['target_accuracy']:.3f}", flush=True)
 
     report = {

@@ -505,7 +505,7 @@ class DomainAdapter(keras.Model):
         logs = {"loss": self._loss_tracker.result()}
         logs.update({name: self._trackers[name].result() for name in {**terms, **reports}})
         logs.update({m.name: m.result() for m in self._user_metrics})
-        return logs
+        return _reducible(logs)
 
     def _apply_gradients(self, pairs):
         """One optimizer step; variables with a learning-rate multiplier m move m times as far.
@@ -532,7 +532,7 @@ class DomainAdapter(keras.Model):
             metric.update_state(ops.cast(labels, "int32"), probabilities)
         logs = {"loss": self._loss_tracker.result()}
         logs.update({m.name: m.result() for m in self._user_metrics})
-        return logs
+        return _reducible(logs)
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -672,6 +672,15 @@ class DomainAdapter(keras.Model):
             _reraise_input_error(error)
             raise
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer builds a distributed model by averaging one input batch
+        # across replicas, which MultiWorkerMirroredStrategy cannot do for our dict of
+        # streams. Nothing needs it: the adapter, its metrics and the optimizer are
+        # built in __init__ and fit.
+        if getattr(self, "_distribute_strategy", None) is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        return None
+
     def _training_data(
         self, source, target, target_labeled, *, batch_size, start_epoch=0, target_batch_size, steps_per_epoch, shuffle, seed, shuffle_buffer
     ):
@@ -754,6 +763,19 @@ class DomainAdapter(keras.Model):
             images = _data._to_numpy(x, "x")
             _data._check_images(images, "x", self.image_shape)
         return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
+
+
+def _reducible(logs):
+    """Logs as Keras' TF trainer can reduce them under every tf.distribute strategy.
+
+    Under MultiWorkerMirroredStrategy Keras reduces each log with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars (also for a
+    plain keras.Model in Keras 3.15); a leading axis of one makes it a plain mean.
+    """
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
 
 
 def _restored_epoch(callbacks):

@@ -157,3 +157,23 @@ def test_a_run_killed_mid_epoch_resumes_with_backup_and_restore_to_the_same_resu
         # Progress-dependent lambda and gradual unfreezing resumed at the right point.
         for name, value in logs.items():
             assert value == pytest.approx(expected_log["epochs"][epoch][name], rel=1e-5), (epoch, name)
+
+
+def test_multi_worker_mirrored_strategy_with_two_local_workers_matches_one_device(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "multiworker_check.py"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env=env)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, run.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["codes"] == [0, 0, 0], run.stderr[-3000:]
+    assert result["gap_between_workers"] < 1e-6  # the workers hold one model
+    assert result["gap_to_single"] < 1e-4 * result["scale"]  # GRL + MMD + CORAL + entropy on the global batch
+    assert result["loss"][0] == pytest.approx(result["loss"][1], rel=1e-4)
