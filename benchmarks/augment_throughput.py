@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import domadapt as da  # noqa: E402
+from domadapt.strategies._tf_presets import TF_PRESETS  # noqa: E402
 from domadapt.strategies.mimic_augment import PRESETS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -57,10 +58,10 @@ def augment_rate(strategy, images, workers):
     return count / (time.perf_counter() - started)
 
 
-def training_rate(size, steps=8):
+def training_rate(size, steps=8, strategies=()):
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(size, size, 3))
-    adapter = da.DomainAdapter(backbone, num_classes=10)
+    adapter = da.DomainAdapter(backbone, num_classes=10, strategies=list(strategies))
     adapter.compile(optimizer="adam")
     images = scenes(BATCH * steps, size)
     labels = np.zeros(len(images), "int64")
@@ -75,13 +76,33 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96, 224])
     parser.add_argument("--presets", nargs="+", default=sorted(PRESETS) + ["from_target:histogram", "from_target:fda"])
     parser.add_argument("--images", type=int, default=128, help="images per measurement")
+    parser.add_argument("--tf-engine-only", action="store_true",
+                        help="measure only engine='tf' and keep the albumentations rows of the last results")
     args = parser.parse_args(argv)
     all_workers = os.cpu_count() or 1
     worker_counts = sorted({1, 2, all_workers})
 
     rows = []
     training = {}
+    if args.tf_engine_only:
+        previous = json.loads((RESULTS / "augment_throughput.json").read_text())
+        rows = previous["rows"]
+        for row in rows:
+            row["images_per_second"] = {int(w): r for w, r in row["images_per_second"].items()}
+            row["ratio_to_training_step"] = {int(w): r for w, r in row["ratio_to_training_step"].items()}
+        training = {int(size): rate for size, rate in previous["training_images_per_second"].items()}
+    # engine="tf": the training step with the augmentation compiled into it, as a
+    # ratio to the same step without it, measured back to back.
+    tf_rows = []
     for size in args.sizes:
+        plain = training_rate(size, steps=16)
+        for preset in sorted(TF_PRESETS):
+            with_augmentation = training_rate(size, steps=16, strategies=[da.MimicAugment(preset, seed=0, engine="tf")])
+            tf_rows.append({"size": size, "preset": preset, "training_images_per_second": with_augmentation,
+                            "plain_training_images_per_second": plain, "ratio": with_augmentation / plain})
+            print(f"{size}px engine='tf' {preset:<10} {with_augmentation:7.0f} img/s vs {plain:7.0f} "
+                  f"({with_augmentation / plain:.2f})", flush=True)
+    for size in [] if args.tf_engine_only else args.sizes:
         images = scenes(args.images, size)
         references = scenes(16, size, seed=1) // 2
         training[size] = training_rate(size)
@@ -100,7 +121,8 @@ def main(argv=None):
     da.augment.preview(scenes(6, 96, seed=3), sorted(PRESETS), path=RESULTS / "preset_preview.png", overwrite=True)
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                "cpu_count": all_workers, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
-    report = {"machine": machine, "batch": BATCH, "training_images_per_second": training, "rows": rows}
+    report = {"machine": machine, "batch": BATCH, "training_images_per_second": training, "rows": rows,
+              "tf_engine_rows": tf_rows}
     (RESULTS / "augment_throughput.json").write_text(json.dumps(report, indent=2))
     lines = [
         "# MimicAugment throughput vs the training step",
@@ -119,6 +141,19 @@ def main(argv=None):
             f"| {row['size']} | {row['preset']} | " + " | ".join(f"{rates[w]:.0f}" for w in worker_counts)
             + f" | {training[row['size']]:.0f} | {max(row['ratio_to_training_step'].values()):.1f} |"
         )
+    lines += [
+        "",
+        "## engine=\"tf\": augmentation inside the compiled train step",
+        "",
+        "MobileNetV3Small training step with the preset compiled into it vs the same step without, measured back "
+        "to back (no tf.data workers involved).",
+        "",
+        "| size | preset | training img/s with augmentation | without | ratio |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for row in tf_rows:
+        lines.append(f"| {row['size']} | {row['preset']} | {row['training_images_per_second']:.0f} | "
+                     f"{row['plain_training_images_per_second']:.0f} | {row['ratio']:.2f} |")
     lines += ["", "Preview of every preset (severity 0.5): `preset_preview.png`."]
     (RESULTS / "augment_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

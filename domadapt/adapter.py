@@ -412,9 +412,16 @@ class DomainAdapter(keras.Model):
 
     def _make_step(self, data, training):
         source_images, source_labels = data["source"]
+        target_images = data.get("target")
+        if training:
+            for strategy in self.strategies:
+                if strategy._overrides("augment_in_step"):
+                    source_images = strategy.augment_in_step(source_images, "source")
+                    if target_images is not None:
+                        target_images = strategy.augment_in_step(target_images, "target")
         batches = [source_images]
-        if "target" in data:
-            batches.append(data["target"])
+        if target_images is not None:
+            batches.append(target_images)
         if "target_labeled" in data:
             batches.append(data["target_labeled"][0])
         features, logits = self._features_and_logits(batches, training)
@@ -429,8 +436,8 @@ class DomainAdapter(keras.Model):
             ),
         )
         position = 1
-        if "target" in data:
-            step.target_images = data["target"]
+        if target_images is not None:
+            step.target_images = target_images
             step.target_features, step.target_logits = features[1], logits[1]
             position = 2
         if "target_labeled" in data:

@@ -4,7 +4,8 @@ A strategy is a small Keras layer that the :class:`~domadapt.DomainAdapter` call
 fixed points. It may contribute any of:
 
 * an input transform of the source or target stream (``transform_source`` /
-  ``transform_target``), run inside ``tf.data`` on batches, in recipe order;
+  ``transform_target``), run inside ``tf.data`` on batches, in recipe order, or
+  inside the compiled train step (``augment_in_step``);
 * loss terms computed from one training step's features and logits (``loss``);
 * extra trainable sub-models (a domain discriminator): create them in ``setup``;
   they train with the adapter's optimizer;
@@ -86,6 +87,12 @@ class Strategy(keras.layers.Layer):
 
     def transform_target(self, images):
         """Transform a batch of the unlabeled target stream inside ``tf.data``."""
+        return images
+
+    def augment_in_step(self, images, domain: str):
+        """Transform a batch inside the compiled train step (on the accelerator; training
+        only). ``domain`` is ``"source"`` or ``"target"``; returns images of the same
+        shape. For cheap in-graph augmentation that must not wait on CPU workers."""
         return images
 
     def on_fit_start(self, adapter, fit_info: dict):

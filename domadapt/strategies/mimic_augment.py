@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from domadapt.strategies import _tf_presets
+from domadapt.strategies._tf_presets import TF_PRESETS
 from domadapt.strategy import Strategy
 
 try:
@@ -107,6 +109,11 @@ class MimicAugment(Strategy):
         p: probability that an image is augmented.
         apply_to: ``"source"`` (default) or ``"both"`` (also target batches).
         seed: base seed; ``None`` draws one.
+        engine: ``"albumentations"`` (default: in the ``tf.data`` pipeline, on CPU
+            workers) or ``"tf"``: for the presets ``night``, ``noise`` and
+            ``overcast``, the same parameters as in-graph ops inside the compiled
+            train step, on the accelerator, so augmentation never waits on CPU
+            workers. Same statistics as the albumentations engine, not the same pixels.
 
     Example:
 
@@ -119,7 +126,8 @@ class MimicAugment(Strategy):
 
     uses_target = False
 
-    def __init__(self, transform="rain", severity=0.5, p=1.0, apply_to="source", seed=None, **kwargs):
+    def __init__(self, transform="rain", severity=0.5, p=1.0, apply_to="source", seed=None, engine="albumentations",
+                 **kwargs):
         reference_method = kwargs.pop("reference_method", None)
         num_references = kwargs.pop("num_references", 32)
         super().__init__(**kwargs)
@@ -151,7 +159,22 @@ class MimicAugment(Strategy):
                 f"Argument `transform` must be a preset name {sorted(PRESETS)} or an albumentations transform; "
                 f"received {type(transform).__name__}."
             )
+        if engine not in ("albumentations", "tf"):
+            raise ValueError(f"Argument `engine` must be 'albumentations' or 'tf'; received engine={engine!r}.")
+        if engine == "tf" and not (isinstance(self.transform, str) and self.transform in TF_PRESETS):
+            raise ValueError(
+                f"Argument `engine`: engine='tf' exists for the presets {sorted(TF_PRESETS)}; received "
+                f"transform={transform!r}" + (f", method={reference_method!r}" if reference_method else "") + "."
+            )
+        self.engine = engine
+        self._seed_generator = None
         self._local = threading.local()
+
+    def setup(self, adapter):
+        if self.engine == "tf":
+            # Created here, under the adapter's tf.distribute scope; its state is saved
+            # with the adapter, so a resumed run continues the same random sequence.
+            self._seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -239,6 +262,9 @@ class MimicAugment(Strategy):
             return images.copy()
         base = self.seed if seed is None else int(seed)
         batch_seed = zlib.crc32(np.ascontiguousarray(images).tobytes(), base & 0xFFFFFFFF)
+        if self.engine == "tf":
+            seed_pair = tf.constant([base & 0x7FFFFFFF, batch_seed & 0x7FFFFFFF], tf.int32)
+            return _tf_presets.apply(tf.constant(images), self.transform, self.severity, self.p, seed_pair).numpy()
         rng = np.random.default_rng(batch_seed)
         transform = self._transform_for(images.shape[1:])
         transform.set_random_seed(batch_seed)
@@ -302,9 +328,21 @@ class MimicAugment(Strategy):
     def transform_target(self, images):
         return self._augment_tensor(images) if self.apply_to == "both" else images
 
+    def augment_in_step(self, images, domain):
+        if domain == "target" and self.apply_to != "both":
+            return images
+        if self._seed_generator is None:  # used outside an adapter
+            self._seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
+        seed_pair = tf.cast(self._seed_generator.next(), tf.int32)
+        return _tf_presets.apply(images, self.transform, self.severity, self.p, seed_pair)
+
     def _overrides(self, hook_name):
-        if hook_name == "transform_target":
-            return self.apply_to == "both"
+        if hook_name in ("transform_source", "transform_target"):
+            if self.engine == "tf":
+                return False
+            return hook_name == "transform_source" or self.apply_to == "both"
+        if hook_name == "augment_in_step":
+            return self.engine == "tf"
         return super()._overrides(hook_name)
 
     # ------------------------------------------------------------------ choosing a preset
@@ -369,7 +407,7 @@ class MimicAugment(Strategy):
 
     def get_config(self):
         config = {**super().get_config(), "severity": self.severity, "p": self.p, "apply_to": self.apply_to,
-                  "seed": self.seed}
+                  "seed": self.seed, "engine": self.engine}
         if self.reference_method is not None:
             # Reference images are data, not configuration: they are re-sampled from
             # the target stream at the next fit.
