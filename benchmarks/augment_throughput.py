@@ -58,7 +58,8 @@ def augment_rate(strategy, images, workers):
     return count / (time.perf_counter() - started)
 
 
-def training_rate(size, steps=8, strategies=()):
+def training_runner(size, steps=8, strategies=()):
+    """A compiled, warmed-up source-only fit; calling it returns images per second of ``steps`` steps."""
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(size, size, 3))
     adapter = da.DomainAdapter(backbone, num_classes=10, strategies=list(strategies))
@@ -66,9 +67,17 @@ def training_rate(size, steps=8, strategies=()):
     images = scenes(BATCH * steps, size)
     labels = np.zeros(len(images), "int64")
     adapter.fit(source=(images, labels), epochs=1, batch_size=BATCH, steps_per_epoch=2, verbose=0)  # warm-up
-    started = time.perf_counter()
-    adapter.fit(source=(images, labels), epochs=1, batch_size=BATCH, steps_per_epoch=steps, verbose=0)
-    return steps * BATCH / (time.perf_counter() - started)
+
+    def run():
+        started = time.perf_counter()
+        adapter.fit(source=(images, labels), epochs=1, batch_size=BATCH, steps_per_epoch=steps, verbose=0)
+        return steps * BATCH / (time.perf_counter() - started)
+
+    return run
+
+
+def training_rate(size, steps=8, strategies=()):
+    return training_runner(size, steps, strategies)()
 
 
 def main(argv=None):
@@ -95,13 +104,19 @@ def main(argv=None):
     # ratio to the same step without it, measured back to back.
     tf_rows = []
     for size in args.sizes:
-        plain = training_rate(size, steps=16)
+        runners = {"plain": training_runner(size, steps=12)}
         for preset in sorted(TF_PRESETS):
-            with_augmentation = training_rate(size, steps=16, strategies=[da.MimicAugment(preset, seed=0, engine="tf")])
-            tf_rows.append({"size": size, "preset": preset, "training_images_per_second": with_augmentation,
-                            "plain_training_images_per_second": plain, "ratio": with_augmentation / plain})
-            print(f"{size}px engine='tf' {preset:<10} {with_augmentation:7.0f} img/s vs {plain:7.0f} "
-                  f"({with_augmentation / plain:.2f})", flush=True)
+            runners[preset] = training_runner(size, steps=12, strategies=[da.MimicAugment(preset, seed=0, engine="tf")])
+        # Round-robin repeats, best of each: drift of a noisy machine hits every variant alike.
+        best = {name: 0.0 for name in runners}
+        for _ in range(3):
+            for name, run in runners.items():
+                best[name] = max(best[name], run())
+        for preset in sorted(TF_PRESETS):
+            tf_rows.append({"size": size, "preset": preset, "training_images_per_second": best[preset],
+                            "plain_training_images_per_second": best["plain"], "ratio": best[preset] / best["plain"]})
+            print(f"{size}px engine='tf' {preset:<10} {best[preset]:7.0f} img/s vs {best['plain']:7.0f} "
+                  f"({best[preset] / best['plain']:.2f})", flush=True)
     for size in [] if args.tf_engine_only else args.sizes:
         images = scenes(args.images, size)
         references = scenes(16, size, seed=1) // 2
@@ -145,8 +160,10 @@ def main(argv=None):
         "",
         "## engine=\"tf\": augmentation inside the compiled train step",
         "",
-        "MobileNetV3Small training step with the preset compiled into it vs the same step without, measured back "
-        "to back (no tf.data workers involved).",
+        "MobileNetV3Small training step with the preset compiled into it vs the same step without: best of 3 "
+        "round-robin repeats of 12 steps (no tf.data workers involved). On a CPU the in-graph ops share the cores "
+        "with the training step; on an accelerator they run beside it. Ratios above 1 are this machine's timing "
+        "noise (about 20% between repeats).",
         "",
         "| size | preset | training img/s with augmentation | without | ratio |",
         "|---:|---|---:|---:|---:|",
