@@ -90,6 +90,11 @@ class StopOnNonFinite(keras.callbacks.Callback):
         self._epoch_starts = []  # (epoch, optimizer iterations when it began)
 
     def on_train_begin(self, logs=None):
+        if not hasattr(self.model, "first_nonfinite_step"):
+            raise TypeError(
+                "StopOnNonFinite watches a da.DomainAdapter's train step; for a plain keras.Model use "
+                "keras.callbacks.TerminateOnNaN."
+            )
         self.model.first_nonfinite_step.assign(0)
         self.model.nonfinite_terms.assign(0)
         self._epoch_starts = []
