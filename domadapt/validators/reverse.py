@@ -21,6 +21,12 @@ class ReverseValidation(Validator):
     Args:
         max_samples: target samples used for the reverse fit (a seeded subsample).
         l2: regularisation of the softmax regression.
+
+    Example:
+
+    ```python
+    score = da.validators.ReverseValidation()(adapter, source=(xs_val, ys_val), target=xt_val)
+    ```
     """
 
     name = "reverse"
