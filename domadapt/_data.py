@@ -32,6 +32,8 @@ class Stream:
     dataset: tf.data.Dataset | None = None
     user_batch_size: int | None = None
     user_num_batches: int | None = None
+    # Float images of a dataset are checked for NaN/inf per batch as they stream.
+    check_finite: bool = False
 
 
 def _describe(value) -> str:
@@ -225,22 +227,18 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> Str
             size = cardinality
     if batched:
         dataset = dataset.unbatch()
-    check_images = image_spec.dtype.is_floating
     if labeled:
-        dataset = dataset.map(lambda images, labels: (
-            _checked_images(images, argument) if check_images else images, _checked_labels(labels, num_classes, argument)
-        ))
-    elif check_images:
-        dataset = dataset.map(lambda images: _checked_images(images, argument))
-    return Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size, user_num_batches=num_batches)
+        dataset = dataset.map(lambda images, labels: (images, _checked_labels(labels, num_classes, argument)))
+    return Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size,
+                  user_num_batches=num_batches, check_finite=image_spec.dtype.is_floating)
 
 
-def _checked_images(image, argument):
+def _checked_images(images, argument):
     # As labels below: a NaN or inf image deeper in a dataset stops training with a
     # ValueError (a relu network would otherwise silently turn NaN into 0).
-    finite = tf.reduce_all(tf.math.is_finite(image))
+    finite = tf.reduce_all(tf.math.is_finite(images))
     with tf.control_dependencies([tf.debugging.Assert(finite, [f"{PIPELINE_ERROR_MARKER} `{argument}` has an image with NaN or inf values"])]):
-        return tf.identity(image)
+        return tf.identity(images)
 
 
 def _checked_labels(labels, num_classes, argument):
@@ -282,7 +280,12 @@ def batched_forever(stream: Stream, batch_size: int, *, shuffle: bool, seed: int
     if shuffle:
         buffer = shuffle_buffer if stream.size is None else max(1, min(shuffle_buffer, stream.size))
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    return dataset.repeat().batch(batch_size, drop_remainder=True)
+    batches = dataset.repeat().batch(batch_size, drop_remainder=True)
+    if stream.check_finite:  # once per batch, not per image
+        if stream.labeled:
+            return batches.map(lambda images, labels: (_checked_images(images, stream.argument), labels))
+        return batches.map(lambda images: _checked_images(images, stream.argument))
+    return batches
 
 
 def evaluation_dataset(value, *, argument: str, image_shape: tuple, num_classes: int, batch_size: int):
