@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from domadapt import _data, _ops
+from domadapt import _data, _distribute
 from domadapt.callbacks import StopOnNonFinite
 from domadapt.strategy import Step, Strategy, flatten_strategies
 
@@ -488,7 +488,7 @@ class DomainAdapter(keras.Model):
         # StopOnNonFinite, so the weights never turn NaN.
         self.loss_term_names = tuple(terms)
         bad = ops.stack([ops.cast(ops.logical_not(ops.all(ops.isfinite(t))), "float32") for t in terms.values()])
-        bad = _ops.replica_sum(bad)
+        bad = _distribute.replica_sum(bad)
         mask = sum(ops.where(bad[index] > 0, 1 << index, 0) for index in range(len(terms)))
         mask = ops.cast(mask, "int64")
         finite = ops.equal(mask, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from domadapt.validators.compare import _resolve
+from domadapt.validators.compare import resolve_validators
 
 
 class ValidatorCheckpoint(keras.callbacks.Callback):
@@ -32,7 +32,7 @@ class ValidatorCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, validator="snd", source=None, target=None, patience=None, restore_best=True):
         super().__init__()
-        (self.validator,) = _resolve([validator])
+        (self.validator,) = resolve_validators([validator])
         self.source = source
         self.target = target
         self.patience = patience

@@ -20,7 +20,7 @@ class DomainClassification:
     num_test: int
 
 
-def _fit_logistic(features, labels, l2):
+def fit_logistic(features, labels, l2):
     """L2-regularised logistic regression by L-BFGS; returns (weights, bias)."""
     n, d = features.shape
 
@@ -60,7 +60,7 @@ def domain_classification(source_features, target_features, *, max_samples=5000,
     test_y = np.concatenate([t[1] for t in test])
     mean, scale = train_x.mean(axis=0), train_x.std(axis=0)
     scale[scale == 0] = 1.0
-    weights, bias = _fit_logistic((train_x - mean) / scale, train_y, l2)
+    weights, bias = fit_logistic((train_x - mean) / scale, train_y, l2)
     scores = ((test_x - mean) / scale) @ weights + bias
     error = float(np.mean((scores > 0) != (test_y == 1)))
     positives = test_y == 1

@@ -29,7 +29,7 @@ def pooled_model(backbone):
     return keras.Model(inputs, _POOL[rank]()(backbone(inputs)))
 
 
-def _as_images(images, name, image_shape):
+def as_images(images, name, image_shape):
     if isinstance(images, tf.data.Dataset):
         return images
     if hasattr(images, "numpy") and not isinstance(images, np.ndarray):
@@ -73,7 +73,7 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
                           input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
     outputs = []
     for name, images in (("source_images", source_images), ("target_images", target_images)):
-        images = _as_images(images, name, image_shape)
+        images = as_images(images, name, image_shape)
         if isinstance(images, tf.data.Dataset):
             batches, total = images, None
         else:

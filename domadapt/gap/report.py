@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from domadapt.gap._checks import check_positive, subsample
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
-from domadapt.gap.features import _as_images, pooled_model
+from domadapt.gap.features import as_images, pooled_model
 from domadapt.gap.kernels import kid, mmd
 from domadapt.gap.statistics import coral, frechet
 
@@ -134,7 +134,7 @@ def _pca(source, target, components=2):
     return (source - mean) @ basis, (target - mean) @ basis
 
 
-def _pixels(images, side=8):
+def pixel_features(images, side=8):
     """Images average-pooled to at most side x side, flattened: the input-level row."""
     tensor = tf.convert_to_tensor(images, tf.float32)
     height, width = tensor.shape[1], tensor.shape[2]
@@ -177,8 +177,8 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
     pooled = pooled_model(model)  # validates the backbone
     image_shape = tuple(pooled.input_shape[1:])
     rng = np.random.default_rng(seed)
-    source = subsample(_as_images(source_images, "source_images", image_shape), max_samples, rng)
-    target = subsample(_as_images(target_images, "target_images", image_shape), max_samples, rng)
+    source = subsample(as_images(source_images, "source_images", image_shape), max_samples, rng)
+    target = subsample(as_images(target_images, "target_images", image_shape), max_samples, rng)
 
     if layers == "output":
         chosen = []
@@ -203,7 +203,7 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
         names.append("output")
     probe = keras.Model(model.inputs, outputs)
 
-    per_layer = [("pixels", _pixels(source), _pixels(target))]
+    per_layer = [("pixels", pixel_features(source), pixel_features(target))]
     source_outputs = probe.predict(source, batch_size=batch_size, verbose=verbose)
     target_outputs = probe.predict(target, batch_size=batch_size, verbose=verbose)
     if not isinstance(source_outputs, list):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from domadapt import _ops
+from domadapt import _distribute
 from domadapt.layers.gradient_reversal import GradientReversal as ReversalLayer
 from domadapt.strategies._schedule import check_schedule, check_weight, deserialize_schedule, scheduled, serialize_schedule
 from domadapt.strategy import Strategy
@@ -91,7 +91,7 @@ class AdversarialStrategy(Strategy):
             weights = ops.stop_gradient(ops.concatenate(weights, axis=0))
             # Normalised by the global batch's total weight: summed over replicas (each
             # divided by their number in the train step) this is the one-device loss.
-            total_weight = _ops.replica_sum(ops.sum(weights)) / _ops.replica_count()
+            total_weight = _distribute.replica_sum(ops.sum(weights)) / _distribute.replica_count()
             domain_loss = ops.sum(weights * per_example) / ops.maximum(total_weight, 1e-6)
         accuracy = ops.mean(ops.cast(ops.equal(ops.cast(logits > 0, "float32"), domain), "float32"))
         step.report(self.accuracy_name, accuracy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from domadapt import _ops
+from domadapt import _distribute, _ops
 from domadapt.strategies._adversarial import AdversarialStrategy
 
 # Above this many multilinear features, use the randomised map (Long et al. 2018, sec. 3.3).
@@ -94,7 +94,7 @@ class ConditionalAdversarial(AdversarialStrategy):
 
         def weights(logits):
             w = 1.0 + ops.exp(-_ops.entropy(ops.softmax(logits, axis=-1)))
-            return w / _ops.replica_sum(ops.sum(w))  # each domain contributes equally (global batch)
+            return w / _distribute.replica_sum(ops.sum(w))  # each domain contributes equally (global batch)
 
         return weights(step.source_logits), weights(step.target_logits)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from domadapt import _ops
+from domadapt import _distribute, _ops
 from domadapt.strategies._schedule import WeightedStrategy
 
 
@@ -30,6 +30,6 @@ class CORAL(WeightedStrategy):
 
     def loss(self, step):
         # The global batch under tf.distribute (see MMD.loss).
-        source, target = _ops.gather_replicas(step.source_features), _ops.gather_replicas(step.target_features)
+        source, target = _distribute.gather_replicas(step.source_features), _distribute.gather_replicas(step.target_features)
         return {"coral_loss": self.current_weight(step) * _ops.coral(source, target)}
 

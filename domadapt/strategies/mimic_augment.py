@@ -369,7 +369,7 @@ class MimicAugment(Strategy):
         ```
         """
         from domadapt import gap
-        from domadapt.gap.report import _pixels
+        from domadapt.gap.report import pixel_features
 
         candidates = list(candidates or PRESETS)
         unknown = [c for c in candidates if c not in PRESETS]
@@ -386,7 +386,7 @@ class MimicAugment(Strategy):
 
         def embed(images):
             if backbone is None:
-                return _pixels(images.astype("float32"))
+                return pixel_features(images.astype("float32"))
             return gap.features(backbone, images, images[:2], verbose=0)[0]
 
         target_features = embed(target)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from domadapt import _ops
+from domadapt import _distribute, _ops
 from domadapt.strategies._schedule import WeightedStrategy
 
 _KERNELS = ("multi", "rbf", "linear")
@@ -49,8 +49,8 @@ class MMD(WeightedStrategy):
     def loss(self, step):
         # The global batch under tf.distribute; each replica then holds the same loss,
         # which the train step divides by the number of replicas.
-        source = _ops.gather_replicas(step.source_features)
-        target = _ops.gather_replicas(step.target_features)
+        source = _distribute.gather_replicas(step.source_features)
+        target = _distribute.gather_replicas(step.target_features)
         if self.kernels == "linear":
             value = _ops.linear_mmd_squared(source, target)
         else:

@@ -36,7 +36,7 @@ DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", 
 RECOMMENDING = ("information_maximization", "reverse")
 
 
-def _resolve(validators):
+def resolve_validators(validators):
     resolved = []
     for item in validators:
         if isinstance(item, Validator):
@@ -64,7 +64,7 @@ def validate(model, source=None, target=None, validators=DEFAULT_VALIDATORS, *, 
     scores = da.validate(adapter, source=(xs_val, ys_val), target=xt_val, validators=["entropy", "snd"])
     ```
     """
-    return {v.name: v(model, source, target, feature_extractor=feature_extractor) for v in _resolve(validators)}
+    return {v.name: v(model, source, target, feature_extractor=feature_extractor) for v in resolve_validators(validators)}
 
 
 @dataclass
@@ -174,7 +174,7 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     """
     if not isinstance(candidates, dict) or len(candidates) < 1:
         raise TypeError("Argument `candidates` must be a dict {name: trained model} with at least one entry.")
-    resolved = _resolve(validators)
+    resolved = resolve_validators(validators)
     scores = {name: validate(model, source, target, resolved) for name, model in candidates.items()}
     directions = {v.name: "higher" if v.higher_is_better else "lower" for v in resolved}
     oriented = {v.name: {c: v.ranking_score(scores[c][v.name]) for c in scores} for v in resolved}

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from domadapt.gap.classifier import _fit_logistic
+from domadapt.gap.classifier import fit_logistic
 from domadapt.validators._common import Validator, images_of, labeled, outputs
 
 
@@ -40,7 +40,7 @@ class DeepEmbeddedValidation(Validator):
         domains = np.r_[np.zeros(len(fit_part)), np.ones(len(target_features))]
         mean, scale = train.mean(axis=0), train.std(axis=0)
         scale[scale == 0] = 1.0
-        weights_vector, bias = _fit_logistic((train - mean) / scale, domains, l2=1e-2)
+        weights_vector, bias = fit_logistic((train - mean) / scale, domains, l2=1e-2)
         logits = ((source_features[weight_part] - mean) / scale) @ weights_vector + bias
         ratio = np.exp(np.clip(logits, -10, 10)) * len(fit_part) / len(target_features)
         weighted = ratio * losses[weight_part]
