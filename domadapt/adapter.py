@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from domadapt import _data, _distribute
+from domadapt import _distribute
+from domadapt import data as _data
 from domadapt.callbacks import StopOnNonFinite
 from domadapt.strategy import Step, Strategy, flatten_strategies
 
