@@ -3,25 +3,26 @@
 Wrap any Keras backbone in :class:`DomainAdapter`, add strategies that use
 unlabeled target data, measure the domain gap with :mod:`domadapt.gap`.
 
+Importing domadapt changes nothing in the process environment (set
+``TF_CPP_MIN_LOG_LEVEL=2`` yourself to silence TensorFlow's start-up lines).
+
 Example:
 
 ```python
 import keras, domadapt as da
 backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, activation="relu")])
 adapter = da.DomainAdapter(backbone, num_classes=2,
-                           strategies=da.GradientReversal() + da.EntropyMinimization(0.1))
+                           strategies=da.DANN(hidden_units=(32,)) + da.EntropyMinimization(0.1))
 ```
 """
 
-import os as _os
-
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from domadapt import augment, callbacks, gap, layers, validators  # noqa: E402
-from domadapt.adapter import DomainAdapter  # noqa: E402
-from domadapt.batchnorm import adapt_batchnorm  # noqa: E402
-from domadapt.strategies import (  # noqa: E402
+from domadapt import augment, backbones, callbacks, data, datasets, gap, layers, strategies, validators
+from domadapt.adapter import DomainAdapter
+from domadapt.batchnorm import adapt_batchnorm
+from domadapt.strategies import (
+    CDAN,
     CORAL,
+    DANN,
     MMD,
     ConditionalAdversarial,
     EntropyMinimization,
@@ -29,13 +30,15 @@ from domadapt.strategies import (  # noqa: E402
     GradientReversal,
     MimicAugment,
 )
-from domadapt.strategy import Recipe, Step, Strategy  # noqa: E402
-from domadapt.validators import compare, validate  # noqa: E402
+from domadapt.strategy import Recipe, Step, Strategy
+from domadapt.validators import compare, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CDAN",
     "CORAL",
+    "DANN",
     "MMD",
     "ConditionalAdversarial",
     "DomainAdapter",
@@ -48,10 +51,14 @@ __all__ = [
     "Strategy",
     "adapt_batchnorm",
     "augment",
+    "backbones",
     "callbacks",
     "compare",
+    "data",
+    "datasets",
     "gap",
     "layers",
+    "strategies",
     "validate",
     "validators",
 ]

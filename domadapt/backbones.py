@@ -1,4 +1,4 @@
-"""Backbones by name (keras.applications) or by path (a saved .keras model)."""
+"""Headless backbones by name (keras.applications) or by path (a saved .keras model)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import warnings
 
 import keras
+
+__all__ = ["APPLICATIONS", "load_backbone"]
 
 # Lower-case names users type -> keras.applications constructors.
 APPLICATIONS = {
@@ -36,7 +38,7 @@ def load_backbone(name_or_path, weights="auto", input_shape=(96, 96, 3)):
     Example:
 
     ```python
-    from domadapt._backbones import load_backbone
+    from domadapt.backbones import load_backbone
     backbone = load_backbone("mobilenetv3small", weights=None, input_shape=(64, 64, 3))
     ```
     """

@@ -1,18 +1,23 @@
-"""The ``domadapt`` command line: ``domadapt gap``, ``domadapt run`` and ``domadapt demo``."""
+"""The ``domadapt`` command line: ``domadapt gap``, ``domadapt run``, ``domadapt recipes`` and ``domadapt demo``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
+from importlib import resources
+from pathlib import Path
 
+_BUILT_IN = "domadapt.recipes"
 
 
 def _gap(args):
     import keras
 
     from domadapt import gap
-    from domadapt._backbones import load_backbone
-    from domadapt._images import read_images
+    from domadapt.backbones import load_backbone
+    from domadapt.datasets import read_images
 
     size = (args.image_size, args.image_size)
     source = read_images(args.source, size, args.max_samples, seed=0)
@@ -37,27 +42,58 @@ def _gap(args):
     return 0
 
 
-def load_recipe(name_or_path):
-    """A recipe module from a file path, or by name from ./recipes/ or the project's recipes/ folder."""
-    import importlib.util
-    from pathlib import Path
+def built_in_recipes():
+    """``{name: first line of its docstring}`` of the recipes shipped in ``domadapt.recipes``."""
+    names = sorted(entry.name[:-3] for entry in resources.files(_BUILT_IN).iterdir()
+                   if entry.name.endswith(".py") and not entry.name.startswith("_"))
+    return {name: (importlib.import_module(f"{_BUILT_IN}.{name}").__doc__ or "").strip().split("\n")[0]
+            for name in names}
 
-    candidates = [Path(name_or_path)]
-    if not name_or_path.endswith(".py"):
-        here = Path.cwd() / "recipes" / f"{name_or_path}.py"
-        project = Path(__file__).resolve().parent.parent / "recipes" / f"{name_or_path}.py"
-        candidates = [here, project]
+
+def load_recipe(name_or_path):
+    """A recipe module from a ``.py`` path, or by name: ``./recipes/NAME.py`` first, then the built-in one."""
+    import importlib.util
+
+    if str(name_or_path).endswith(".py"):
+        candidates = [Path(name_or_path)]
+    else:
+        candidates = [Path.cwd() / "recipes" / f"{name_or_path}.py"]
     for path in candidates:
         if path.is_file():
             spec = importlib.util.spec_from_file_location(f"domadapt_recipe_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
-            if not callable(getattr(module, "recipe", None)):
-                raise ValueError(f"{path} defines no recipe() function returning strategies.")
-            return module
-    raise FileNotFoundError(
-        f"Recipe {name_or_path!r} not found (looked for {', '.join(str(c) for c in candidates)})."
-    )
+            return _checked(module, path)
+    name = str(name_or_path)
+    if name.isidentifier() and resources.files(_BUILT_IN).joinpath(f"{name}.py").is_file():
+        return _checked(importlib.import_module(f"{_BUILT_IN}.{name}"), name)
+    searched = [str(c) for c in candidates] + ([] if name.endswith(".py") else [f"built-in recipes {sorted(built_in_recipes())}"])
+    raise FileNotFoundError(f"Recipe {name_or_path!r} not found (looked in {', '.join(searched)}).")
+
+
+def _checked(module, where):
+    if not callable(getattr(module, "recipe", None)):
+        raise ValueError(f"{where} defines no recipe() function returning strategies.")
+    return module
+
+
+def _load_run_backbone(args, input_shape):
+    """``(backbone, pretrained)``: whether its weights were trained (a saved model, ImageNet, a file)."""
+    import warnings
+
+    from domadapt.backbones import load_backbone
+
+    if os.path.exists(args.backbone):
+        return load_backbone(args.backbone), True
+    if args.weights in ("none", "None"):
+        return load_backbone(args.backbone, weights=None, input_shape=input_shape), False
+    if args.weights != "auto":
+        return load_backbone(args.backbone, weights=args.weights, input_shape=input_shape), True
+    try:
+        return load_backbone(args.backbone, weights="imagenet", input_shape=input_shape), True
+    except RuntimeError as error:
+        warnings.warn(f"{error} Using a randomly initialised backbone instead.", stacklevel=2)
+        return load_backbone(args.backbone, weights=None, input_shape=input_shape), False
 
 
 def _add_run_arguments(parser):
@@ -78,13 +114,11 @@ def _add_run_arguments(parser):
 def _run(recipe_module, args):
     import inspect
     import json
-    from pathlib import Path
 
     import keras
 
     import domadapt as da
-    from domadapt._backbones import load_backbone
-    from domadapt._images import read_images, read_labeled_folder
+    from domadapt.datasets import read_images, read_labeled_folder
 
     out = Path(args.out)
     names = ("classifier.keras", "summary.json", "training.png")
@@ -100,7 +134,7 @@ def _run(recipe_module, args):
         labeled = (labeled_x, labeled_y)
     print(f"{len(source_x)} source images in {len(classes)} classes, {len(target_x)} target images"
           + (f", {len(labeled[0])} labeled target images" if labeled else ""))
-    backbone = load_backbone(args.backbone, weights=args.weights, input_shape=source_x.shape[1:])
+    backbone, pretrained = _load_run_backbone(args, source_x.shape[1:])
 
     def gap(model):
         sample = min(500, len(source_x), len(target_x))
@@ -109,7 +143,7 @@ def _run(recipe_module, args):
                 "proxy_a_distance": da.gap.proxy_a_distance(*features)}
 
     before = gap(backbone)
-    offered = {"target_images": target_x, "source_images": source_x}
+    offered = {"target_images": target_x, "source_images": source_x, "pretrained": pretrained}
     accepted = inspect.signature(recipe_module.recipe).parameters
     strategies = recipe_module.recipe(**{k: v for k, v in offered.items() if k in accepted})
     adapter = da.DomainAdapter(backbone, num_classes=len(classes), strategies=strategies)
@@ -197,8 +231,10 @@ def main(argv=None):
     run_parser = commands.add_parser("run", help="run a recipe on image folders",
                                      description="Train a recipe on image folders and write the classifier, "
                                                  "a JSON summary and a plot to --out.")
-    run_parser.add_argument("recipe", help="a recipe name from recipes/ (e.g. sunny_to_rainy) or a path to a .py file")
+    run_parser.add_argument("recipe", help="a recipe name (built-in: see `domadapt recipes`; ./recipes/NAME.py first) "
+                                           "or a path to a .py file")
     _add_run_arguments(run_parser)
+    commands.add_parser("recipes", help="list the built-in recipes", description="List the built-in recipes.")
     commands.add_parser("demo", help="run the offline sunny-to-rainy demo (options: domadapt demo --help)",
                         add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -208,6 +244,10 @@ def main(argv=None):
         return demo.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "recipes":
+        for name, summary in built_in_recipes().items():
+            print(f"{name:<18} {summary}")
+        return 0
     if args.image_size < 8:
         parser.error("--image-size must be >= 8")
     try:

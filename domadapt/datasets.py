@@ -1,4 +1,9 @@
-"""Offline image data: the IDX format (MNIST, Fashion-MNIST) from any path."""
+"""Image data, offline: folders and arrays of images, the IDX format (Fashion-MNIST), and a
+ready-made source/target pair (sunny vs rainy Fashion-MNIST) with a small CNN for it.
+
+The pair and the CNN are what the demo and the benchmarks train on; they live here,
+in one public place, so that editing the demo cannot change a benchmark.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = [
+    "DEBIAN_FASHION_MNIST",
+    "IMAGE_SUFFIXES",
+    "load_fashion_mnist",
+    "load_sunny_rainy",
+    "read_idx",
+    "read_images",
+    "read_labeled_folder",
+    "render_rain",
+    "small_cnn",
+]
+
 # Where Debian's `dataset-fashion-mnist` package puts the files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -73,4 +92,218 @@ def load_fashion_mnist(directory=None):
     raise FileNotFoundError(
         "Fashion-MNIST IDX files not found. Pass directory=, set DOMADAPT_FASHION_MNIST, "
         "or install Debian's package: apt-get install dataset-fashion-mnist."
+    )
+
+
+def read_images(path, image_size=None, max_images=None, seed=0):
+    """Images from a folder (searched recursively), a ``.npy`` array or a ``.npz`` archive.
+
+    Folders: a seeded random subset of ``max_images`` files is read and resized to
+    ``image_size`` (height, width) as RGB uint8, so memory stays bounded. ``.npz``:
+    the array under ``images`` or ``x``, else the first one.
+
+    Args:
+        path: a folder, a ``.npy`` or a ``.npz`` file.
+        image_size: ``(height, width)`` folder images are resized to; ``None`` keeps them.
+        max_images: read at most this many (a random subset drawn with ``seed``).
+        seed: seed of the subset.
+
+    Returns:
+        An array ``(N, H, W, C)``; a ``(N, H, W)`` array gains a channel axis.
+
+    Example:
+
+    ```python
+    import numpy as np, tempfile, os
+    from domadapt.datasets import read_images
+    path = os.path.join(tempfile.mkdtemp(), "images.npy")
+    np.save(path, np.zeros((5, 8, 8), "uint8"))
+    print(read_images(path, max_images=3).shape)  # (3, 8, 8, 1)
+    ```
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    if path.is_dir():
+        import keras
+
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        if max_images is not None and len(files) > max_images:
+            chosen = np.random.default_rng(seed).choice(len(files), max_images, replace=False)
+            files = [files[i] for i in sorted(chosen)]
+        size = None if image_size is None else tuple(image_size)
+        return np.stack(
+            [keras.utils.img_to_array(keras.utils.load_img(f, target_size=size, color_mode="rgb"), dtype="uint8")
+             for f in files]
+        )
+    if path.suffix == ".npy":
+        images = np.load(path, allow_pickle=False)
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            key = next((k for k in ("images", "x") if k in archive), archive.files[0])
+            images = archive[key]
+    else:
+        raise ValueError(f"{path}: expected a folder of images, a .npy or a .npz file.")
+    if images.ndim == 3:
+        images = images[..., None]
+    if max_images is not None and len(images) > max_images:
+        chosen = np.random.default_rng(seed).choice(len(images), max_images, replace=False)
+        images = images[np.sort(chosen)]
+    return images
+
+
+def read_labeled_folder(path, image_size=None, max_images=None, seed=0, class_names=None):
+    """``(images, labels, class_names)`` from a folder with one sub-folder of images per class.
+
+    Labels follow the sorted sub-folder names. ``class_names`` fixes the label order
+    (e.g. the source's, for a labeled target folder); a sub-folder not in it, or a class
+    folder without images, is an error. Other arguments as in :func:`read_images`
+    (``max_images`` counts per class).
+
+    Example:
+
+    ```python
+    import numpy as np, tempfile, pathlib, keras
+    from domadapt.datasets import read_labeled_folder
+    root = pathlib.Path(tempfile.mkdtemp())
+    for name in ("cat", "dog"):
+        (root / name).mkdir()
+        keras.utils.save_img(root / name / "0.png", np.zeros((8, 8, 3), "uint8"), scale=False)
+    images, labels, names = read_labeled_folder(root)
+    print(images.shape, labels.tolist(), names)  # (2, 8, 8, 3) [0, 1] ['cat', 'dog']
+    ```
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder (expected one sub-folder of images per class).")
+    folders = sorted(p for p in path.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"{path} has no class sub-folders: put the images of each class in its own sub-folder.")
+    names = [folder.name for folder in folders]
+    if class_names is not None:
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise ValueError(f"{path}: classes {unknown} are not among the source classes {list(class_names)}.")
+        names = list(class_names)
+    images, labels = [], []
+    for label, name in enumerate(names):
+        folder = path / name
+        if not folder.is_dir():
+            continue
+        files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise ValueError(f"{path}: class folder '{name}' holds no images.")
+        batch = read_images(folder, image_size, max_images, seed=seed + label)
+        images.append(batch)
+        labels.append(np.full(len(batch), label, dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels), names
+
+
+def render_rain(images: np.ndarray, seed: int) -> np.ndarray:
+    """Render uint8 RGB images in rain: grey streaks (albumentations' RandomRain) over a
+    grey, low-contrast veil (0.55 x + 70), as a wet overcast day looks next to a sunny one.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.datasets import render_rain
+    rainy = render_rain(np.full((2, 28, 28, 3), 200, "uint8"), seed=0)  # darker, lower contrast
+    ```
+    """
+    import albumentations as A
+
+    transform = A.RandomRain(
+        slant_range=(-15, 15), drop_length=5, drop_width=1, drop_color=(180, 180, 180),
+        blur_value=1, brightness_coefficient=0.9, p=1.0,
+    )
+    transform.set_random_seed(seed)
+    veiled = (images.astype("float32") * 0.55 + 70).astype("uint8")
+    streaked = np.stack([transform(image=image)["image"] for image in veiled]).astype("float32")
+    # Faint streaks: on 28-pixel images full-strength drops would hide the object.
+    return (0.65 * veiled + 0.35 * streaked).astype("uint8")
+
+
+def load_sunny_rainy(directory=None, per_domain=4000, test_size=2000, seed=0, shift=None):
+    """A labeled source domain and a shifted target domain built from Fashion-MNIST.
+
+    Source: clean ("sunny") RGB images with labels; target: other training images
+    passed through ``shift(images, seed) -> images`` (default :func:`render_rain`).
+    Fashion-MNIST is read by :func:`load_fashion_mnist`; without it, scikit-learn's
+    8x8 digits upscaled to 24x24 stand in (600 images per domain).
+
+    Returns:
+        ``(name, splits)``: the data set's name and a dict of uint8 image arrays
+        ``source_x``, ``target_x``, ``target_test_x``, ``source_test_x`` with int64
+        labels ``source_y``, ``target_y`` (for few-label experiments; hidden from
+        unsupervised training), ``target_test_y``, ``source_test_y``.
+
+    Example:
+
+    ```python
+    from domadapt.datasets import load_sunny_rainy
+    name, data = load_sunny_rainy(per_domain=200, test_size=100)
+    print(name, data["source_x"].shape, data["target_x"].dtype)
+    ```
+    """
+    shift = render_rain if shift is None else shift
+    try:
+        (train_x, train_y), (test_x, test_y) = load_fashion_mnist(directory)
+        name = "Fashion-MNIST"
+    except FileNotFoundError:
+        import cv2
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        upscaled = np.stack([cv2.resize(im, (24, 24), interpolation=cv2.INTER_LINEAR) for im in digits.images])
+        images = (upscaled * (255 / 16)).clip(0, 255).astype("uint8")
+        order = np.random.default_rng(seed).permutation(len(images))
+        images, labels = images[order], digits.target[order]
+        train_x, train_y, test_x, test_y = images[:1200], labels[:1200], images[1200:], labels[1200:]
+        per_domain, test_size = 600, len(test_x)
+        name = "scikit-learn digits (Fashion-MNIST not found)"
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train_x))
+    source_index, target_index = order[:per_domain], order[per_domain : 2 * per_domain]
+
+    def rgb(images):
+        return np.repeat(images[..., None], 3, axis=-1)
+
+    return name, {
+        "source_x": rgb(train_x[source_index]),
+        "source_y": train_y[source_index].astype("int64"),
+        "target_x": shift(rgb(train_x[target_index]), seed=seed + 1),
+        "target_y": train_y[target_index].astype("int64"),
+        "target_test_x": shift(rgb(test_x[:test_size]), seed=seed + 2),
+        "target_test_y": test_y[:test_size].astype("int64"),
+        "source_test_x": rgb(test_x[:test_size]),
+        "source_test_y": test_y[:test_size].astype("int64"),
+    }
+
+
+def small_cnn(input_shape):
+    """The small headless CNN the demo and benchmarks train: three 3x3 convolutions
+    (16, 32, 64 filters, ReLU) with 2x2 max pooling between them.
+
+    Example:
+
+    ```python
+    from domadapt.datasets import small_cnn
+    print(small_cnn((28, 28, 3)).output_shape)  # (None, 7, 7, 64)
+    ```
+    """
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        ],
+        name="small_cnn",
     )

@@ -3,9 +3,9 @@
     python -m domadapt.demo [--epochs 6] [--out demo_output] [--fashion-mnist DIR]
 
 Source domain: clean ("sunny") Fashion-MNIST images with labels. Target domain:
-other Fashion-MNIST images rendered in rain (albumentations' RandomRain, darker and
-lower contrast), labels hidden from training. Fashion-MNIST is read from its IDX
-files (Debian's ``dataset-fashion-mnist`` path, ``--fashion-mnist DIR`` or
+other Fashion-MNIST images rendered in rain (``domadapt.datasets.render_rain``:
+albumentations' RandomRain, darker and lower contrast), labels hidden from training.
+Fashion-MNIST is read from its IDX files (Debian's ``dataset-fashion-mnist`` path, ``--fashion-mnist DIR`` or
 ``$DOMADAPT_FASHION_MNIST``); without them the demo falls back to scikit-learn's
 8x8 digits, upscaled. Every number printed is measured in the run.
 """
@@ -18,78 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def rainy(images: np.ndarray, seed: int) -> np.ndarray:
-    """Render uint8 RGB images in rain: grey streaks (albumentations' RandomRain) over a
-    grey, low-contrast veil, as a wet overcast day looks next to a sunny one."""
-    import albumentations as A
-
-    transform = A.RandomRain(
-        slant_range=(-15, 15), drop_length=5, drop_width=1, drop_color=(180, 180, 180),
-        blur_value=1, brightness_coefficient=0.9, p=1.0,
-    )
-    transform.set_random_seed(seed)
-    veiled = (images.astype("float32") * 0.55 + 70).astype("uint8")
-    streaked = np.stack([transform(image=image)["image"] for image in veiled]).astype("float32")
-    # Faint streaks: on 28-pixel images full-strength drops would hide the object.
-    return (0.65 * veiled + 0.35 * streaked).astype("uint8")
-
-
-def load_images(fashion_dir=None, per_domain=4000, test_size=2000, seed=0, shift=None):
-    """Return a dict of sunny source / rainy target splits and the data set's name.
-
-    ``shift(images, seed) -> images`` renders the target domain (default: :func:`rainy`).
-    """
-    shift = rainy if shift is None else shift
-    from domadapt.datasets import load_fashion_mnist
-
-    try:
-        (train_x, train_y), (test_x, test_y) = load_fashion_mnist(fashion_dir)
-        name = "Fashion-MNIST"
-    except FileNotFoundError:
-        import cv2
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        upscaled = np.stack([cv2.resize(im, (24, 24), interpolation=cv2.INTER_LINEAR) for im in digits.images])
-        images = (upscaled * (255 / 16)).clip(0, 255).astype("uint8")
-        order = np.random.default_rng(seed).permutation(len(images))
-        images, labels = images[order], digits.target[order]
-        train_x, train_y, test_x, test_y = images[:1200], labels[:1200], images[1200:], labels[1200:]
-        per_domain, test_size = 600, len(test_x)
-        name = "scikit-learn digits (Fashion-MNIST not found)"
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(train_x))
-    source_index, target_index = order[:per_domain], order[per_domain : 2 * per_domain]
-    rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731
-    return name, {
-        "source_x": rgb(train_x[source_index]),
-        "source_y": train_y[source_index].astype("int64"),
-        "target_x": shift(rgb(train_x[target_index]), seed=seed + 1),
-        "target_y": train_y[target_index].astype("int64"),  # hidden from training; for few-label experiments
-        "target_test_x": shift(rgb(test_x[:test_size]), seed=seed + 2),
-        "target_test_y": test_y[:test_size].astype("int64"),
-        "source_test_x": rgb(test_x[:test_size]),
-        "source_test_y": test_y[:test_size].astype("int64"),
-    }
-
-
-def backbone(input_shape):
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.Input(input_shape),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        ],
-        name="small_cnn",
-    )
+from domadapt.datasets import load_sunny_rainy, small_cnn
 
 
 def candidates():
@@ -99,11 +28,11 @@ def candidates():
         "source-only": [],
         "MimicAugment rain": [da.MimicAugment("rain", severity=0.6, p=0.7, seed=0)],
         "MimicAugment histogram": [da.MimicAugment.from_target(method="histogram", p=0.7, seed=0)],
-        "GradientReversal (DANN)": [da.GradientReversal(hidden_units=(256, 256))],
+        "DANN": [da.DANN(hidden_units=(256, 256))],
         "MMD": [da.MMD()],
         "CORAL": [da.CORAL(weight=10.0)],
         "rain + DANN + MMD + entropy": (
-            da.MimicAugment("rain", severity=0.6, p=0.7, seed=0) + da.GradientReversal(hidden_units=(256, 256))
+            da.MimicAugment("rain", severity=0.6, p=0.7, seed=0) + da.DANN(hidden_units=(256, 256))
             + da.MMD() + da.EntropyMinimization(0.05)
         ),
     }
@@ -116,7 +45,7 @@ def train_one(strategies, data, epochs, seed=0):
 
     keras.utils.set_random_seed(seed)
     adapter = da.DomainAdapter(
-        backbone(data["source_x"].shape[1:]), num_classes=10, strategies=strategies,
+        small_cnn(data["source_x"].shape[1:]), num_classes=10, strategies=strategies,
         preprocess=keras.layers.Rescaling(1 / 255),
     )
     adapter.compile(optimizer=keras.optimizers.Adam(2e-3), metrics=["accuracy"])
@@ -204,7 +133,7 @@ def main(argv=None):
     if args.epochs < 1 or args.per_domain < 100:
         parser.error("--epochs must be >= 1 and --per-domain >= 100")
 
-    name, data = load_images(args.fashion_mnist, per_domain=args.per_domain)
+    name, data = load_sunny_rainy(args.fashion_mnist, per_domain=args.per_domain)
     print(f"Data: {name}; {len(data['source_x'])} labeled sunny source images, "
           f"{len(data['target_x'])} unlabeled rainy target images, {len(data['target_test_x'])} rainy test images.")
     results = {}

@@ -4,7 +4,7 @@ Here: pull the mean target prediction toward uniform (a class-balance prior), so
 adapted model does not collapse onto a few classes, next to gradient reversal and
 entropy minimisation.
 
-    python recipes/custom_strategy.py --source sunny/ --target rainy/ --out runs/custom
+    domadapt run custom_strategy --source sunny/ --target rainy/ --out runs/custom
 """
 
 import keras
@@ -33,7 +33,7 @@ class ClassBalance(da.Strategy):
 
 
 def recipe(weight=0.1):
-    return da.GradientReversal() + da.EntropyMinimization(0.1) + ClassBalance(weight)
+    return da.DANN() + da.EntropyMinimization(0.1) + ClassBalance(weight)
 
 
 if __name__ == "__main__":

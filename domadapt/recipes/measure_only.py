@@ -1,13 +1,13 @@
 """Measure the domain gap between two image folders with a chosen backbone; no training.
 
-    python recipes/measure_only.py sunny/ rainy/ --backbone mobilenetv3small --json gap.json --plot gap.png
+    python -m domadapt.recipes.measure_only sunny/ rainy/ --backbone mobilenetv3small --json gap.json --plot gap.png
 
-The same as `domadapt gap`. In Python:
+The same as `domadapt gap`. In Python, :func:`measure` below, with public functions only.
 """
 
 import domadapt as da
-from domadapt._backbones import load_backbone
-from domadapt._images import read_images
+from domadapt.backbones import load_backbone
+from domadapt.datasets import read_images
 
 
 def measure(source_dir, target_dir, backbone="mobilenetv3small", image_size=96, max_images=1000):

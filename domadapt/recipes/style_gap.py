@@ -4,7 +4,7 @@ Each source image takes the low-frequency "style" of a target image (Fourier dom
 adaptation; method="histogram" matches colour histograms instead), and an MMD term
 pulls the feature distributions together.
 
-    python recipes/style_gap.py --source scanner_a/ --target scanner_b/ --out runs/style
+    domadapt run style_gap --source scanner_a/ --target scanner_b/ --out runs/style
 """
 
 import domadapt as da

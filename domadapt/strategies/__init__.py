@@ -1,11 +1,31 @@
-"""Built-in strategies; each is one module and plugs into DomainAdapter without core changes."""
+"""Built-in strategies; each is one module and plugs into DomainAdapter without core changes.
 
+Base classes for writing your own live in :mod:`domadapt.strategies.base` and are
+exported here too: ``Strategy``, ``WeightedStrategy``, ``AdversarialStrategy``.
+"""
+
+from domadapt.strategies.base import AdversarialStrategy, Strategy, WeightedStrategy
+from domadapt.strategies.cdan import CDAN
 from domadapt.strategies.conditional_adversarial import ConditionalAdversarial
 from domadapt.strategies.coral import CORAL
+from domadapt.strategies.dann import DANN
 from domadapt.strategies.entropy import EntropyMinimization
 from domadapt.strategies.fine_tune import FineTune
 from domadapt.strategies.gradient_reversal import GradientReversal
 from domadapt.strategies.mimic_augment import MimicAugment
 from domadapt.strategies.mmd import MMD
 
-__all__ = ["CORAL", "ConditionalAdversarial", "EntropyMinimization", "FineTune", "GradientReversal", "MMD", "MimicAugment"]
+__all__ = [
+    "AdversarialStrategy",
+    "CDAN",
+    "CORAL",
+    "ConditionalAdversarial",
+    "DANN",
+    "EntropyMinimization",
+    "FineTune",
+    "GradientReversal",
+    "MMD",
+    "MimicAugment",
+    "Strategy",
+    "WeightedStrategy",
+]

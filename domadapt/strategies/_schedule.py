@@ -7,8 +7,6 @@ import math
 import keras
 from keras import ops
 
-from domadapt.strategy import Strategy
-
 SCHEDULES = ("ganin", "constant")
 
 
@@ -52,29 +50,11 @@ def deserialize_schedule(config):
     return config
 
 
-class WeightedStrategy(Strategy):
-    """A strategy whose loss term is ``scheduled(weight) * value(step)``.
+def __getattr__(name):
+    # Kept for modules written before WeightedStrategy moved to the public
+    # domadapt.strategies.base (imported lazily: base imports this module).
+    if name == "WeightedStrategy":
+        from domadapt.strategies.base import WeightedStrategy
 
-    Args:
-        weight: the loss weight (its largest value under a schedule).
-        schedule: ``"constant"``, ``"ganin"`` (ramp from 0 to weight over
-            training, so the classifier learns before alignment dominates), or a
-            callable ``progress -> multiplier`` written with keras.ops.
-    """
-
-    default_schedule = "constant"
-
-    def __init__(self, weight=1.0, schedule=None, **kwargs):
-        super().__init__(**kwargs)
-        self.weight = check_weight(weight)
-        self.schedule = check_schedule(self.default_schedule if schedule is None else schedule)
-
-    def current_weight(self, step):
-        return scheduled(self.weight, self.schedule, step.progress)
-
-    def get_config(self):
-        return {**super().get_config(), "weight": self.weight, "schedule": serialize_schedule(self.schedule)}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**deserialize_schedule(config))
+        return WeightedStrategy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
