@@ -27,8 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import domadapt as da  # noqa: E402
-from domadapt.strategies._tf_presets import TF_PRESETS  # noqa: E402
-from domadapt.strategies.mimic_augment import PRESETS  # noqa: E402
+from domadapt.augment import PRESETS, TF_PRESETS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 32

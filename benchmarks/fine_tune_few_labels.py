@@ -2,14 +2,14 @@
 
     python benchmarks/fine_tune_few_labels.py [--per-class 10 50 200] [--steps 200]
 
-Shift: the demo's sunny-to-rainy Fashion-MNIST (clean source, rainy target; see
-domadapt/demo.py). A small CNN is pretrained on the labeled sunny source; then, for
-10, 50 and 200 labeled rainy images per class:
+Shift: sunny-to-rainy Fashion-MNIST (clean source, rainy target;
+``domadapt.datasets.load_sunny_rainy``, the data the demo trains on too). A small
+CNN is pretrained on the labeled sunny source; then, for 10, 50 and 200 labeled rainy images per class:
 
 * scratch: a fresh CNN trained on the labeled target images only;
 * head-only: the pretrained CNN, backbone frozen (FineTune("head")), on those images;
 * auto fine-tuning: FineTune("auto") on those images;
-* fine-tuning + gradient reversal: FineTune("auto") + GradientReversal, trained on the
+* fine-tuning + gradient reversal: FineTune("auto") + DANN, trained on the
   labeled source, the labeled target images (target_labeled) and the rest of the
   target unlabeled.
 
@@ -32,7 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import domadapt as da  # noqa: E402
-from domadapt import demo  # noqa: E402
+from domadapt.datasets import load_sunny_rainy, small_cnn  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -56,9 +56,9 @@ def main(argv=None):
     parser.add_argument("--pretrain-epochs", type=int, default=6)
     args = parser.parse_args(argv)
 
-    name, data = demo.load_images()
+    name, data = load_sunny_rainy()
     keras.utils.set_random_seed(0)
-    pretrained = make_adapter(demo.backbone(data["source_x"].shape[1:]), [])
+    pretrained = make_adapter(small_cnn(data["source_x"].shape[1:]), [])
     pretrained.fit(source=(data["source_x"], data["source_y"]), epochs=args.pretrain_epochs, batch_size=64, verbose=0, seed=0)
     pretrained_backbone = pretrained.backbone
     source_only = pretrained.evaluate(data["target_test_x"], data["target_test_y"], verbose=0)[1]
@@ -75,14 +75,14 @@ def main(argv=None):
         rest = np.setdiff1d(np.arange(len(data["target_x"])), chosen)
         labeled = (data["target_x"][chosen], data["target_y"][chosen])
         methods = {
-            "scratch": lambda: (make_adapter(demo.backbone(data["source_x"].shape[1:]), []), dict(source=labeled)),
+            "scratch": lambda: (make_adapter(small_cnn(data["source_x"].shape[1:]), []), dict(source=labeled)),
             "head-only": lambda: (make_adapter(copy_of(pretrained_backbone), [da.FineTune("head", verbose=False)]),
                                   dict(source=labeled)),
             "auto fine-tuning": lambda: (make_adapter(copy_of(pretrained_backbone), [da.FineTune("auto", verbose=False)]),
                                          dict(source=labeled)),
             "fine-tuning + gradient reversal": lambda: (
                 make_adapter(copy_of(pretrained_backbone),
-                             [da.FineTune("auto", verbose=False), da.GradientReversal(hidden_units=(256, 256))]),
+                             [da.FineTune("auto", verbose=False), da.DANN(hidden_units=(256, 256))]),
                 dict(source=(data["source_x"], data["source_y"]), target_labeled=labeled, target=data["target_x"][rest]),
             ),
         }

@@ -5,7 +5,7 @@
 Two shifts, both built offline from Fashion-MNIST (scikit-learn digits when the IDX
 files are missing):
 
-* rain: the demo's sunny-to-rainy shift (domadapt/demo.py);
+* rain: the sunny-to-rainy shift of ``domadapt.datasets.load_sunny_rainy`` (the demo's data);
 * colour: clean grey source vs a target that is colour-tinted, darker and lower in
   contrast, with a bright random background tint (a "different camera" shift).
 
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import domadapt as da  # noqa: E402
-from domadapt import demo  # noqa: E402
+from domadapt.datasets import load_sunny_rainy, small_cnn  # noqa: E402
 from domadapt.validators.compare import DEFAULT_VALIDATORS, VALIDATORS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,13 +51,13 @@ def coloured(images, seed):
 
 
 def shifts(per_domain):
-    name, rain = demo.load_images(per_domain=per_domain)
-    _, colour = demo.load_images(per_domain=per_domain, shift=coloured)
+    name, rain = load_sunny_rainy(per_domain=per_domain)
+    _, colour = load_sunny_rainy(per_domain=per_domain, shift=coloured)
     return name, {"rain": rain, "colour": colour}
 
 
 def candidates():
-    gradient_reversal = lambda weight: da.GradientReversal(weight=weight, hidden_units=(256, 256))  # noqa: E731
+    gradient_reversal = lambda weight: da.DANN(weight=weight, hidden_units=(256, 256))  # noqa: E731
     return {
         "source-only": [],
         "MimicAugment rain": [da.MimicAugment("rain", severity=0.6, p=0.7, seed=0)],
@@ -69,7 +69,7 @@ def candidates():
         "CORAL w=1": [da.CORAL(weight=1.0)],
         "CORAL w=10": [da.CORAL(weight=10.0)],
         "entropy w=0.1": [da.EntropyMinimization(0.1)],
-        "CDAN+E": [da.ConditionalAdversarial(hidden_units=(256, 256))],
+        "CDAN+E": [da.CDAN(hidden_units=(256, 256))],
         "histogram + MMD + entropy": (
             da.MimicAugment.from_target(method="histogram", p=0.7, seed=0) + da.MMD() + da.EntropyMinimization(0.05)
         ),
@@ -78,7 +78,7 @@ def candidates():
 
 def train(strategies, data, epochs, seed=0):
     keras.utils.set_random_seed(seed)
-    adapter = da.DomainAdapter(demo.backbone(data["source_x"].shape[1:]), num_classes=10, strategies=strategies,
+    adapter = da.DomainAdapter(small_cnn(data["source_x"].shape[1:]), num_classes=10, strategies=strategies,
                                preprocess=keras.layers.Rescaling(1 / 255))
     adapter.compile(optimizer=keras.optimizers.Adam(2e-3), metrics=["accuracy"])
     adapter.fit(source=(data["source_x"], data["source_y"]), target=data["target_x"], epochs=epochs, batch_size=64,

@@ -1,4 +1,8 @@
-"""Looking at augmentations: a preview grid of originals beside augmented images."""
+"""Looking at augmentations: a preview grid of originals beside augmented images.
+
+``PRESETS`` names every ``da.MimicAugment`` preset; ``TF_PRESETS`` those that also
+run in-graph (``engine="tf"``).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from domadapt.strategies.mimic_augment import PRESETS, MimicAugment
+from domadapt.strategies.mimic_augment import PRESETS, TF_PRESETS, MimicAugment
 
-__all__ = ["PRESETS", "preview"]
+__all__ = ["PRESETS", "TF_PRESETS", "preview"]
 
 
 def preview(source_images, transform="rain", path="preview.png", *, num_images=6, severity=0.5, seed=0,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import domadapt as da
-from domadapt.cli import load_recipe
+from domadapt.cli import built_in_recipes, load_recipe
 from domadapt.cli import main as cli_main
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(da.__file__).resolve().parent / "recipes"
 
 
 def bn_backbone(size=16):
@@ -32,20 +32,22 @@ def tiny():
 
 
 def test_every_recipe_file_defines_a_recipe_with_a_command_line():
-    files = sorted(p.stem for p in RECIPES.glob("*.py"))
+    files = sorted(p.stem for p in RECIPES.glob("*.py") if not p.stem.startswith("_"))
+    assert sorted(built_in_recipes()) == files
     assert {"sunny_to_rainy", "few_labels", "style_gap", "measure_only", "custom_strategy"} <= set(files)
     for name in files:
         text = (RECIPES / f"{name}.py").read_text()
         assert "def recipe(" in text and '__name__ == "__main__"' in text, name
 
 
-def fit_recipe(name, tiny, **fit_kwargs):
+def fit_recipe(name, tiny, recipe_kwargs=None, callbacks=None, **fit_kwargs):
     source, labels, target = tiny
-    module = load_recipe(str(RECIPES / f"{name}.py"))
+    module = load_recipe(name)
     keras.utils.set_random_seed(0)
-    adapter = da.DomainAdapter(bn_backbone(), num_classes=2, strategies=module.recipe())
+    adapter = da.DomainAdapter(bn_backbone(), num_classes=2, strategies=module.recipe(**(recipe_kwargs or {})))
     adapter.compile(optimizer="adam")
-    history = adapter.fit(source=(source, labels), target=target, epochs=1, batch_size=8, verbose=0, **fit_kwargs)
+    history = adapter.fit(source=(source, labels), target=target, epochs=1, batch_size=8, verbose=0,
+                          callbacks=callbacks, **fit_kwargs)
     return adapter, history
 
 
@@ -59,13 +61,36 @@ def test_sunny_to_rainy_trains_adversarially_and_adapts_batchnorm_to_the_target(
                                rtol=0.05, atol=1e-3)
 
 
-def test_few_labels_weights_labeled_target_images_twice(tiny):
+class _BatchNormMeans(keras.callbacks.Callback):
+    """Moving means of the layer "bn" at the end of each epoch (before on_train_end hooks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.means = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.means.append(self.model.backbone.get_layer("bn").moving_mean.numpy().copy())
+
+
+def test_sunny_to_rainy_without_pretrained_weights_trains_batchnorm_statistics(tiny):
+    # Frozen BN would keep the random-init statistics (mean exactly 0) all through training.
+    means = _BatchNormMeans()
+    adapter, history = fit_recipe("sunny_to_rainy", tiny, recipe_kwargs={"pretrained": False}, callbacks=[means])
+    assert [type(s).__name__ for s in adapter.strategies] == ["MimicAugment", "DANN"]
+    assert np.abs(means.means[-1]).max() > 1e-3
+    assert "domain_loss" in history.history
+
+
+def test_few_labels_weights_labeled_target_images_twice_and_adds_no_discriminator(tiny):
     source, labels, target = tiny
-    _, history = fit_recipe("few_labels", tiny, target_labeled=(target[:4], np.array([0, 1, 0, 1])))
+    adapter, history = fit_recipe("few_labels", tiny, target_labeled=(target[:4], np.array([0, 1, 0, 1])))
     total = history.history["loss"][0]
-    parts = history.history["cls_loss"][0] + history.history["target_cls_loss"][0] + history.history["domain_loss"][0]
+    parts = history.history["cls_loss"][0] + history.history["target_cls_loss"][0]
     assert total == pytest.approx(parts, rel=1e-4)
-    assert "target_cls_loss" in history.history
+    # 2 labeled images per class freeze the backbone ("auto"): a domain discriminator's
+    # reversed gradient would reach no trainable variable, so the recipe has none.
+    assert not any(isinstance(s, da.strategies.AdversarialStrategy) for s in adapter.strategies)
+    assert not adapter.backbone.get_layer("conv").trainable
 
 
 def test_style_gap_takes_references_from_the_target_stream(tiny):
@@ -90,7 +115,7 @@ def test_measure_only_measures_two_folders(tmp_path, tiny):
             keras.utils.save_img(tmp_path / folder / f"{i}.png", image, scale=False)
     backbone_path = tmp_path / "bb.keras"
     bn_backbone().save(backbone_path)
-    report = load_recipe(str(RECIPES / "measure_only.py")).measure(tmp_path / "a", tmp_path / "b",
+    report = load_recipe("measure_only").measure(tmp_path / "a", tmp_path / "b",
                                                                    backbone=str(backbone_path), image_size=16)
     assert report.rows[0]["layer"] == "pixels" and report.rows[0]["mmd"] > 0
 
@@ -114,13 +139,14 @@ def test_cli_run_writes_classifier_summary_and_plot(tmp_path, tiny, capsys):
     backbone_path = tmp_path / "bb.keras"
     bn_backbone().save(backbone_path)
     out = tmp_path / "out"
-    arguments = ["run", str(RECIPES / "sunny_to_rainy.py"), "--source", str(tmp_path / "source"),
+    arguments = ["run", "sunny_to_rainy", "--source", str(tmp_path / "source"),
                  "--target", str(tmp_path / "target"), "--backbone", str(backbone_path), "--epochs", "1",
                  "--image-size", "16", "--batch-size", "4", "--out", str(out)]
     assert cli_main(arguments) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classes"] == ["class_0", "class_1"]
-    assert summary["strategies"] == ["MimicAugment", "GradientReversal", "FineTune"]
+    # A saved backbone counts as pretrained: its BN statistics are kept, then adapted.
+    assert summary["strategies"] == ["MimicAugment", "DANN", "FineTune"]
     assert set(summary["gap_before"]) == {"mmd", "frechet", "proxy_a_distance"}
     assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
     classifier = keras.saving.load_model(out / "classifier.keras")
@@ -139,3 +165,14 @@ def test_cli_run_reports_a_missing_folder_and_an_empty_class(tmp_path, tiny, cap
     assert "class folder 'class_1' holds no images" in capsys.readouterr().err
     assert cli_main(["run", "no_such_recipe", "--source", str(tmp_path / "source"), *common]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_lists_built_in_recipes_and_a_local_recipe_comes_first(tmp_path, capsys, monkeypatch):
+    assert cli_main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert "sunny_to_rainy" in listed and "few_labels" in listed
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "few_labels.py").write_text("def recipe():\n    return []\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("few_labels").recipe() == []
+    assert load_recipe("sunny_to_rainy").__name__ == "domadapt.recipes.sunny_to_rainy"
