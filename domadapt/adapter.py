@@ -8,37 +8,15 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from domadapt import _distribute
-from domadapt import data as _data
+from domadapt import _construction, _distribute, _training, data
 from domadapt.callbacks import StopOnNonFinite
-from domadapt.strategy import Step, Strategy, flatten_strategies
+from domadapt.nonfinite import NonFiniteGuard
+from domadapt.parameter_groups import ParameterGroups
+from domadapt.strategy import (
+    AdapterView, FitContext, Step, call_on_fit_start, check_requirements, flatten_strategies, loss_terms_of,
+)
 
 __all__ = ["DomainAdapter"]
-
-_POOLING = {
-    3: keras.layers.GlobalAveragePooling1D,
-    4: keras.layers.GlobalAveragePooling2D,
-    5: keras.layers.GlobalAveragePooling3D,
-}
-_BN_MODES = ("joint", "separate")
-
-
-@keras.saving.register_keras_serializable(package="domadapt")
-class _LastValue(keras.metrics.Metric):
-    """A metric that shows the most recent value (for schedules such as lambda)."""
-
-    def __init__(self, name="last_value", dtype="float32", **kwargs):
-        super().__init__(name=name, dtype=dtype, **kwargs)
-        self.value = self.add_variable(shape=(), initializer="zeros", name="value", aggregation="mean")
-
-    def update_state(self, value):
-        self.value.assign(ops.cast(value, self.dtype))
-
-    def result(self):
-        return ops.convert_to_tensor(self.value)
-
-    def reset_state(self):
-        self.value.assign(0.0)
 
 
 class _Untracked:
@@ -46,40 +24,6 @@ class _Untracked:
 
     def __init__(self, **values):
         self.__dict__.update(values)
-
-
-def _image_shape_of(backbone, input_shape):
-    if input_shape is not None:
-        shape = tuple(None if d is None else int(d) for d in input_shape)
-        return shape
-    try:
-        shape = backbone.input_shape
-    except (AttributeError, ValueError):
-        shape = None
-    if shape is None:
-        raise ValueError(
-            "Argument `input_shape` is required: the backbone "
-            f"{getattr(backbone, 'name', backbone)!r} has no defined input shape. Pass e.g. "
-            "input_shape=(96, 96, 3), or build the backbone with keras.Input first."
-        )
-    if isinstance(shape, list):
-        if len(shape) != 1:
-            raise ValueError(
-                f"The backbone has {len(shape)} inputs; DomainAdapter needs a backbone with one image input."
-            )
-        shape = shape[0]
-    return tuple(shape[1:])
-
-
-def _resolve_metric(metric):
-    if isinstance(metric, keras.metrics.Metric):
-        return metric
-    if metric in ("accuracy", "acc"):
-        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    resolved = keras.metrics.get(metric)
-    if isinstance(resolved, keras.metrics.Metric):
-        return resolved
-    return keras.metrics.MeanMetricWrapper(resolved, name=getattr(resolved, "__name__", str(metric)))
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -130,91 +74,27 @@ class DomainAdapter(keras.Model):
     ```
     """
 
-    def __init__(
-        self,
-        backbone,
-        num_classes=None,
-        strategies=None,
-        *,
-        head=None,
-        preprocess=None,
-        bn_mode="joint",
-        input_shape=None,
-        name="domain_adapter",
-        **kwargs,
-    ):
+    def __init__(self, backbone, num_classes=None, strategies=None, *, head=None, preprocess=None, bn_mode="joint",
+                 input_shape=None, name="domain_adapter", **kwargs):
         super().__init__(name=name, **kwargs)
-        if not isinstance(backbone, keras.layers.Layer):
-            raise TypeError(
-                "Argument `backbone` must be a keras.Model or keras.layers.Layer; received "
-                f"{type(backbone).__name__}."
-            )
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2
-        ):
-            raise ValueError(f"Argument `num_classes` must be an integer >= 2; received num_classes={num_classes!r}.")
-        if num_classes is None and head is None:
-            raise ValueError("Pass `num_classes=` to build a classification head, or your own `head=` layer.")
-        if bn_mode not in _BN_MODES:
-            raise ValueError(f"Argument `bn_mode` must be one of {_BN_MODES}; received bn_mode={bn_mode!r}.")
-        if preprocess is not None and not callable(preprocess):
-            raise TypeError(f"Argument `preprocess` must be a Keras layer or a callable; received {preprocess!r}.")
-        if head is not None and not callable(head):
-            raise TypeError(f"Argument `head` must be a Keras layer or model; received {head!r}.")
-
+        _construction.check_arguments(backbone, num_classes, head, preprocess, bn_mode)
+        # === Layers ===
         self.backbone = backbone
         self.bn_mode = bn_mode
-        self.image_shape = _image_shape_of(backbone, input_shape)
+        self.image_shape = _construction.image_shape_of(backbone, input_shape)
         self._input_shape_arg = None if input_shape is None else tuple(input_shape)
-
-        # === Functional models ===
-        images = keras.Input(shape=self.image_shape, name="images")
         if preprocess is not None and not isinstance(preprocess, keras.layers.Layer):
             preprocess = keras.layers.Lambda(preprocess, name="preprocess")
         self.preprocess = preprocess
-        inputs = preprocess(images) if preprocess is not None else images
-        try:
-            feature_map = backbone(inputs)
-        except Exception as error:
-            raise ValueError(
-                f"The backbone could not be called on images of shape {self.image_shape}: {error}"
-            ) from error
-        if not isinstance(feature_map, keras.KerasTensor):
-            raise ValueError(
-                "The backbone must return one tensor (a feature map or a feature vector); it returns "
-                f"{type(feature_map).__name__} of {len(feature_map)} outputs. Wrap it in a keras.Model "
-                "that selects one output."
-            )
-        rank = len(feature_map.shape)
-        if rank == 2:
-            self.pooling = None
-            features = feature_map
-        elif rank in _POOLING:
-            self.pooling = _POOLING[rank](name="feature_pooling")
-            features = self.pooling(feature_map)
-        else:
-            raise ValueError(
-                f"The backbone's output of shape {feature_map.shape} cannot be pooled to a feature "
-                "vector: expected (batch, features) or a channels-last feature map of rank 3 to 5."
-            )
-        if features.shape[-1] is None:
-            raise ValueError(f"The backbone's feature width is undefined (output shape {feature_map.shape}).")
-        self.feature_dim = int(features.shape[-1])
-
         self._default_head = head is None
         self.head = head if head is not None else keras.layers.Dense(num_classes, name="classifier_head")
-        if getattr(self.head, "activation", None) is keras.activations.softmax:
-            raise ValueError("Argument `head` must output logits; remove its softmax activation.")
-        logits = self.head(features)
-        if not isinstance(logits, keras.KerasTensor) or len(logits.shape) != 2:
-            raise ValueError(
-                f"Argument `head` must map features of shape (batch, {self.feature_dim}) to logits "
-                f"of shape (batch, num_classes); it returns {getattr(logits, 'shape', logits)}."
-            )
-        if num_classes is not None and logits.shape[-1] != num_classes:
-            raise ValueError(
-                f"Argument `head` returns {logits.shape[-1]} logits but num_classes={num_classes}."
-            )
+
+        # === Functional models ===
+        images = keras.Input(shape=self.image_shape, name="images")
+        inputs = preprocess(images) if preprocess is not None else images
+        self.pooling, features = _construction.pooled_features(backbone, inputs, self.image_shape)
+        self.feature_dim = int(features.shape[-1])
+        logits = _construction.checked_logits(self.head, features, num_classes)
         self.num_classes = int(logits.shape[-1])
         probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
         # Held outside Keras' attribute tracking: their layers are tracked above
@@ -233,34 +113,24 @@ class DomainAdapter(keras.Model):
             strategy.built = True
 
         # === Training state ===
-        # Progress p in [0, 1] is computed in the graph from the optimizer's step
-        # counter, so schedules need no per-step Python and resume with it.
-        self.planned_steps = self.add_weight(
-            shape=(), initializer="ones", trainable=False, name="planned_steps", dtype="float32"
-        )
-        # The first optimizer step (1-based; 0: none) whose loss terms were not all
-        # finite, and a bit mask of those terms: written in the graph, read by
-        # da.callbacks.StopOnNonFinite every few batches (no per-step host sync).
-        self.first_nonfinite_step = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="first_nonfinite_step", dtype="int64",
-            aggregation="only_first_replica",
-        )
-        self.nonfinite_terms = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="nonfinite_terms", dtype="int64",
-            aggregation="only_first_replica",
-        )
-        self.loss_term_names = ()
-        self._log_names = self._make_log_names()
+        # Schedules read progress p = (iterations - schedule_start) / planned_steps in
+        # the graph, so they need no per-step Python; fit sets both (see its docstring).
+        self.planned_steps = self.add_weight(shape=(), initializer="ones", trainable=False, name="planned_steps",
+                                            dtype="float32")
+        self.schedule_start = self.add_weight(shape=(), initializer="zeros", trainable=False, name="schedule_start",
+                                             dtype="float32")
+        self.nonfinite_guard = NonFiniteGuard()
+        self._log_names = _training.log_names_of(self.strategies)
         self._trackers = {
-            name: (_LastValue(name=name) if kind == "last" else keras.metrics.Mean(name=name))
+            name: (_training.LastValue(name=name) if kind == "last" else keras.metrics.Mean(name=name))
             for name, kind in self._log_names["kinds"].items()
         }
         self._user_metrics = []
         self._classification_loss = None
         self._compile_arguments = {"loss": None, "metrics": []}
         self._structure_key = None
-        # id(variable) -> learning-rate multiplier, set by strategies (FineTune) at fit start.
-        self.learning_rate_multipliers = {}
+        self._target_labeled_weight = 1.0
+        self._parameter_groups = None  # installed by strategies (FineTune) for one fit
         self.built = True
 
     @property
@@ -298,28 +168,6 @@ class DomainAdapter(keras.Model):
             keras.saving.deserialize_keras_object(s, custom_objects=custom_objects) for s in config["strategies"]
         ]
         return cls(**config)
-
-    # ------------------------------------------------------------------ logs
-    def _make_log_names(self):
-        """Map every (strategy index, declared name) to a unique progress-bar name."""
-        kinds = {"cls_loss": "mean", "target_cls_loss": "mean"}
-        taken = {"loss", "cls_loss", "target_cls_loss"}
-        per_strategy = []
-        for strategy in self.strategies:
-            mapping = {}
-            for declared, kind in strategy._declared_logs().items():
-                if kind not in ("mean", "last"):
-                    raise ValueError(
-                        f"{type(strategy).__name__}.log_names[{declared!r}] must be 'mean' or 'last'; received {kind!r}."
-                    )
-                shown, suffix = declared, 2
-                while shown in taken:
-                    shown, suffix = f"{declared}_{suffix}", suffix + 1
-                taken.add(shown)
-                mapping[declared] = shown
-                kinds[shown] = kind
-            per_strategy.append(mapping)
-        return {"kinds": kinds, "per_strategy": per_strategy}
 
     @property
     def metrics(self):
@@ -360,7 +208,7 @@ class DomainAdapter(keras.Model):
         self._compile_arguments = {"loss": loss, "metrics": list(metrics or [])}
         if metrics is not None and not isinstance(metrics, (list, tuple)):
             raise TypeError(f"Argument `metrics` must be a list; received {metrics!r}.")
-        self._user_metrics = [_resolve_metric(m) for m in (metrics or [])]
+        self._user_metrics = [_training.resolve_metric(m) for m in (metrics or [])]
         super().compile(optimizer=optimizer, loss=None, metrics=None, **kwargs)
         self._structure_key = None
 
@@ -379,7 +227,7 @@ class DomainAdapter(keras.Model):
         self.compile(**config)
         if self.optimizer is not None:
             # Build now so the saved optimizer state can be loaded into it.
-            self.optimizer.build(trainable_in_principle(self))
+            self.optimizer.build(_training.trainable_in_principle(self))
 
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=None):
@@ -411,185 +259,111 @@ class DomainAdapter(keras.Model):
             logits = [self.head(f, training=training) for f in features]
         return [ops.cast(f, "float32") for f in features], [ops.cast(z, "float32") for z in logits]
 
-    def _make_step(self, data, training):
-        source_images, source_labels = data["source"]
-        target_images = data.get("target")
-        if training:
-            for strategy in self.strategies:
-                if strategy._overrides("augment_in_step"):
-                    source_images = strategy.augment_in_step(source_images, "source")
-                    if target_images is not None:
-                        target_images = strategy.augment_in_step(target_images, "target")
-        batches = [source_images]
-        if target_images is not None:
-            batches.append(target_images)
-        if "target_labeled" in data:
-            batches.append(data["target_labeled"][0])
+    def _forward(self, batch, training):
+        """The batches of one step through the model: a :class:`Step` for the strategies."""
+        source_images, source_labels = batch["source"]
+        target_images = batch.get("target")
+        for strategy in self.strategies if training else ():
+            if strategy.augments_in_step:
+                source_images = strategy.augment_in_step(source_images, "source")
+                if target_images is not None:
+                    target_images = strategy.augment_in_step(target_images, "target")
+        labeled = batch.get("target_labeled")
+        batches = [b for b in (source_images, target_images, None if labeled is None else labeled[0]) if b is not None]
         features, logits = self._features_and_logits(batches, training)
-        step = Step(
-            source_images=source_images,
-            source_labels=source_labels,
-            source_features=features[0],
-            source_logits=logits[0],
-            training=training,
-            progress=ops.clip(
-                ops.cast(self.optimizer.iterations, "float32") / ops.maximum(self.planned_steps, 1.0), 0.0, 1.0
-            ),
-        )
-        position = 1
+        elapsed = ops.cast(self.optimizer.iterations, "float32") - self.schedule_start
+        step = Step(source_images=source_images, source_labels=source_labels, source_features=features[0],
+                    source_logits=logits[0], training=training,
+                    progress=ops.clip(elapsed / ops.maximum(self.planned_steps, 1.0), 0.0, 1.0))
         if target_images is not None:
-            step.target_images = target_images
-            step.target_features, step.target_logits = features[1], logits[1]
-            position = 2
-        if "target_labeled" in data:
-            step.target_labeled_images, step.target_labeled_labels = data["target_labeled"]
-            step.target_labeled_features, step.target_labeled_logits = features[position], logits[position]
+            step.target_images, step.target_features, step.target_logits = target_images, features[1], logits[1]
+        if labeled is not None:
+            step.target_labeled_images, step.target_labeled_labels = labeled
+            step.target_labeled_features, step.target_labeled_logits = features[-1], logits[-1]
         return step
 
-    def _loss_terms(self, step, data):
-        """All named loss terms and reported values of one step (Python runs at trace time only)."""
+    def compute_loss_terms(self, step):
+        """All named loss terms and reported values of one step: ``({name: scalar}, {name: scalar})``."""
         terms = {"cls_loss": self._classification_terms(step.source_labels, step.source_logits)}
-        if "target_labeled" in data:
+        if step.target_labeled_labels is not None:
             terms["target_cls_loss"] = self._target_labeled_weight * self._classification_terms(
                 step.target_labeled_labels, step.target_labeled_logits
             )
         reports = {}
         for strategy, mapping in zip(self.strategies, self._log_names["per_strategy"]):
-            step._reports = {}
-            returned = strategy.loss(step) or {}
-            if not isinstance(returned, dict):
-                raise TypeError(
-                    f"{type(strategy).__name__}.loss must return a dict {{name: scalar}}; returned {type(returned).__name__}."
-                )
-            for source_dict, target_dict in ((returned, terms), (step._reports, reports)):
-                for declared, value in source_dict.items():
-                    if declared not in mapping:
-                        raise ValueError(
-                            f"{type(strategy).__name__} reported {declared!r}, which is not declared in its "
-                            f"log_names {tuple(mapping)}: add it there so it can be tracked."
-                        )
-                    target_dict[mapping[declared]] = ops.cast(value, "float32")
+            strategy_terms, strategy_reports = loss_terms_of(strategy, step, mapping)
+            terms.update(strategy_terms)
+            reports.update(strategy_reports)
         return terms, reports
 
     # ------------------------------------------------------------------ steps
-    def train_step(self, data):
+    def train_step(self, batch):
+        """forward -> loss terms -> non-finite guard -> optimizer step -> metrics."""
         with tf.GradientTape() as tape:
-            step = self._make_step(data, training=True)
-            terms, reports = self._loss_terms(step, data)
+            step = self._forward(batch, training=True)
+            terms, reports = self.compute_loss_terms(step)
             total = ops.sum(ops.stack(list(terms.values())))
             # Gradients are summed over replicas, so each replica's loss is divided
             # by their number (what keras.losses do for built-in training).
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = total / replicas if replicas > 1 else total
-            scaled = self.optimizer.scale_loss(scaled)
+            scaled = self.optimizer.scale_loss(total / _distribute.replica_count())
         variables = self.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        # A step whose loss terms are not all finite (on any replica) changes nothing:
-        # its gradients are dropped and the step and terms are recorded for
-        # StopOnNonFinite, so the weights never turn NaN.
-        self.loss_term_names = tuple(terms)
-        bad = ops.stack([ops.cast(ops.logical_not(ops.all(ops.isfinite(t))), "float32") for t in terms.values()])
-        bad = _distribute.replica_sum(bad)
-        mask = sum(ops.where(bad[index] > 0, 1 << index, 0) for index in range(len(terms)))
-        mask = ops.cast(mask, "int64")
-        finite = ops.equal(mask, 0)
-        gradients = [g if g is None or isinstance(g, tf.IndexedSlices) else ops.where(finite, g, ops.zeros_like(g))
-                     for g in gradients]
-        record = ops.logical_and(ops.logical_not(finite), ops.equal(self.first_nonfinite_step, 0))
-        self.first_nonfinite_step.assign(
-            ops.where(record, ops.cast(self.optimizer.iterations, "int64") + 1, self.first_nonfinite_step)
-        )
-        self.nonfinite_terms.assign(ops.where(record, mask, self.nonfinite_terms))
+        gradients = self.nonfinite_guard.filter(tape.gradient(scaled, variables), terms, self.optimizer.iterations)
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
         if pairs:
-            self._apply_gradients(pairs)
+            gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
+            if self._parameter_groups is None:
+                self.optimizer.apply(gradients, variables)
+            else:
+                self._parameter_groups.apply(self.optimizer, gradients, variables)
+        return self._update_metrics(total, {**terms, **reports}, step.source_labels, step.source_logits)
 
+    def _update_metrics(self, total, values, labels, logits):
         self._loss_tracker.update_state(total)
-        for name, value in {**terms, **reports}.items():
+        for name, value in values.items():
             self._trackers[name].update_state(value)
-        probabilities = ops.softmax(step.source_logits, axis=-1)
-        for metric in self._user_metrics:
-            metric.update_state(step.source_labels, probabilities)
-        logs = {"loss": self._loss_tracker.result()}
-        logs.update({name: self._trackers[name].result() for name in {**terms, **reports}})
-        logs.update({m.name: m.result() for m in self._user_metrics})
-        return _reducible(logs)
-
-    def _apply_gradients(self, pairs):
-        """One optimizer step; variables with a learning-rate multiplier m move m times as far.
-
-        For optimizers whose update is proportional to the learning rate (SGD,
-        momentum, Adam, AdamW, RMSprop, ...) scaling the step equals scaling that
-        variable's learning rate; the optimizer's slots are updated as usual.
-        """
-        scaled = [(v, self.learning_rate_multipliers[id(v)]) for _, v in pairs
-                  if self.learning_rate_multipliers.get(id(v), 1.0) != 1.0]
-        before = [tf.identity(v) for v, _ in scaled]
-        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
-        for (variable, multiplier), old in zip(scaled, before):
-            variable.assign(old + multiplier * (variable - old))
-
-    def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        features = self.feature_extractor(ops.cast(images, "float32"), training=False)
-        logits = ops.cast(self.head(features, training=False), "float32")
-        loss = self._classification_terms(labels, logits)
-        self._loss_tracker.update_state(loss)
         probabilities = ops.softmax(logits, axis=-1)
         for metric in self._user_metrics:
             metric.update_state(ops.cast(labels, "int32"), probabilities)
         logs = {"loss": self._loss_tracker.result()}
+        logs.update({name: self._trackers[name].result() for name in values})
         logs.update({m.name: m.result() for m in self._user_metrics})
-        return _reducible(logs)
+        return _training.reducible(logs)
+
+    def test_step(self, batch):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        features, logits = self._features_and_logits([images], training=False)
+        loss = self._classification_terms(labels, logits[0])
+        return self._update_metrics(loss, {}, labels, logits[0])
 
     # ------------------------------------------------------------------ fit
-    def fit(
-        self,
-        source=None,
-        target=None,
-        *,
-        target_labeled=None,
-        epochs=1,
-        batch_size=None,
-        target_batch_size=None,
-        steps_per_epoch=None,
-        validation_data=None,
-        callbacks=None,
-        verbose="auto",
-        initial_epoch=0,
-        shuffle=True,
-        seed=None,
-        shuffle_buffer=10_000,
-        target_labeled_weight=1.0,
-        stop_on_nonfinite=True,
-        **kwargs,
-    ):
+    def fit(self, source=None, target=None, *, target_labeled=None, epochs=1, batch_size=None, target_batch_size=None,
+            steps_per_epoch=None, validation_data=None, callbacks=None, verbose="auto", initial_epoch=0, shuffle=True,
+            seed=None, shuffle_buffer=10_000, target_labeled_weight=1.0, stop_on_nonfinite=True, **kwargs):
         """Train on labeled source data and unlabeled target data with Keras' own ``fit``.
 
+        The data are paired by :func:`domadapt.data.pair` (see there for ``source``,
+        ``target``, ``target_labeled``, ``batch_size``, ``target_batch_size``,
+        ``steps_per_epoch``, ``shuffle``, ``seed`` and ``shuffle_buffer``). Target
+        labels are never read. Every input and every strategy's requirement is
+        checked before the first step.
+
+        Schedules (a ramped weight, a lambda) follow progress p = steps of this run /
+        ``epochs * steps_per_epoch``: each ``fit(epochs=E)`` call runs its own schedule
+        from 0 over its E epochs, also a second call on a trained adapter. A call
+        that resumes (``initial_epoch > 0``, or a ``keras.callbacks.BackupAndRestore``
+        backup) continues the interrupted run's schedule where it was.
+
         Args:
-            source: ``(images, labels)`` arrays or a ``tf.data.Dataset`` of
-                ``(images, labels)``, batched or not.
-            target: unlabeled target images: an array or a dataset of images, batched
-                or not. A dataset of ``(images, labels)`` is accepted: its labels are
-                dropped before anything else and never used. Required when a strategy
-                uses target data; ignored (never read) otherwise.
+            source: ``(images, labels)`` arrays or a dataset of them.
+            target: unlabeled target images (array or dataset); required when a
+                strategy uses or needs target data.
             target_labeled: optional few labeled target images ``(images, labels)``,
                 added to the loss as ``target_cls_loss`` times ``target_labeled_weight``.
             epochs, callbacks, verbose, initial_epoch: as in ``keras.Model.fit``.
-            batch_size: source images per step (default 32; for a batched dataset
-                and no ``batch_size``, the dataset's own batch size).
-            target_batch_size: target images per step (default: ``batch_size``).
-            steps_per_epoch: default: one pass over the source (the epoch is defined
-                by the source; the target stream is repeated independently).
-                Required when the source's size is unknown (e.g. after ``filter``).
-            validation_data: ``(images, labels)`` or a dataset of them, usually a
-                labeled target slice: reported as ``val_loss`` and ``val_<metric>``.
-            shuffle: shuffle each stream every pass (datasets: with a buffer of
-                ``shuffle_buffer`` images).
-            seed: seed of the shuffles, for reproducible runs.
+            validation_data: ``(images, labels)`` or a dataset of them (usually a
+                labeled target slice): reported as ``val_loss`` and ``val_<metric>``.
             stop_on_nonfinite: stop with ``da.callbacks.NonFiniteLossError`` naming the
-                term and step when a loss term becomes NaN or inf (adds a
-                ``da.callbacks.StopOnNonFinite`` unless one is passed).
+                term and step when a loss term becomes NaN or inf.
             **kwargs: passed to ``keras.Model.fit`` (``validation_freq``, ...).
 
         Returns:
@@ -597,88 +371,70 @@ class DomainAdapter(keras.Model):
         """
         if getattr(self, "optimizer", None) is None:
             raise RuntimeError("Call adapter.compile(optimizer=...) before adapter.fit(...).")
-        if source is None:
-            raise ValueError("Argument `source` is required: labeled source data (images, labels) or a dataset of them.")
-        if isinstance(source, (np.ndarray, tf.Tensor)):
-            raise TypeError(
-                "Argument `source` must be (images, labels) or a dataset of them; received "
-                f"{_data._describe(source)}. Did you mean adapter.fit(source=(x, y), target=x_target)?"
-            )
-        for unsupported in ("x", "y", "sample_weight", "class_weight", "validation_split"):
-            if unsupported in kwargs:
-                raise TypeError(
-                    f"DomainAdapter.fit does not take `{unsupported}`: pass source=(images, labels) "
-                    "and target=images" + (" and validation_data=" if unsupported == "validation_split" else "") + "."
-                )
-        _data.check_positive_int(epochs, "epochs")
-        batch_size = _data.check_positive_int(batch_size, "batch_size", allow_none=True)
-        target_batch_size = _data.check_positive_int(target_batch_size, "target_batch_size", allow_none=True)
-        steps_per_epoch = _data.check_positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True)
-        shuffle_buffer = _data.check_positive_int(shuffle_buffer, "shuffle_buffer")
-        if not isinstance(target_labeled_weight, (int, float)) or target_labeled_weight < 0:
-            raise ValueError(
-                f"Argument `target_labeled_weight` must be a non-negative number; received {target_labeled_weight!r}."
-            )
-
+        _training.check_fit_arguments(source, epochs, target_labeled_weight, kwargs)
+        check_requirements(self.strategies, target=target, target_labeled=target_labeled)
         callbacks = list(callbacks or [])
-        # Resuming (initial_epoch, or a BackupAndRestore backup from a killed run):
-        # every stream starts where an uninterrupted run would be at that epoch.
-        start_epoch = max(int(initial_epoch), _restored_epoch(callbacks))
-        dataset, steps_per_epoch, info = self._training_data(
-            source,
-            target,
-            target_labeled,
-            start_epoch=start_epoch,
-            batch_size=batch_size,
-            target_batch_size=target_batch_size,
-            steps_per_epoch=steps_per_epoch,
-            shuffle=shuffle,
-            seed=seed,
-            shuffle_buffer=shuffle_buffer,
+        # Resuming: every stream starts where an uninterrupted run would be at that epoch.
+        start_epoch = max(int(initial_epoch), _training.restored_epoch(callbacks))
+        paired = data.pair(
+            source, target, target_labeled, image_shape=self.image_shape, num_classes=self.num_classes,
+            batch_size=batch_size, target_batch_size=target_batch_size, steps_per_epoch=steps_per_epoch,
+            shuffle=shuffle, seed=seed, shuffle_buffer=data.check_positive_int(shuffle_buffer, "shuffle_buffer"),
+            start_epoch=start_epoch, pair_target=any(s.uses_target for s in self.strategies),
         )
-        shape = dict(image_shape=self.image_shape, num_classes=self.num_classes)
         if validation_data is not None:
-            validation_data = _data.evaluation_dataset(
-                validation_data, argument="validation_data", batch_size=info["batch_size"], **shape
-            )
-
-        self._target_labeled_weight = float(target_labeled_weight)
-        self.planned_steps.assign(float(epochs * steps_per_epoch))
-        fit_info = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, **info}
-        # Variables made here (optimizer slots, strategy state) belong to the
-        # tf.distribute strategy the adapter was built under, if any.
-        with self.distribute_strategy.scope():
-            for strategy in self.strategies:
-                strategy.on_fit_start(self, fit_info)
-            if not self.optimizer.built:
-                # Built on every variable that may train, frozen ones included, so that
-                # unfreezing later (gradual fine-tuning) keeps the state of the others.
-                self.optimizer.build(trainable_in_principle(self))
-        structure = (info["streams"], self._target_labeled_weight, tuple(id(v) for v in self.trainable_variables),
-                     tuple(sorted(self.learning_rate_multipliers.items())))
-        if structure != self._structure_key:
-            # Different data, trainable variables or multipliers need a new train function.
-            self.train_function = None
-            self._structure_key = structure
+            validation_data = data.evaluation_dataset(validation_data, argument="validation_data", image_shape=self.image_shape,
+                                                      num_classes=self.num_classes, batch_size=paired.batch_size)
+        self._start_strategies(paired, epochs, start_epoch, float(target_labeled_weight))
+        dataset = _training.with_input_transforms(paired.dataset, self.strategies)
+        structure = (tuple(sorted(paired.dataset.element_spec)), self._target_labeled_weight,
+                     tuple(id(v) for v in self.trainable_variables),
+                     None if self._parameter_groups is None else self._parameter_groups.key())
+        if structure != self._structure_key:  # other streams, variables or groups: a new train function
+            self.train_function, self._structure_key = None, structure
+        callbacks.append(_training.ScheduleClock(self, epochs * paired.steps_per_epoch, start_epoch * paired.steps_per_epoch))
         if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
             callbacks.append(StopOnNonFinite())
         for strategy in self.strategies:
             callbacks.extend(strategy.callbacks())
         try:
-            return super().fit(
-                dataset,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                validation_data=validation_data,
-                callbacks=callbacks,
-                verbose=verbose,
-                initial_epoch=initial_epoch,
-                shuffle=False,  # the streams above shuffle themselves
-                **kwargs,
-            )
+            return super().fit(dataset, epochs=epochs, steps_per_epoch=paired.steps_per_epoch,
+                               validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+                               initial_epoch=initial_epoch, shuffle=False, **kwargs)  # the streams shuffle themselves
         except tf.errors.InvalidArgumentError as error:
-            _reraise_input_error(error)
+            data.raise_input_error(error)
             raise
+
+    def _start_strategies(self, paired, epochs, start_epoch, target_labeled_weight):
+        """Give each strategy its FitContext; build the optimizer on every variable that may train."""
+        self._target_labeled_weight = target_labeled_weight
+        self._parameter_groups = None
+        view = AdapterView(self, set_parameter_groups=self._set_parameter_groups,
+                           set_target_labeled_weight=self._set_target_labeled_weight,
+                           retrace=lambda: self.make_train_function(force=True))
+        context = FitContext(
+            epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=paired.steps_per_epoch,
+            batch_size=paired.batch_size, target_batch_size=paired.target_batch_size, source_size=paired.source_size,
+            target_size=paired.target_size, target_labeled_size=paired.target_labeled_size,
+            target_images=paired.target_images, adapter=view,
+        )
+        # Variables made here (optimizer slots, strategy state) belong to the
+        # tf.distribute strategy the adapter was built under, if any.
+        with self.distribute_strategy.scope():
+            for strategy in self.strategies:
+                call_on_fit_start(strategy, context)
+            if not self.optimizer.built:
+                # Frozen variables included, so that unfreezing later (gradual
+                # fine-tuning) keeps the state of the others.
+                self.optimizer.build(_training.trainable_in_principle(self))
+
+    def _set_parameter_groups(self, groups):
+        if groups is not None and not isinstance(groups, ParameterGroups):
+            raise TypeError(f"Expected a da.parameter_groups.ParameterGroups or None; received {type(groups).__name__}.")
+        self._parameter_groups = groups
+
+    def _set_target_labeled_weight(self, weight):
+        self._target_labeled_weight = weight
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' TF trainer builds a distributed model by averaging one input batch
@@ -689,132 +445,21 @@ class DomainAdapter(keras.Model):
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         return None
 
-    def _training_data(
-        self, source, target, target_labeled, *, batch_size, start_epoch=0, target_batch_size, steps_per_epoch, shuffle, seed, shuffle_buffer
-    ):
-        """Check the inputs and pair them: returns (dataset of dicts, steps_per_epoch, info)."""
-        shape = dict(image_shape=self.image_shape, num_classes=self.num_classes)
-        source_stream = _data.make_stream(source, argument="source", labeled=True, **shape)
-        users = [type(s).__name__ for s in self.strategies if s.uses_target]
-        if users and target is None:
-            raise ValueError(f"Argument `target` is required: strategies {users} train on unlabeled target images.")
-        # Checked even when no strategy pairs it into the steps (a wrong target fails
-        # now, not when a strategy is added), and offered to strategies at fit start.
-        target_stream = None
-        if target is not None:
-            target_stream = _data.make_stream(target, argument="target", labeled=False, **shape)
-        labeled_stream = None
-        if target_labeled is not None:
-            labeled_stream = _data.make_stream(target_labeled, argument="target_labeled", labeled=True, **shape)
-
-        if batch_size is None:
-            batch_size = source_stream.user_batch_size or 32
-        target_batch_size = target_batch_size or batch_size
-        if steps_per_epoch is None:
-            steps_per_epoch = _data.steps_for(source_stream, batch_size)
-            if steps_per_epoch is None:
-                raise ValueError(
-                    "Argument `steps_per_epoch` is required: the size of the `source` dataset is unknown "
-                    "(e.g. after filter() or repeat())."
-                )
-
-        def stream(s, size, offset):
-            stream_seed = None if seed is None else int(seed) + offset
-            batches = _data.batched_forever(s, size, shuffle=shuffle, seed=stream_seed, shuffle_buffer=shuffle_buffer)
-            # Before any augmentation: for arrays, skipping only walks over indices.
-            return batches.skip(start_epoch * steps_per_epoch) if start_epoch else batches
-
-        source_ds = stream(source_stream, batch_size, 0)
-        for strategy in self.strategies:
-            if strategy._overrides("transform_source"):
-                source_ds = source_ds.map(strategy.transform_source, num_parallel_calls=tf.data.AUTOTUNE)
-        streams = {"source": source_ds}
-        if users:
-            target_ds = stream(target_stream, target_batch_size, 1)
-            for strategy in self.strategies:
-                if strategy._overrides("transform_target"):
-                    target_ds = target_ds.map(strategy.transform_target, num_parallel_calls=tf.data.AUTOTUNE)
-            streams["target"] = target_ds
-        if labeled_stream is not None:
-            labeled_size = min(batch_size, labeled_stream.size or batch_size)
-            streams["target_labeled"] = stream(labeled_stream, labeled_size, 2)
-        dataset = tf.data.Dataset.zip(streams).prefetch(tf.data.AUTOTUNE)
-
-        info = {
-            "source_stream": source_stream,
-            "batch_size": batch_size,
-            "target_batch_size": target_batch_size,
-            "target_stream": target_stream,
-            "target_labeled_stream": labeled_stream,
-            "streams": tuple(sorted(streams)),
-        }
-        return dataset, steps_per_epoch, info
-
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", **kwargs):
         """Evaluate the classifier on labeled images: ``(x, y)`` arrays or a dataset of ``(x, y)``."""
-        batch_size = _data.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
-        data = x if isinstance(x, tf.data.Dataset) else (x, y)
+        batch_size = data.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         if isinstance(x, tf.data.Dataset) and y is not None:
             raise ValueError("Argument `y` must be None when `x` is a dataset of (images, labels).")
-        dataset = _data.evaluation_dataset(
-            data, argument="x, y", image_shape=self.image_shape, num_classes=self.num_classes, batch_size=batch_size
-        )
+        dataset = data.evaluation_dataset(x if isinstance(x, tf.data.Dataset) else (x, y), argument="x, y",
+                                          image_shape=self.image_shape, num_classes=self.num_classes, batch_size=batch_size)
         try:
             return super().evaluate(dataset, verbose=verbose, **kwargs)
         except tf.errors.InvalidArgumentError as error:
-            _reraise_input_error(error)
+            data.raise_input_error(error)
             raise
 
     def predict(self, x, batch_size=None, verbose="auto", **kwargs):
         """Class probabilities for images ``x`` (an array or a dataset of images)."""
         if not isinstance(x, tf.data.Dataset):
-            images = _data._to_numpy(x, "x")
-            _data._check_images(images, "x", self.image_shape)
+            data.check_images(data.to_numpy(x, "x"), "x", self.image_shape)
         return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
-
-
-def _reducible(logs):
-    """Logs as Keras' TF trainer can reduce them under every tf.distribute strategy.
-
-    Under MultiWorkerMirroredStrategy Keras reduces each log with
-    ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars (also for a
-    plain keras.Model in Keras 3.15); a leading axis of one makes it a plain mean.
-    """
-    strategy = tf.distribute.get_strategy()
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
-    return logs
-
-
-def _restored_epoch(callbacks):
-    """The epoch a ``keras.callbacks.BackupAndRestore`` in ``callbacks`` will resume at (0 if none)."""
-    import json
-    import os
-
-    for callback in callbacks:
-        if isinstance(callback, keras.callbacks.BackupAndRestore):
-            path = getattr(callback, "_training_metadata_path", None) or os.path.join(
-                callback.backup_dir, "training_metadata.json"
-            )
-            if os.path.exists(path):
-                with open(path) as file:
-                    return int(json.load(file).get("epoch", 0))
-    return 0
-
-
-def trainable_in_principle(model):
-    """Variables created trainable (kernels, biases, BN scales), whether or not their layer is frozen now."""
-    seen, variables = set(), []
-    for layer in model._flatten_layers(include_self=True):
-        for variable in getattr(layer, "_trainable_variables", []):
-            if id(variable) not in seen:
-                seen.add(id(variable))
-                variables.append(variable)
-    return variables
-
-
-def _reraise_input_error(error):
-    message = str(getattr(error, "message", error))
-    if _data.PIPELINE_ERROR_MARKER in message:
-        detail = message.split(_data.PIPELINE_ERROR_MARKER, 1)[1].split("\n")[0].strip()
-        raise ValueError(f"Bad input found while training: {detail}.") from None

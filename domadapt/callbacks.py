@@ -67,9 +67,10 @@ class StopOnNonFinite(keras.callbacks.Callback):
     """Stop training with a clear error when a loss term becomes NaN or infinite.
 
     ``DomainAdapter.fit`` adds one by default (``stop_on_nonfinite=True``). The train
-    step drops the gradients of any step whose loss terms are not all finite (so the
-    weights stay finite; an optimizer with momentum still moves them by its momentum)
-    and records, in the graph, the first such step and its terms. This callback reads
+    step's ``da.nonfinite.NonFiniteGuard`` drops the gradients of any step whose loss
+    terms are not all finite (so the weights stay finite; an optimizer with momentum
+    still moves them by its momentum) and records, in the graph, the first such step
+    and its terms. This callback reads
     that record every ``check_every`` batches and at each epoch's end (one small
     device-to-host read, so training is not synchronised every step) and raises
     :class:`NonFiniteLossError` naming the terms, the optimizer step, the epoch and
@@ -90,13 +91,12 @@ class StopOnNonFinite(keras.callbacks.Callback):
         self._epoch_starts = []  # (epoch, optimizer iterations when it began)
 
     def on_train_begin(self, logs=None):
-        if not hasattr(self.model, "first_nonfinite_step"):
+        if getattr(self.model, "nonfinite_guard", None) is None:
             raise TypeError(
                 "StopOnNonFinite watches a da.DomainAdapter's train step; for a plain keras.Model use "
                 "keras.callbacks.TerminateOnNaN."
             )
-        self.model.first_nonfinite_step.assign(0)
-        self.model.nonfinite_terms.assign(0)
+        self.model.nonfinite_guard.reset()
         self._epoch_starts = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -110,11 +110,11 @@ class StopOnNonFinite(keras.callbacks.Callback):
         self._check()
 
     def _check(self):
-        step = int(self.model.first_nonfinite_step.numpy())
+        guard = self.model.nonfinite_guard
+        step = int(guard.first_step.numpy())
         if step == 0:
             return
-        mask = int(self.model.nonfinite_terms.numpy())
-        names = [name for index, name in enumerate(self.model.loss_term_names) if mask >> index & 1]
+        names = guard.names_of(int(guard.term_mask.numpy()))
         epoch, start = next(((e, s) for e, s in reversed(self._epoch_starts) if s < step), (0, 0))
         self.model.stop_training = True
         raise NonFiniteLossError(

@@ -1,7 +1,9 @@
-"""Input checking and the paired source/target ``tf.data`` pipeline.
+"""Pairing labeled source data with unlabeled target data for training, and input checks.
 
-Everything here runs before a training graph is traced, so bad input is reported
-as a ``ValueError``/``TypeError`` that names the argument, never as a graph error.
+:func:`pair` is what ``DomainAdapter.fit`` trains on; call it directly to write your
+own training loop. Everything here runs before a training graph is traced, so bad
+input is reported as a ``ValueError``/``TypeError`` that names the argument, never
+as a graph error.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["PairedData", "pair"]
+
 # Marker put in in-pipeline assertion messages so `fit` can recognise and re-raise them.
-PIPELINE_ERROR_MARKER = "domadapt-input-error:"
+_PIPELINE_ERROR_MARKER = "domadapt-input-error:"
 
 
 @dataclass
-class Stream:
+class _Stream:
     """One input stream, unbatched, before shuffling and pairing.
 
     ``images``/``labels`` hold numpy arrays for array input; ``dataset`` holds an
@@ -36,7 +40,7 @@ class Stream:
     check_finite: bool = False
 
 
-def _describe(value) -> str:
+def describe(value) -> str:
     if isinstance(value, np.ndarray):
         return f"a numpy array of shape {value.shape} and dtype {value.dtype}"
     if isinstance(value, tf.Tensor):
@@ -48,7 +52,7 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"[:200]
 
 
-def _to_numpy(value, argument: str) -> np.ndarray:
+def to_numpy(value, argument: str) -> np.ndarray:
     if isinstance(value, (tf.Tensor, tf.Variable)):
         value = value.numpy()
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
@@ -61,7 +65,7 @@ def _to_numpy(value, argument: str) -> np.ndarray:
         np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
     ):
         raise TypeError(
-            f"Argument `{argument}`: expected a real numeric array; received {_describe(array)}."
+            f"Argument `{argument}`: expected a real numeric array; received {describe(array)}."
         )
     return array
 
@@ -72,7 +76,7 @@ def _shape_matches(actual, expected) -> bool:
     return all(e is None or a is None or int(a) == int(e) for a, e in zip(actual, expected))
 
 
-def _check_images(images: np.ndarray, argument: str, image_shape: tuple) -> None:
+def check_images(images: np.ndarray, argument: str, image_shape: tuple) -> None:
     expected = "(num_images, " + ", ".join("?" if d is None else str(d) for d in image_shape) + ")"
     if images.ndim != len(image_shape) + 1 or not _shape_matches(images.shape[1:], image_shape):
         raise ValueError(
@@ -136,8 +140,8 @@ def _split_element_spec(spec, labeled: bool, argument: str):
     )
 
 
-def make_stream(value, *, argument: str, labeled: bool, image_shape: tuple, num_classes: int) -> Stream:
-    """Check ``value`` and wrap it as a :class:`Stream`.
+def _make_stream(value, *, argument: str, labeled: bool, image_shape: tuple, num_classes: int) -> _Stream:
+    """Check ``value`` and wrap it as a :class:`_Stream`.
 
     Labeled input: ``(images, labels)`` arrays or a dataset of ``(images, labels)``.
     Unlabeled input: an image array, ``(images, labels)`` (labels dropped) or a
@@ -149,21 +153,21 @@ def make_stream(value, *, argument: str, labeled: bool, image_shape: tuple, num_
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise TypeError(
                 f"Argument `{argument}`: expected a tuple (images, labels) of arrays or a "
-                f"tf.data.Dataset of (images, labels); received {_describe(value)}."
+                f"tf.data.Dataset of (images, labels); received {describe(value)}."
             )
-        images = _to_numpy(value[0], f"{argument}[0] (images)")
-        labels = _to_numpy(value[1], f"{argument}[1] (labels)")
-        _check_images(images, f"{argument}[0] (images)", image_shape)
+        images = to_numpy(value[0], f"{argument}[0] (images)")
+        labels = to_numpy(value[1], f"{argument}[1] (labels)")
+        check_images(images, f"{argument}[0] (images)", image_shape)
         labels = _check_labels(labels, f"{argument}[1] (labels)", images.shape[0], num_classes)
-        return Stream(argument, True, images.shape[0], images=images, labels=labels)
+        return _Stream(argument, True, images.shape[0], images=images, labels=labels)
     if isinstance(value, (tuple, list)) and len(value) == 2 and not np.isscalar(value[0]):
         value = value[0]  # (images, labels): the labels of an unlabeled stream are never used
-    images = _to_numpy(value, argument)
-    _check_images(images, argument, image_shape)
-    return Stream(argument, False, images.shape[0], images=images)
+    images = to_numpy(value, argument)
+    check_images(images, argument, image_shape)
+    return _Stream(argument, False, images.shape[0], images=images)
 
 
-def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> Stream:
+def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _Stream:
     image_spec, label_spec = _split_element_spec(dataset.element_spec, labeled, argument)
     rank = len(image_spec.shape) if image_spec.shape.rank is not None else None
     if rank == len(image_shape) + 1:
@@ -205,7 +209,7 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> Str
     first_images = first_images.numpy()
     if not batched:
         first_images = first_images[None]
-    _check_images(first_images, f"{argument} (first element)", image_shape)
+    check_images(first_images, f"{argument} (first element)", image_shape)
     if labeled:
         first_labels = np.reshape(first[1].numpy(), (first_images.shape[0], -1))
         if first_labels.shape[1] != 1:
@@ -229,7 +233,7 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> Str
         dataset = dataset.unbatch()
     if labeled:
         dataset = dataset.map(lambda images, labels: (images, _checked_labels(labels, num_classes, argument)))
-    return Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size,
+    return _Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size,
                   user_num_batches=num_batches, check_finite=image_spec.dtype.is_floating)
 
 
@@ -237,7 +241,7 @@ def _checked_images(images, argument):
     # As labels below: a NaN or inf image deeper in a dataset stops training with a
     # ValueError (a relu network would otherwise silently turn NaN into 0).
     finite = tf.reduce_all(tf.math.is_finite(images))
-    with tf.control_dependencies([tf.debugging.Assert(finite, [f"{PIPELINE_ERROR_MARKER} `{argument}` has an image with NaN or inf values"])]):
+    with tf.control_dependencies([tf.debugging.Assert(finite, [f"{_PIPELINE_ERROR_MARKER} `{argument}` has an image with NaN or inf values"])]):
         return tf.identity(images)
 
 
@@ -245,14 +249,14 @@ def _checked_labels(labels, num_classes, argument):
     labels = tf.cast(tf.reshape(labels, []), tf.int32)
     # Datasets are checked lazily: an out-of-range label deeper in the data stops
     # training with this message, which `fit` turns into a ValueError.
-    tf.debugging.assert_greater_equal(labels, 0, message=f"{PIPELINE_ERROR_MARKER} `{argument}` has a negative label")
+    tf.debugging.assert_greater_equal(labels, 0, message=f"{_PIPELINE_ERROR_MARKER} `{argument}` has a negative label")
     tf.debugging.assert_less(
-        labels, num_classes, message=f"{PIPELINE_ERROR_MARKER} `{argument}` has a label >= num_classes={num_classes}"
+        labels, num_classes, message=f"{_PIPELINE_ERROR_MARKER} `{argument}` has a label >= num_classes={num_classes}"
     )
     return labels
 
 
-def batched_forever(stream: Stream, batch_size: int, *, shuffle: bool, seed: int | None, shuffle_buffer: int):
+def _batched_forever(stream: _Stream, batch_size: int, *, shuffle: bool, seed: int | None, shuffle_buffer: int):
     """An endless dataset of full batches: shuffled, repeated, batched (remainder spills into the next pass)."""
     if stream.images is not None:
         # Arrays: shuffle indices, not images, then gather a whole batch at once.
@@ -288,9 +292,131 @@ def batched_forever(stream: Stream, batch_size: int, *, shuffle: bool, seed: int
     return batches
 
 
+@dataclass(frozen=True)
+class PairedData:
+    """The paired training stream returned by :func:`pair`, and what it is made of.
+
+    Attributes:
+        dataset: an endless ``tf.data.Dataset`` of dicts, one per training step:
+            ``"step"`` (int64 scalar: the step's number in the run, counted from its
+            first epoch, so it continues after a resume), ``"source"`` (``(images,
+            labels)``), ``"target"`` (images; present when the target is paired) and
+            ``"target_labeled"`` (``(images, labels)``; when given). Batches are full.
+        steps_per_epoch: steps in one epoch (one pass over the source by default).
+        batch_size, target_batch_size: images per step of the source and target streams.
+        source_size, target_size, target_labeled_size: number of images of each
+            input (``None`` when absent or unknown).
+        target_images: the checked unlabeled target images (a numpy array, or an
+            unbatched dataset of images, labels dropped), ``None`` without a target.
+    """
+
+    dataset: tf.data.Dataset
+    steps_per_epoch: int
+    batch_size: int
+    target_batch_size: int
+    source_size: int | None
+    target_size: int | None
+    target_labeled_size: int | None
+    target_images: np.ndarray | tf.data.Dataset | None
+
+
+def pair(source, target=None, target_labeled=None, *, image_shape, num_classes, batch_size=None,
+         target_batch_size=None, steps_per_epoch=None, shuffle=True, seed=None, shuffle_buffer=10_000,
+         start_epoch=0, pair_target=True) -> PairedData:
+    """Check labeled source, unlabeled target and optional labeled target data, and pair them per step.
+
+    Each stream is shuffled (a fresh order every pass, a pure function of ``seed``
+    and the pass for arrays), repeated and batched on its own: an epoch is one pass
+    over the source; a shorter or longer target stream simply repeats. Target labels
+    are dropped before anything else, so nothing downstream can see them.
+
+    Args:
+        source: ``(images, labels)`` arrays or a ``tf.data.Dataset`` of them, batched or not.
+        target: unlabeled target images: an array, ``(images, labels)`` (labels
+            dropped) or a dataset of images or ``(images, ...)``; or ``None``.
+        target_labeled: optional few labeled target images ``(images, labels)``.
+        image_shape: the shape of one image, e.g. ``(32, 32, 3)``.
+        num_classes: labels must lie in ``[0, num_classes)``.
+        batch_size: source images per step (default: a batched dataset's own batch
+            size, else 32). ``target_batch_size``: target images per step (default:
+            ``batch_size``); labeled target batches hold ``min(batch_size, size)``.
+        steps_per_epoch: default one pass over the source (required when its size is unknown).
+        shuffle, seed, shuffle_buffer: shuffling of each stream (datasets: with a
+            buffer of ``shuffle_buffer`` images); stream ``i`` uses ``seed + i``.
+        start_epoch: resume at this epoch: every stream starts where an
+            uninterrupted run would be, and ``"step"`` counts from there.
+        pair_target: ``False`` checks ``target`` and returns it in
+            ``target_images`` without pairing it into the steps.
+
+    Returns:
+        A :class:`PairedData`.
+
+    Example:
+
+    ```python
+    import numpy as np, domadapt as da
+    xs, ys = np.random.rand(10, 4, 4, 1), np.arange(10) % 2
+    paired = da.data.pair((xs, ys), np.random.rand(3, 4, 4, 1), image_shape=(4, 4, 1), num_classes=2, batch_size=5)
+    for element in paired.dataset.take(paired.steps_per_epoch):
+        source_images, source_labels = element["source"]
+        target_images = element["target"]  # (5, 4, 4, 1): the short target repeats
+    ```
+    """
+    shape = dict(image_shape=tuple(image_shape), num_classes=num_classes)
+    source_stream = _make_stream(source, argument="source", labeled=True, **shape)
+    target_stream = None if target is None else _make_stream(target, argument="target", labeled=False, **shape)
+    labeled_stream = None
+    if target_labeled is not None:
+        labeled_stream = _make_stream(target_labeled, argument="target_labeled", labeled=True, **shape)
+    batch_size = check_positive_int(batch_size, "batch_size", allow_none=True) or source_stream.user_batch_size or 32
+    target_batch_size = check_positive_int(target_batch_size, "target_batch_size", allow_none=True) or batch_size
+    steps_per_epoch = check_positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True)
+    if steps_per_epoch is None:
+        steps_per_epoch = _steps_for(source_stream, batch_size)
+        if steps_per_epoch is None:
+            raise ValueError(
+                "Argument `steps_per_epoch` is required: the size of the `source` dataset is unknown "
+                "(e.g. after filter() or repeat())."
+            )
+    first_step = int(start_epoch) * steps_per_epoch
+
+    def stream(s, size, offset):
+        stream_seed = None if seed is None else int(seed) + offset
+        batches = _batched_forever(s, size, shuffle=shuffle, seed=stream_seed, shuffle_buffer=shuffle_buffer)
+        # For arrays, skipping only walks over indices (no images are gathered).
+        return batches.skip(first_step) if first_step else batches
+
+    streams = {"step": tf.data.Dataset.counter(start=first_step), "source": stream(source_stream, batch_size, 0)}
+    if pair_target and target_stream is not None:
+        streams["target"] = stream(target_stream, target_batch_size, 1)
+    if labeled_stream is not None:
+        streams["target_labeled"] = stream(labeled_stream, min(batch_size, labeled_stream.size or batch_size), 2)
+    target_images = None
+    if target_stream is not None:
+        target_images = target_stream.images if target_stream.images is not None else target_stream.dataset
+    return PairedData(
+        dataset=tf.data.Dataset.zip(streams),
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        target_batch_size=target_batch_size,
+        source_size=source_stream.size,
+        target_size=None if target_stream is None else target_stream.size,
+        target_labeled_size=None if labeled_stream is None else labeled_stream.size,
+        target_images=target_images,
+    )
+
+
+def raise_input_error(error):
+    """Re-raise a failed in-pipeline input check (bad label or NaN image deep in a dataset) as a ValueError."""
+    message = str(getattr(error, "message", error))
+    if _PIPELINE_ERROR_MARKER in message:
+        detail = message.split(_PIPELINE_ERROR_MARKER, 1)[1].split("\n")[0].strip()
+        raise ValueError(f"Bad input found while training: {detail}.") from None
+
+
 def evaluation_dataset(value, *, argument: str, image_shape: tuple, num_classes: int, batch_size: int):
     """A finite batched dataset of ``(images, labels)`` for validation/evaluation."""
-    stream = make_stream(value, argument=argument, labeled=True, image_shape=image_shape, num_classes=num_classes)
+    stream = _make_stream(value, argument=argument, labeled=True, image_shape=image_shape, num_classes=num_classes)
     if stream.images is not None:
         dataset = tf.data.Dataset.from_tensor_slices((stream.images, stream.labels))
     else:
@@ -298,7 +424,7 @@ def evaluation_dataset(value, *, argument: str, image_shape: tuple, num_classes:
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def steps_for(stream: Stream, batch_size: int) -> int | None:
+def _steps_for(stream: _Stream, batch_size: int) -> int | None:
     if stream.user_num_batches is not None and stream.user_batch_size == batch_size:
         return stream.user_num_batches
     if stream.size is None:
@@ -307,6 +433,7 @@ def steps_for(stream: Stream, batch_size: int) -> int | None:
 
 
 def check_positive_int(value, argument: str, allow_none: bool = False):
+    """``value`` as an int; a ValueError naming ``argument`` unless it is a positive integer (or None if allowed)."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -3,24 +3,102 @@
 A strategy is a small Keras layer that the :class:`~domadapt.DomainAdapter` calls at
 fixed points. It may contribute any of:
 
-* an input transform of the source or target stream (``transform_source`` /
-  ``transform_target``), run inside ``tf.data`` on batches, in recipe order, or
-  inside the compiled train step (``augment_in_step``);
 * loss terms computed from one training step's features and logits (``loss``);
+* an input transform of the source or target stream, run inside ``tf.data`` on
+  batches in recipe order (``transform_source`` / ``transform_target``, declared by
+  ``transforms_source`` / ``transforms_target``), or inside the compiled train step
+  (``augment_in_step``, declared by ``augments_in_step``);
 * extra trainable sub-models (a domain discriminator): create them in ``setup``;
   they train with the adapter's optimizer;
-* changes to the adapter before training starts (``on_fit_start``: freezing layers);
+* changes before training starts (``on_fit_start(context)``, with a
+  :class:`FitContext`: freezing layers, learning-rate groups through ``context.adapter``);
 * Keras callbacks (``callbacks``).
 
+What a strategy needs is declared too (``uses_target``, ``needs_target``,
+``needs_target_labeled``) and checked by ``fit`` before the first step.
 Loss terms of several strategies simply add up, so the order of strategies in a
 recipe does not matter except for input transforms.
 """
 
 from __future__ import annotations
 
-import keras
+import inspect
+import warnings
+from dataclasses import dataclass
 
-__all__ = ["Strategy", "Recipe", "Step"]
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["AdapterView", "FitContext", "Recipe", "Step", "Strategy"]
+
+# Capability flag -> the hook it declares.
+_CAPABILITIES = {"transforms_source": "transform_source", "transforms_target": "transform_target",
+                 "augments_in_step": "augment_in_step"}
+
+
+class AdapterView:
+    """The part of a ``DomainAdapter`` a strategy may read and change during ``fit``.
+
+    Read: ``backbone``, ``classifier``, ``feature_extractor``, ``num_classes``,
+    ``feature_dim``, ``image_shape``. Change: learning-rate groups, the weight of
+    the labeled-target loss, and a retrace of the train step after changing which
+    layers train. Nothing else of the adapter is a strategy's business.
+    """
+
+    def __init__(self, adapter, *, set_parameter_groups, set_target_labeled_weight, retrace):
+        self.backbone = adapter.backbone
+        self.classifier = adapter.classifier
+        self.feature_extractor = adapter.feature_extractor
+        self.num_classes = adapter.num_classes
+        self.feature_dim = adapter.feature_dim
+        self.image_shape = adapter.image_shape
+        self._set_parameter_groups = set_parameter_groups
+        self._set_target_labeled_weight = set_target_labeled_weight
+        self._retrace = retrace
+
+    def set_parameter_groups(self, groups):
+        """Train with these learning-rate groups (a ``da.parameter_groups.ParameterGroups``, or ``None``)."""
+        self._set_parameter_groups(groups)
+
+    def set_target_labeled_weight(self, weight):
+        """The weight of ``target_cls_loss`` for this fit (overrides ``fit(target_labeled_weight=)``)."""
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"Argument `weight` must be a non-negative number; received weight={weight!r}.")
+        self._set_target_labeled_weight(float(weight))
+
+    def request_retrace(self):
+        """Rebuild the train function now (after ``layer.trainable`` changed); optimizer state is kept."""
+        self._retrace()
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a strategy learns about one ``fit`` call, in :meth:`Strategy.on_fit_start`.
+
+    Attributes:
+        epochs: the ``epochs`` of ``fit`` (the last epoch, as in Keras).
+        initial_epoch: the epoch this call starts at (``initial_epoch`` or the
+            epoch a ``BackupAndRestore`` backup resumes at).
+        steps_per_epoch: optimizer steps per epoch.
+        batch_size, target_batch_size: images per step of the source and target streams.
+        source_size, target_size, target_labeled_size: images of each input
+            (``None`` when absent or of unknown size).
+        target_images: the unlabeled target images (a numpy array, or an unbatched
+            ``tf.data.Dataset`` of images), ``None`` without ``target=``.
+        adapter: an :class:`AdapterView`.
+    """
+
+    epochs: int
+    initial_epoch: int
+    steps_per_epoch: int
+    batch_size: int
+    target_batch_size: int
+    source_size: int | None
+    target_size: int | None
+    target_labeled_size: int | None
+    target_images: np.ndarray | tf.data.Dataset | None
+    adapter: AdapterView
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -32,9 +110,15 @@ class Strategy(keras.layers.Layer):
     :meth:`Step.report`) must be declared in ``log_names`` so the adapter can
     create a Keras metric for it before the training graph is traced.
 
-    Class attributes:
+    Class attributes (a strategy whose needs depend on its arguments sets them on
+    the instance in ``__init__``):
         uses_target: whether :meth:`loss` needs the unlabeled target batch. When no
             strategy of an adapter uses it, the target stream is not read at all.
+        needs_target: whether the strategy needs ``fit(target=)`` otherwise (e.g.
+            to re-estimate batch norm on it); ``fit`` checks it before the first step.
+        needs_target_labeled: whether it needs ``fit(target_labeled=)``.
+        transforms_source, transforms_target, augments_in_step: which input hooks
+            the adapter calls. A subclass that defines a hook declares it by default.
         log_names: names reported to the progress bar and ``History``. A tuple
             (each averaged over the epoch) or a dict ``{name: "mean" | "last"}``;
             "last" shows the current value (for schedules such as a lambda).
@@ -62,7 +146,18 @@ class Strategy(keras.layers.Layer):
     """
 
     uses_target: bool = True
+    needs_target: bool = False
+    needs_target_labeled: bool = False
+    transforms_source: bool = False
+    transforms_target: bool = False
+    augments_in_step: bool = False
     log_names: tuple | dict = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for flag, hook in _CAPABILITIES.items():
+            if hook in cls.__dict__ and flag not in cls.__dict__:
+                setattr(cls, flag, True)
 
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -81,12 +176,16 @@ class Strategy(keras.layers.Layer):
         """Return ``{name: scalar tensor}`` loss terms for one step (already weighted)."""
         return {}
 
-    def transform_source(self, images, labels):
-        """Transform a batch of the source stream inside ``tf.data``; returns ``(images, labels)``."""
+    def transform_source(self, images, labels, step=None):
+        """Transform a batch of the source stream inside ``tf.data``; returns ``(images, labels)``.
+
+        ``step`` is the batch's int64 step number in the run (it differs every epoch
+        and continues after a resume): seed random draws with it.
+        """
         return images, labels
 
-    def transform_target(self, images):
-        """Transform a batch of the unlabeled target stream inside ``tf.data``."""
+    def transform_target(self, images, step=None):
+        """Transform a batch of the unlabeled target stream inside ``tf.data`` (``step`` as above)."""
         return images
 
     def augment_in_step(self, images, domain: str):
@@ -95,8 +194,8 @@ class Strategy(keras.layers.Layer):
         shape. For cheap in-graph augmentation that must not wait on CPU workers."""
         return images
 
-    def on_fit_start(self, adapter, fit_info: dict):
-        """Called at the start of ``fit`` with ``{"epochs", "steps_per_epoch", ...}``."""
+    def on_fit_start(self, context: FitContext):
+        """Called at the start of ``fit``, after its checks, before the first step."""
 
     def callbacks(self) -> list:
         """Keras callbacks this strategy adds to ``fit``."""
@@ -123,8 +222,49 @@ class Strategy(keras.layers.Layer):
             return dict(names)
         return {name: "mean" for name in names}
 
-    def _overrides(self, hook_name: str) -> bool:
-        return getattr(type(self), hook_name) is not getattr(Strategy, hook_name)
+
+def check_requirements(strategies, *, target, target_labeled):
+    """A ValueError naming the strategies whose declared needs ``fit``'s data do not meet (before any step)."""
+    for argument, given, needs, what in (
+        ("target", target, lambda s: s.uses_target or s.needs_target, "unlabeled target images"),
+        ("target_labeled", target_labeled, lambda s: s.needs_target_labeled, "labeled target images"),
+    ):
+        users = [type(s).__name__ for s in strategies if needs(s)]
+        if users and given is None:
+            raise ValueError(f"Argument `{argument}` is required: strategies {users} need {what}.")
+
+
+def loss_terms_of(strategy, step, mapping):
+    """``(terms, reports)`` of ``strategy`` for one step, under their shown names ``mapping[declared]``."""
+    step._reports = {}
+    returned = strategy.loss(step) or {}
+    if not isinstance(returned, dict):
+        raise TypeError(
+            f"{type(strategy).__name__}.loss must return a dict {{name: scalar}}; returned {type(returned).__name__}."
+        )
+    shown = ({}, {})
+    for values, target in ((returned, shown[0]), (step._reports, shown[1])):
+        for declared, value in values.items():
+            if declared not in mapping:
+                raise ValueError(
+                    f"{type(strategy).__name__} reported {declared!r}, which is not declared in its "
+                    f"log_names {tuple(mapping)}: add it there so it can be tracked."
+                )
+            target[mapping[declared]] = keras.ops.cast(value, "float32")
+    return shown
+
+
+def call_on_fit_start(strategy, context: FitContext):
+    """Call ``strategy.on_fit_start(context)``; the 0.1 form ``on_fit_start(adapter, fit_info)`` still works."""
+    parameters = inspect.signature(strategy.on_fit_start).parameters
+    if len(parameters) == 2:
+        warnings.warn(
+            f"{type(strategy).__name__}.on_fit_start(adapter, fit_info) is deprecated: define "
+            "on_fit_start(self, context) and use the da.FitContext it receives.", DeprecationWarning, stacklevel=2)
+        info = {"epochs": context.epochs, "steps_per_epoch": context.steps_per_epoch, "batch_size": context.batch_size}
+        strategy.on_fit_start(context.adapter, info)
+    else:
+        strategy.on_fit_start(context)
 
 
 class Recipe:

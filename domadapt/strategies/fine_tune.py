@@ -8,6 +8,7 @@ import re
 import keras
 
 from domadapt.batchnorm import adapt_batchnorm, batchnorm_layers
+from domadapt.parameter_groups import ParameterGroups
 from domadapt.strategy import Strategy
 
 # keras.applications name their stages and blocks; these patterns find them
@@ -89,8 +90,11 @@ class FineTune(Strategy):
         verbose: print the split once when ``fit`` starts.
 
     Blocks come from the backbone's structure: keras.applications stage names, else
-    one block per layer with weights. Multipliers are applied inside the optimizer
-    step; unfreezing rebuilds only the train function, not the optimizer state.
+    one block per layer with weights. At each ``fit`` the learning-rate multipliers
+    are installed as ``da.parameter_groups.ParameterGroups`` (also kept in
+    ``self.parameter_groups``), applied inside the optimizer step; unfreezing
+    rebuilds only the train function, not the optimizer state.
+    ``batchnorm="adapt"`` needs ``fit(target=)``: checked before the first step.
 
     Example:
 
@@ -127,7 +131,12 @@ class FineTune(Strategy):
         self.target_weight = target_weight
         self.verbose = bool(verbose)
         self.schedule = []  # [(epoch, [layer names unfrozen then])] for gradual unfreezing
+        self.parameter_groups = None
         self._callbacks = []
+
+    @property
+    def needs_target(self):
+        return self.batchnorm == "adapt"  # AdaBN re-estimates statistics on the target images
 
     @staticmethod
     def _check_spec(spec):
@@ -179,11 +188,11 @@ class FineTune(Strategy):
             return layers[len(layers) - min(count, len(layers)):]
         return [layer for layer in layers if re.search(spec, layer.name)]
 
-    def on_fit_start(self, adapter, fit_info):
-        backbone = adapter.backbone
-        labeled = fit_info.get("target_labeled_stream")
-        counted = labeled if labeled is not None else fit_info.get("source_stream")
-        per_class = (counted.size or 0) / adapter.num_classes if counted is not None else 0
+    def on_fit_start(self, context):
+        view = context.adapter
+        backbone = view.backbone
+        counted = context.target_labeled_size if context.target_labeled_size is not None else context.source_size
+        per_class = (counted or 0) / view.num_classes
         candidates = self._candidate_layers(backbone, per_class)
         blocks = find_blocks(backbone)
         candidate_ids = {id(layer) for layer in candidates}
@@ -199,24 +208,21 @@ class FineTune(Strategy):
                 (self.every * (position + 1), [layer.name for layer in members])
                 for position, (_, members) in enumerate(reversed(candidate_blocks))
             ]
-            self._callbacks.append(_GradualUnfreezing(self, adapter))
+            self._callbacks.append(_GradualUnfreezing(self, view))
         else:
             self.schedule = []
             self.set_trainable(backbone, {layer.name for layer in candidates})
 
-        multipliers = {}
-        for depth, (_, members) in enumerate(reversed(candidate_blocks)):
-            factor = self.backbone_lr * self.decay**depth
-            if factor != 1.0:
-                for layer in members:
-                    for variable in layer._trainable_variables:
-                        multipliers[id(variable)] = factor
-        adapter.learning_rate_multipliers.clear()
-        adapter.learning_rate_multipliers.update(multipliers)
-        if self.target_weight is not None and labeled is not None:
-            adapter._target_labeled_weight = float(self.target_weight)
+        # Layer-wise learning rates: the top block gets backbone_lr, each one below another factor decay.
+        self.parameter_groups = ParameterGroups(
+            ([v for layer in members for v in layer._trainable_variables], self.backbone_lr * self.decay**depth)
+            for depth, (_, members) in enumerate(reversed(candidate_blocks))
+        )
+        view.set_parameter_groups(self.parameter_groups)
+        if self.target_weight is not None and context.target_labeled_size is not None:
+            view.set_target_labeled_weight(self.target_weight)
         if self.batchnorm == "adapt":
-            self._callbacks.append(_AdaptAtEnd(adapter, fit_info))
+            self._callbacks.append(_AdaptAtEnd(view.classifier, view.backbone, context.target_images))
         if self.verbose:
             self._print_split(blocks, candidate_blocks, per_class)
 
@@ -263,33 +269,30 @@ class FineTune(Strategy):
 class _GradualUnfreezing(keras.callbacks.Callback):
     """At the start of each epoch, unfreeze the blocks whose time has come (resumes by epoch number)."""
 
-    def __init__(self, strategy, adapter):
+    def __init__(self, strategy, view):
         super().__init__()
         self.strategy = strategy
-        self.adapter = adapter
+        self.view = view
         self.unfrozen = set()
 
     def on_epoch_begin(self, epoch, logs=None):
         due = {name for start, names in self.strategy.schedule if epoch >= start for name in names}
         if due == self.unfrozen:
             return
-        self.strategy.set_trainable(self.adapter.backbone, due)
+        self.strategy.set_trainable(self.view.backbone, due)
         self.unfrozen = due
         # Trainable variables changed: retrace the step. The optimizer was built on
         # every variable at fit start, so the state of layers already training stays.
-        self.adapter.make_train_function(force=True)
+        self.view.request_retrace()
 
 
 class _AdaptAtEnd(keras.callbacks.Callback):
-    def __init__(self, adapter, fit_info):
+    """AdaBN when training ends: batch-norm statistics re-estimated on the target images."""
+
+    def __init__(self, classifier, backbone, target_images):
         super().__init__()
-        self.adapter = adapter
-        self.stream = fit_info.get("target_stream")
+        self.classifier, self.backbone, self.target_images = classifier, backbone, target_images
 
     def on_train_end(self, logs=None):
-        if self.stream is None:
-            raise ValueError("FineTune(batchnorm='adapt') needs unlabeled target images: pass target= to fit.")
-        if not batchnorm_layers(self.adapter.backbone):
-            return  # no batch-norm statistics to re-estimate
-        images = self.stream.images if self.stream.images is not None else self.stream.dataset
-        adapt_batchnorm(self.adapter.classifier, images)
+        if batchnorm_layers(self.backbone):  # else there are no statistics to re-estimate
+            adapt_batchnorm(self.classifier, self.target_images)

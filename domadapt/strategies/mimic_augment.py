@@ -96,8 +96,11 @@ class MimicAugment(Strategy):
     brightness and contrast down, sensor noise), ``sun_flare``, ``shadow``,
     ``overcast`` (desaturate, flatten, light fog), ``motion_blur``, ``noise``.
 
-    Determinism: each batch's random draws are seeded from ``seed`` and the batch's
-    own pixels, so a run is reproducible whatever the number of parallel workers.
+    Determinism: during ``fit`` each batch's random draws are seeded from ``seed``,
+    the batch's step number in the run and its pixels, so every epoch draws fresh
+    augmentations (also with ``shuffle=False``), and a run is reproducible whatever
+    the number of parallel workers, also after a resume. ``augment(images, seed=)``
+    draws from ``seed`` and the pixels.
 
     Images: uint8, or float in [0, 1] (float in [0, 255] is detected per batch and
     scaled there and back); 1-channel images are expanded to RGB for transforms
@@ -167,6 +170,10 @@ class MimicAugment(Strategy):
                 f"transform={transform!r}" + (f", method={reference_method!r}" if reference_method else "") + "."
             )
         self.engine = engine
+        # Declared capabilities: which hooks the adapter calls for this configuration.
+        self.transforms_source = engine != "tf"
+        self.transforms_target = engine != "tf" and apply_to == "both"
+        self.augments_in_step = engine == "tf"
         self._seed_generator = None
         self._local = threading.local()
 
@@ -221,12 +228,13 @@ class MimicAugment(Strategy):
         self.references = [np.ascontiguousarray(image) for image in images]
         return self
 
-    def on_fit_start(self, adapter, fit_info):
-        if self.reference_method is not None and self.references is None:
-            stream = fit_info.get("target_stream")
-            if stream is None:
-                raise ValueError("MimicAugment.from_target needs target images: pass target= to fit or target_images=.")
-            self.set_references(stream.images if stream.images is not None else stream.dataset)
+    @property
+    def needs_target(self):
+        return self.reference_method is not None and self.references is None  # references come from fit's target
+
+    def on_fit_start(self, context):
+        if self.needs_target:
+            self.set_references(context.target_images)
 
     # ------------------------------------------------------------------ augmentation
     def _transform_for(self, image_shape):
@@ -317,16 +325,22 @@ class MimicAugment(Strategy):
             references.append(np.ascontiguousarray(reference))
         return references
 
-    def _augment_tensor(self, images):
-        augmented = tf.numpy_function(lambda x: self.augment(x), [images], images.dtype, stateful=False)
+    def _augment_tensor(self, images, step):
+        def augment(batch, step_number):
+            # A seed of its own for every (seed, step): fresh draws each epoch, the same on a rerun.
+            seed = np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(step_number)]).generate_state(1)[0]
+            return self.augment(batch, seed=int(seed))
+
+        step = tf.constant(0, tf.int64) if step is None else tf.cast(step, tf.int64)
+        augmented = tf.numpy_function(augment, [images, step], images.dtype, stateful=False)
         augmented.set_shape(images.shape)
         return augmented
 
-    def transform_source(self, images, labels):
-        return self._augment_tensor(images), labels
+    def transform_source(self, images, labels, step=None):
+        return self._augment_tensor(images, step), labels
 
-    def transform_target(self, images):
-        return self._augment_tensor(images) if self.apply_to == "both" else images
+    def transform_target(self, images, step=None):
+        return self._augment_tensor(images, step) if self.apply_to == "both" else images
 
     def augment_in_step(self, images, domain):
         if domain == "target" and self.apply_to != "both":
@@ -335,15 +349,6 @@ class MimicAugment(Strategy):
             self._seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
         seed_pair = tf.cast(self._seed_generator.next(), tf.int32)
         return _tf_presets.apply(images, self.transform, self.severity, self.p, seed_pair)
-
-    def _overrides(self, hook_name):
-        if hook_name in ("transform_source", "transform_target"):
-            if self.engine == "tf":
-                return False
-            return hook_name == "transform_source" or self.apply_to == "both"
-        if hook_name == "augment_in_step":
-            return self.engine == "tf"
-        return super()._overrides(hook_name)
 
     # ------------------------------------------------------------------ choosing a preset
     @classmethod

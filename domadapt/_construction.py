@@ -1,0 +1,98 @@
+"""DomainAdapter's construction checks: the backbone's input and output, the head's logits."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+_POOLING = {
+    3: keras.layers.GlobalAveragePooling1D,
+    4: keras.layers.GlobalAveragePooling2D,
+    5: keras.layers.GlobalAveragePooling3D,
+}
+BN_MODES = ("joint", "separate")
+
+
+def image_shape_of(backbone, input_shape):
+    """The image shape from ``input_shape`` or the backbone's own input."""
+    if input_shape is not None:
+        shape = tuple(None if d is None else int(d) for d in input_shape)
+        return shape
+    try:
+        shape = backbone.input_shape
+    except (AttributeError, ValueError):
+        shape = None
+    if shape is None:
+        raise ValueError(
+            "Argument `input_shape` is required: the backbone "
+            f"{getattr(backbone, 'name', backbone)!r} has no defined input shape. Pass e.g. "
+            "input_shape=(96, 96, 3), or build the backbone with keras.Input first."
+        )
+    if isinstance(shape, list):
+        if len(shape) != 1:
+            raise ValueError(
+                f"The backbone has {len(shape)} inputs; DomainAdapter needs a backbone with one image input."
+            )
+        shape = shape[0]
+    return tuple(shape[1:])
+
+
+def check_arguments(backbone, num_classes, head, preprocess, bn_mode):
+    """Clear errors for DomainAdapter's constructor arguments."""
+    if not isinstance(backbone, keras.layers.Layer):
+        raise TypeError(
+            f"Argument `backbone` must be a keras.Model or keras.layers.Layer; received {type(backbone).__name__}."
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2
+    ):
+        raise ValueError(f"Argument `num_classes` must be an integer >= 2; received num_classes={num_classes!r}.")
+    if num_classes is None and head is None:
+        raise ValueError("Pass `num_classes=` to build a classification head, or your own `head=` layer.")
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"Argument `bn_mode` must be one of {BN_MODES}; received bn_mode={bn_mode!r}.")
+    if preprocess is not None and not callable(preprocess):
+        raise TypeError(f"Argument `preprocess` must be a Keras layer or a callable; received {preprocess!r}.")
+    if head is not None and not callable(head):
+        raise TypeError(f"Argument `head` must be a Keras layer or model; received {head!r}.")
+
+
+def pooled_features(backbone, inputs, image_shape):
+    """``(pooling layer or None, features)``: the backbone's output pooled to ``(batch, features)``."""
+    try:
+        feature_map = backbone(inputs)
+    except Exception as error:
+        raise ValueError(f"The backbone could not be called on images of shape {image_shape}: {error}") from error
+    if not isinstance(feature_map, keras.KerasTensor):
+        raise ValueError(
+            "The backbone must return one tensor (a feature map or a feature vector); it returns "
+            f"{type(feature_map).__name__} of {len(feature_map)} outputs. Wrap it in a keras.Model "
+            "that selects one output."
+        )
+    rank = len(feature_map.shape)
+    if rank not in (2, *_POOLING):
+        raise ValueError(
+            f"The backbone's output of shape {feature_map.shape} cannot be pooled to a feature "
+            "vector: expected (batch, features) or a channels-last feature map of rank 3 to 5."
+        )
+    pooling = _POOLING[rank](name="feature_pooling") if rank in _POOLING else None
+    features = pooling(feature_map) if pooling is not None else feature_map
+    if features.shape[-1] is None:
+        raise ValueError(f"The backbone's feature width is undefined (output shape {feature_map.shape}).")
+    return pooling, features
+
+
+def checked_logits(head, features, num_classes):
+    """The head's logits of ``features``, checked to be ``(batch, num_classes)`` logits."""
+    if getattr(head, "activation", None) is keras.activations.softmax:
+        raise ValueError("Argument `head` must output logits; remove its softmax activation.")
+    logits = head(features)
+    if not isinstance(logits, keras.KerasTensor) or len(logits.shape) != 2:
+        raise ValueError(
+            f"Argument `head` must map features of shape (batch, {features.shape[-1]}) to logits "
+            f"of shape (batch, num_classes); it returns {getattr(logits, 'shape', logits)}."
+        )
+    if num_classes is not None and logits.shape[-1] != num_classes:
+        raise ValueError(f"Argument `head` returns {logits.shape[-1]} logits but num_classes={num_classes}.")
+    return logits
+

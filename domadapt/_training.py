@@ -1,0 +1,176 @@
+"""Parts of DomainAdapter's training that need no adapter state: logs, metrics, input transforms, resumption."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from domadapt import data
+
+
+@keras.saving.register_keras_serializable(package="domadapt")
+class LastValue(keras.metrics.Metric):
+    """A metric that shows the most recent value (for schedules such as lambda)."""
+
+    def __init__(self, name="last_value", dtype="float32", **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.value = self.add_variable(shape=(), initializer="zeros", name="value", aggregation="mean")
+
+    def update_state(self, value):
+        self.value.assign(ops.cast(value, self.dtype))
+
+    def result(self):
+        return ops.convert_to_tensor(self.value)
+
+    def reset_state(self):
+        self.value.assign(0.0)
+
+
+def resolve_metric(metric):
+    """A Keras metric object from a metric, its name or a function; "accuracy" is sparse categorical accuracy."""
+    if isinstance(metric, keras.metrics.Metric):
+        return metric
+    if metric in ("accuracy", "acc"):
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    resolved = keras.metrics.get(metric)
+    if isinstance(resolved, keras.metrics.Metric):
+        return resolved
+    return keras.metrics.MeanMetricWrapper(resolved, name=getattr(resolved, "__name__", str(metric)))
+
+
+def log_names_of(strategies):
+    """Map every (strategy index, declared name) to a unique progress-bar name.
+
+    Returns ``{"kinds": {shown name: "mean" | "last"}, "per_strategy": [{declared: shown}]}``.
+    """
+    kinds = {"cls_loss": "mean", "target_cls_loss": "mean"}
+    taken = {"loss", "cls_loss", "target_cls_loss"}
+    per_strategy = []
+    for strategy in strategies:
+        mapping = {}
+        declared_logs = strategy.log_names if isinstance(strategy.log_names, dict) else dict.fromkeys(
+            strategy.log_names, "mean")
+        for declared, kind in declared_logs.items():
+            if kind not in ("mean", "last"):
+                raise ValueError(
+                    f"{type(strategy).__name__}.log_names[{declared!r}] must be 'mean' or 'last'; received {kind!r}."
+                )
+            shown, suffix = declared, 2
+            while shown in taken:
+                shown, suffix = f"{declared}_{suffix}", suffix + 1
+            taken.add(shown)
+            mapping[declared] = shown
+            kinds[shown] = kind
+        per_strategy.append(mapping)
+    return {"kinds": kinds, "per_strategy": per_strategy}
+
+
+def with_input_transforms(dataset, strategies):
+    """The paired dataset after the strategies' tf.data transforms, in recipe order, without its step counter."""
+    source_hooks = [_with_step(s.transform_source) for s in strategies if s.transforms_source]
+    target_hooks = [_with_step(s.transform_target) for s in strategies if s.transforms_target]
+
+    def transform(element):
+        element = dict(element)
+        step = element.pop("step")
+        images, labels = element["source"]
+        for hook in source_hooks:
+            images, labels = hook(images, labels, step=step)
+        element["source"] = (images, labels)
+        for hook in target_hooks if "target" in element else ():
+            element["target"] = hook(element["target"], step=step)
+        return element
+
+    return dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _with_step(hook):
+    """``hook`` called with ``step=``, also when it was written without that parameter (0.1 strategies)."""
+    if "step" in inspect.signature(hook).parameters:
+        return hook
+    return lambda *args, step: hook(*args)
+
+
+class ScheduleClock(keras.callbacks.Callback):
+    """Sets where the schedules' progress counts from, once a BackupAndRestore backup (if any) is loaded.
+
+    Appended after the user's callbacks, so the optimizer's step counter is the
+    restored one: progress = (iterations - start) / planned, with start =
+    iterations - steps the run had already done (0 for a new run).
+    """
+
+    def __init__(self, adapter, planned_steps, steps_done):
+        super().__init__()
+        self.adapter, self.planned_steps, self.steps_done = adapter, planned_steps, steps_done
+
+    def on_train_begin(self, logs=None):
+        iterations = int(self.adapter.optimizer.iterations.numpy())
+        self.adapter.schedule_start.assign(float(iterations - self.steps_done))
+        self.adapter.planned_steps.assign(float(self.planned_steps))
+
+
+def restored_epoch(callbacks):
+    """The epoch a ``keras.callbacks.BackupAndRestore`` in ``callbacks`` will resume at (0 if none)."""
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            path = getattr(callback, "_training_metadata_path", None) or os.path.join(
+                callback.backup_dir, "training_metadata.json"
+            )
+            if os.path.exists(path):
+                with open(path) as file:
+                    return int(json.load(file).get("epoch", 0))
+    return 0
+
+
+def reducible(logs):
+    """Logs as Keras' TF trainer can reduce them under every tf.distribute strategy.
+
+    Under MultiWorkerMirroredStrategy Keras reduces each log with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars (also for a
+    plain keras.Model in Keras 3.15); a leading axis of one makes it a plain mean.
+    """
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+    return logs
+
+
+def trainable_in_principle(model):
+    """Variables created trainable (kernels, biases, BN scales), whether or not their layer is frozen now."""
+    seen, variables = set(), []
+    for layer in model._flatten_layers(include_self=True):
+        for variable in getattr(layer, "_trainable_variables", []):
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables
+
+
+def check_fit_arguments(source, epochs, target_labeled_weight, kwargs):
+    """Clear errors for DomainAdapter.fit arguments that data.pair does not check."""
+    if source is None:
+        raise ValueError("Argument `source` is required: labeled source data (images, labels) or a dataset of them.")
+    if isinstance(source, (np.ndarray, tf.Tensor)):
+        raise TypeError(
+            "Argument `source` must be (images, labels) or a dataset of them; received "
+            f"{data.describe(source)}. Did you mean adapter.fit(source=(x, y), target=x_target)?"
+        )
+    for unsupported in ("x", "y", "sample_weight", "class_weight", "validation_split"):
+        if unsupported in kwargs:
+            raise TypeError(
+                f"DomainAdapter.fit does not take `{unsupported}`: pass source=(images, labels) "
+                "and target=images" + (" and validation_data=" if unsupported == "validation_split" else "") + "."
+            )
+    data.check_positive_int(epochs, "epochs")
+    if isinstance(target_labeled_weight, bool) or not isinstance(target_labeled_weight, (int, float)) or (
+        target_labeled_weight < 0
+    ):
+        raise ValueError(
+            f"Argument `target_labeled_weight` must be a non-negative number; received {target_labeled_weight!r}."
+        )
