@@ -7,7 +7,7 @@ import tensorflow as tf
 from conftest import conv_backbone, mlp_backbone, train_and_score
 
 import domadapt as da
-from domadapt import _ops
+from domadapt import ops
 from domadapt.strategies._schedule import ganin_ramp
 
 # ----------------------------------------------------------------------------- the layer
@@ -81,8 +81,8 @@ def test_batch_mmd_matches_a_numpy_double_loop():
     pooled = np.concatenate([source, target])
     distances = ((pooled[:, None] - pooled[None]) ** 2).sum(-1)
     base = distances.sum() / (12 * 11)
-    bandwidths = [base * m for m in _ops.MULTI_KERNEL_MULTIPLIERS]
-    value = keras.ops.convert_to_numpy(_ops.mmd_squared(source.astype("float32"), target.astype("float32")))
+    bandwidths = [base * m for m in ops.MULTI_KERNEL_MULTIPLIERS]
+    value = keras.ops.convert_to_numpy(ops.mmd(source.astype("float32"), target.astype("float32")))
     assert value == pytest.approx(numpy_mmd(source, target, bandwidths), rel=1e-4)
 
 
@@ -90,7 +90,7 @@ def test_coral_matches_its_formula():
     rng = np.random.default_rng(1)
     source, target = rng.normal(size=(20, 4)), rng.normal(size=(30, 4)) * [1, 2, 3, 4]
     expected = np.sum((np.cov(source, rowvar=False) - np.cov(target, rowvar=False)) ** 2) / (4 * 4**2)
-    value = keras.ops.convert_to_numpy(_ops.coral(source.astype("float32"), target.astype("float32")))
+    value = keras.ops.convert_to_numpy(ops.coral(source.astype("float32"), target.astype("float32")))
     assert value == pytest.approx(expected, rel=1e-4)
 
 
@@ -125,20 +125,20 @@ def test_dann_improves_rotated_moons_and_confuses_the_discriminator(moons):
     # Measured over seeds 0-2: source-only about 0.69, DANN 0.69-0.83 (mean about 0.74).
     plain, plain_scores = mean_target_accuracy(lambda: [], mlp_backbone, moons, epochs=80)
     adapted, adapted_scores = mean_target_accuracy(
-        lambda: [da.GradientReversal(hidden_units=(64, 64), dropout=0.0)], mlp_backbone, moons, epochs=80
+        lambda: [da.DANN(hidden_units=(64, 64), dropout=0.0)], mlp_backbone, moons, epochs=80
     )
     assert adapted > plain + 0.03, (plain_scores, adapted_scores)
     assert max(adapted_scores) > max(plain_scores) + 0.08, (plain_scores, adapted_scores)
 
     keras.utils.set_random_seed(0)
-    strategy = da.GradientReversal(hidden_units=(64, 64), dropout=0.0)
+    strategy = da.DANN(hidden_units=(64, 64), dropout=0.0)
     _, history, _ = train_and_score(mlp_backbone(), [strategy], source_x, source_y, target_x, target_y, epochs=80)
     lambdas = np.array(history.history["grl_lambda"])
     assert np.all(np.diff(lambdas) >= 0) and lambdas[0] < 0.2 and lambdas[-1] > 0.99
     # The same discriminator without reversal (lambda = 0) tells the domains apart
     # better: reversal pushes domain_acc toward 0.5.
     keras.utils.set_random_seed(0)
-    no_reversal = da.GradientReversal(weight=0.0, schedule="constant", hidden_units=(64, 64), dropout=0.0)
+    no_reversal = da.DANN(weight=0.0, schedule="constant", hidden_units=(64, 64), dropout=0.0)
     _, baseline, _ = train_and_score(mlp_backbone(), [no_reversal], source_x, source_y, target_x, target_y, epochs=80)
     adapted_acc = np.mean(history.history["domain_acc"][-10:])
     separable_acc = np.mean(baseline.history["domain_acc"][-10:])
@@ -181,10 +181,27 @@ def test_cdan_improves_digits_under_a_brightness_shift(digits):
     # Measured over seeds 0-2: source-only 0.36-0.46, CDAN (constant lambda) 0.41-0.62.
     plain, plain_scores = mean_target_accuracy(lambda: [], conv_backbone, data, epochs=30, num_classes=10)
     adapted, adapted_scores = mean_target_accuracy(
-        lambda: [da.ConditionalAdversarial(hidden_units=(64, 64), dropout=0.0, schedule="constant")],
+        lambda: [da.CDAN(hidden_units=(64, 64), dropout=0.0, schedule="constant")],
         conv_backbone, data, epochs=30, num_classes=10,
     )
     assert adapted > plain + 0.05, (plain_scores, adapted_scores)
+
+
+def test_cdan_random_map_has_the_magnitude_of_the_exact_map():
+    # Long et al. 2018 (and the official code): R_f, R_g ~ N(0, 1), h = (R_f f) * (R_g g) / sqrt(d),
+    # so E|h|^2 = |f|^2 |g|^2 = |f (x) g|^2, the squared norm of the exact multilinear map.
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1024)])  # 1024 x 5 classes > 4096
+    strategy = da.CDAN(hidden_units=(8,), random_dim=4096)
+    da.DomainAdapter(backbone, num_classes=5, strategies=[strategy])
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(64, 1024)).astype("float32")
+    logits = rng.normal(size=(64, 5)).astype("float32")
+    h = keras.ops.convert_to_numpy(strategy._multilinear(features, logits))
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    expected = np.sum(features**2, axis=1) * np.sum(probabilities**2, axis=1)
+    # Over 64 examples x 4096 outputs the ratio is 1 within a few percent (std 0.05 gave 1/160000).
+    assert np.mean(np.sum(h**2, axis=1)) / np.mean(expected) == pytest.approx(1.0, rel=0.15)
 
 
 def test_entropy_minimization_lowers_target_entropy(moons):
@@ -202,9 +219,9 @@ def test_entropy_minimization_lowers_target_entropy(moons):
 # ----------------------------------------------------------------------------- contract sweep
 
 ALL_STRATEGIES = {
-    "GradientReversal": lambda: da.GradientReversal(hidden_units=(8,)),
-    "ConditionalAdversarial": lambda: da.ConditionalAdversarial(hidden_units=(8,)),
-    "ConditionalAdversarial-random": lambda: da.ConditionalAdversarial(hidden_units=(8,), random_dim=16),
+    "DANN": lambda: da.DANN(hidden_units=(8,)),
+    "CDAN": lambda: da.CDAN(hidden_units=(8,)),
+    "CDAN-random": lambda: da.CDAN(hidden_units=(8,), random_dim=16),
     "MMD": lambda: da.MMD(),
     "CORAL": lambda: da.CORAL(),
     "EntropyMinimization": lambda: da.EntropyMinimization(),
@@ -245,8 +262,8 @@ def test_bad_strategy_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="`kernels` must be one of"):
         da.MMD(kernels="laplace")
     with pytest.raises(ValueError, match="`schedule` must be one of"):
-        da.GradientReversal(schedule="linear")
+        da.DANN(schedule="linear")
     with pytest.raises(ValueError, match="`dropout` must be in"):
-        da.GradientReversal(dropout=1.5)
+        da.DANN(dropout=1.5)
     with pytest.raises(ValueError, match="one logit per example"):
-        da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[da.GradientReversal(discriminator=keras.layers.Dense(3))])
+        da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[da.DANN(discriminator=keras.layers.Dense(3))])
