@@ -45,11 +45,9 @@ def test_streams_of_different_sizes_pair_and_epoch_follows_source():
     source_x = np.arange(10, dtype="float32")[:, None] * np.ones((1, 2), "float32")
     source_y = np.zeros(10, dtype="int64")
     target_x = 100 + np.arange(3, dtype="float32")[:, None] * np.ones((1, 2), "float32")
-    adapter = da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[da.CORAL()])
-    dataset, steps, _ = adapter._training_data(
-        (source_x, source_y), target_x, None, batch_size=5, target_batch_size=2,
-        steps_per_epoch=None, shuffle=True, seed=3, shuffle_buffer=100,
-    )
+    paired = da.data.pair((source_x, source_y), target_x, image_shape=(2,), num_classes=2, batch_size=5,
+                          target_batch_size=2, shuffle=True, seed=3, shuffle_buffer=100)
+    dataset, steps = paired.dataset, paired.steps_per_epoch
     assert steps == 2  # one pass over the source
     batches = list(dataset.take(steps * 3))
     assert all(b["source"][0].shape == (5, 2) and b["target"].shape == (2, 2) for b in batches)
@@ -69,12 +67,10 @@ def test_batched_and_unbatched_datasets_are_accepted_alike(moons):
     unbatched_target = tf.data.Dataset.from_tensor_slices(target_x)
     history = adapter.fit(source=batched, target=unbatched_target, epochs=1, verbose=0)
     assert len(history.history["loss"]) == 1
-    dataset, steps, info = adapter._training_data(
-        batched, tf.data.Dataset.from_tensor_slices(target_x).batch(7), None, batch_size=None,
-        target_batch_size=None, steps_per_epoch=None, shuffle=False, seed=None, shuffle_buffer=10,
-    )
-    assert steps == 10 and info["batch_size"] == 50  # the dataset's own batching defines the epoch
-    element = next(iter(dataset))
+    paired = da.data.pair(batched, tf.data.Dataset.from_tensor_slices(target_x).batch(7), image_shape=(2,),
+                          num_classes=2, shuffle=False)
+    assert paired.steps_per_epoch == 10 and paired.batch_size == 50  # the dataset's own batching defines the epoch
+    element = next(iter(paired.dataset))
     assert element["source"][0].shape == (50, 2) and element["target"].shape == (50, 2)
 
 
@@ -93,11 +89,9 @@ def test_target_labels_never_reach_training(moons):
     _, weights_scrambled = train(np.random.default_rng(5).integers(0, 100, len(target_y)))
     for a, b in zip(weights_true, weights_scrambled):
         np.testing.assert_array_equal(a, b)
-    dataset, _, _ = adapter._training_data(
-        (source_x, source_y), tf.data.Dataset.from_tensor_slices((target_x, target_y)), None,
-        batch_size=8, target_batch_size=None, steps_per_epoch=None, shuffle=False, seed=None, shuffle_buffer=10,
-    )
-    assert isinstance(dataset.element_spec["target"], tf.TensorSpec)  # images only
+    paired = da.data.pair((source_x, source_y), tf.data.Dataset.from_tensor_slices((target_x, target_y)),
+                          image_shape=adapter.image_shape, num_classes=2, batch_size=8, shuffle=False)
+    assert isinstance(paired.dataset.element_spec["target"], tf.TensorSpec)  # images only
 
 
 def test_classifier_saves_and_reloads_without_domadapt(tmp_path, moons):
@@ -133,7 +127,8 @@ def test_adapter_saves_and_reloads_with_strategies(tmp_path, moons):
     adapter.save(path)
     reloaded = keras.saving.load_model(path)
     assert [type(s).__name__ for s in reloaded.strategies] == ["GradientReversal", "MMD"]
-    assert reloaded.strategies[0].weight == 0.3 and reloaded.strategies[1].kernels == "rbf"
+    assert reloaded.strategies[0].weight == 0.3
+    assert reloaded.strategies[1].get_config() == adapter.strategies[1].get_config()
     for a, b in zip(adapter.strategies[0].discriminator.weights, reloaded.strategies[0].discriminator.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_allclose(reloaded.predict(target_x, verbose=0), adapter.predict(target_x, verbose=0), atol=1e-6)
@@ -172,6 +167,81 @@ def test_strategy_defined_in_a_test_file_plugs_in(moons):
     assert "norm_loss" in history.history
     assert history.history["norm_loss"][-1] < history.history["norm_loss"][0]
     assert penalised < 0.5 * plain
+
+
+class ProgressProbe(da.Strategy):
+    """Reports the schedules' progress and remembers the FitContext it was given."""
+
+    log_names = ("progress",)
+    uses_target = False
+
+    def on_fit_start(self, context):
+        self.context = context
+
+    def loss(self, step):
+        step.report("progress", step.progress)
+        return {}
+
+
+def test_each_fit_call_runs_its_own_schedule_and_initial_epoch_continues_it(moons):
+    source_x, source_y, _, _ = moons
+
+    def progress(probe, adapter, **fit_kwargs):
+        history = adapter.fit(source=(source_x[:128], source_y[:128]), batch_size=32, verbose=0, **fit_kwargs)
+        return history.history["progress"]
+
+    probe = ProgressProbe()
+    adapter = da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[probe])
+    adapter.compile(optimizer="sgd")
+    # 4 steps per epoch, 8 planned: epoch means of p = (0+1+2+3)/8/4 and (4+5+6+7)/8/4.
+    first = progress(probe, adapter, epochs=2)
+    np.testing.assert_allclose(first, [0.1875, 0.6875], rtol=1e-6)
+    second = progress(probe, adapter, epochs=2)  # a second fit starts its schedule at 0 again
+    np.testing.assert_allclose(second, first, rtol=1e-6)
+    assert int(adapter.optimizer.iterations.numpy()) == 16
+    # Resuming with initial_epoch continues the run: epochs 3 and 4 of a 4-epoch schedule.
+    resumed = progress(probe, adapter, epochs=4, initial_epoch=2)
+    np.testing.assert_allclose(resumed, [(8 + 9 + 10 + 11) / 16 / 4, (12 + 13 + 14 + 15) / 16 / 4], rtol=1e-6)
+    context = probe.context
+    assert (context.epochs, context.initial_epoch, context.steps_per_epoch, context.batch_size) == (4, 2, 4, 32)
+    assert (context.source_size, context.target_size, context.target_images) == (128, None, None)
+    assert context.adapter.num_classes == 2 and context.adapter.backbone is adapter.backbone
+
+
+def test_capabilities_are_declared_and_legacy_hooks_still_run(moons):
+    source_x, source_y, target_x, _ = moons
+    seen = {}
+
+    class Shift(da.Strategy):  # 0.1-style hooks: no step argument, on_fit_start(adapter, fit_info)
+        uses_target = False
+
+        def transform_source(self, images, labels):
+            return images + 100.0, labels
+
+        def on_fit_start(self, adapter, fit_info):
+            seen["steps_per_epoch"] = fit_info["steps_per_epoch"]
+
+    assert Shift.transforms_source and not Shift.transforms_target and not Shift.augments_in_step
+    assert not da.Strategy.transforms_source and not da.CORAL.transforms_source
+    adapter = da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[Shift()])
+    adapter.compile(optimizer="sgd")
+    with pytest.warns(DeprecationWarning, match="on_fit_start"):
+        adapter.fit(source=(source_x[:64], source_y[:64]), epochs=1, batch_size=32, verbose=0)
+    assert seen == {"steps_per_epoch": 2}
+
+
+def test_a_missing_requirement_is_reported_before_any_step(moons):
+    source_x, source_y, _, _ = moons
+
+    class NeedsLabeledTarget(da.Strategy):
+        uses_target = False
+        needs_target_labeled = True
+
+    adapter = da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[NeedsLabeledTarget()])
+    adapter.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"`target_labeled` is required: strategies \['NeedsLabeledTarget'\]"):
+        adapter.fit(source=(source_x, source_y), epochs=3, verbose=0)
+    assert int(adapter.optimizer.iterations.numpy()) == 0
 
 
 def test_undeclared_log_name_is_a_clear_error(moons):

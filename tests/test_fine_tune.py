@@ -135,8 +135,10 @@ def test_layerwise_decay_gives_each_earlier_block_another_factor(data):
                                strategies=[da.FineTune(trainable="all", backbone_lr=0.5, decay=0.5, verbose=False)])
     adapter.compile(optimizer="sgd")
     adapter.fit(source=(images, labels), epochs=1, batch_size=64, verbose=0)
-    factor = {layer.name: adapter.learning_rate_multipliers[id(layer.kernel)] for layer in backbone.layers}
+    groups = adapter.strategies[0].parameter_groups
+    factor = {layer.name: groups.multiplier(layer.kernel) for layer in backbone.layers}
     assert factor == {"conv_2": 0.5, "conv_1": 0.25, "conv_0": 0.125}
+    assert groups.multiplier(adapter.head.kernel) == 1.0
 
 
 def test_batchnorm_frozen_keeps_statistics_and_train_updates_them(data):
@@ -150,6 +152,31 @@ def test_batchnorm_frozen_keeps_statistics_and_train_updates_them(data):
         adapter.fit(source=(images, labels), epochs=1, batch_size=32, verbose=0)
         changed = not np.array_equal(before, backbone.get_layer("bn_1").moving_mean.numpy())
         assert changed == should_change, mode
+
+
+def test_batchnorm_adapt_without_target_fails_before_the_first_step(data):
+    images, labels = data
+    backbone = three_conv_backbone(batchnorm=True)
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.FineTune(batchnorm="adapt", verbose=False)])
+    adapter.compile(optimizer="adam")
+    before = snapshot(adapter)
+    with pytest.raises(ValueError, match=r"`target` is required: strategies \['FineTune'\] need unlabeled target"):
+        adapter.fit(source=(images, labels), epochs=5, batch_size=16, verbose=0)
+    assert int(adapter.optimizer.iterations.numpy()) == 0  # not one step ran
+    after = snapshot(adapter)
+    assert all(np.array_equal(before[path], after[path]) for path in before)
+
+
+def test_batchnorm_adapt_reestimates_statistics_on_the_target_at_the_end(data):
+    images, labels = data
+    backbone = three_conv_backbone(batchnorm=True)
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.FineTune("all", batchnorm="adapt", verbose=False)])
+    adapter.compile(optimizer="adam")
+    target = images * 3.0 + 2.0
+    adapter.fit(source=(images, labels), target=target, epochs=1, batch_size=16, verbose=0)
+    inputs = keras.Model(backbone.inputs, backbone.get_layer("conv_0").output).predict(target, verbose=0)
+    np.testing.assert_allclose(backbone.get_layer("bn_0").moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-3,
+                               atol=1e-3)
 
 
 def test_adapt_batchnorm_changes_moving_statistics_and_nothing_else():

@@ -52,7 +52,7 @@ def main():
     backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, activation="tanh", name="block1"),
                                  keras.layers.Dense(16, activation="tanh", name="block2")])
     strategies = [da.GradientReversal(hidden_units=(16,), dropout=0.0),
-                  da.FineTune(trainable="all", unfreeze="gradual", verbose=False)]
+                  da.FineTune(trainable="all", unfreeze="gradual", backbone_lr=0.5, decay=0.5, verbose=False)]
     adapter = da.DomainAdapter(backbone, num_classes=2, strategies=strategies)
     adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
     record = RecordLambda()
