@@ -220,3 +220,15 @@ def test_cli_gap_reads_arrays_and_folders(tmp_path, capsys):
                      "--image-size", "12", "--metrics", "mmd"]) == 0
     assert cli_main(["gap", str(tmp_path / "missing"), str(tmp_path / "images"), "--backbone", "pixels"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bandwidth", ["median", "mean", "multi"])
+def test_block_wise_mmd_equals_the_ops_kernel_on_small_data(small_samples, bandwidth):
+    from domadapt import ops
+
+    source, target = small_samples
+    expected = float(ops.mmd(source.astype("float32"), target.astype("float32"), "rbf", bandwidth, "unbiased"))
+    for block_size in (4096, 5):
+        assert da.gap.mmd(source, target, bandwidth=bandwidth, block_size=block_size) == pytest.approx(expected, rel=1e-5)
+    statistic, _ = da.gap.mmd_test(source, target, bandwidth=bandwidth, permutations=10)
+    assert statistic == pytest.approx(expected, rel=1e-5)

@@ -173,3 +173,50 @@ def test_compare_never_recommends_a_collapsed_candidate_even_when_snd_prefers_it
     with pytest.warns(UserWarning, match="collapsed: its target predictions collapse"):
         table = da.compare({"collapsed": collapsed, "diverse": diverse}, target=indices(60), validators=["snd"])
     assert table.recommended == "diverse"
+
+
+def test_compare_excludes_exactly_uniform_outputs_but_not_an_accurate_model_on_an_imbalanced_target():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(90, int), np.ones(10, int)]  # a 90/10 target
+    confidence = rng.uniform(0.99, 1.0, size=100)  # old rule: class-spread 0.48 < 0.5, excluded
+    accurate = np.where(np.eye(2)[labels] == 1, confidence[:, None], 1 - confidence[:, None])
+    models = {"accurate": FixedOutputs(accurate), "uniform": FixedOutputs(np.full((100, 2), 0.5)),
+              "one-class": FixedOutputs(np.tile([[0.9, 0.1]], (100, 1)))}
+    with pytest.warns(UserWarning) as record:
+        table = da.compare(models, target=indices(100), validators=["snd", "entropy"])
+    assert table.recommended == "accurate"
+    assert set(table.excluded) == {"uniform", "one-class"}
+    messages = [str(w.message) for w in record]
+    assert any(m.startswith("uniform: its target predictions collapse: outputs near-uniform") for m in messages)
+    assert not any(m.startswith("accurate:") and "collapse" in m for m in messages)
+    # The rule itself: uniform and input-independent outputs have no information; one class for 99%+ images.
+    from domadapt.validators.compare import collapse_reason
+
+    assert collapse_reason(accurate) is None
+    assert collapse_reason(np.full((50, 3), 1 / 3)) is not None
+    varied_but_one_class = np.c_[rng.uniform(0.6, 0.99, 100), np.zeros(100)]
+    varied_but_one_class[:, 1] = 1 - varied_but_one_class[:, 0]
+    assert "onto one class (100.0%" in collapse_reason(varied_but_one_class)
+
+
+def test_compare_table_keeps_full_column_names_and_prints_each_warning_once():
+    rng = np.random.default_rng(1)
+    classes = rng.integers(0, 3, 60)
+    models = {"diverse": FixedOutputs(np.eye(3)[classes] * 0.9 + 0.03),
+              "collapsed": FixedOutputs(np.tile([[0.98, 0.01, 0.01]], (60, 1)))}
+    with pytest.warns(UserWarning) as record:
+        table = da.compare(models, source=(indices(60), classes), target=indices(60),
+                           validators=["source_accuracy", "information_maximization"])
+    header = str(table).splitlines()[0].split()
+    assert header == ["candidate", "source_accuracy", "information_maximization"]
+    text = str(table)
+    for message in table.warnings:
+        assert message not in text  # issued once, as a Python warning
+    assert sorted(str(w.message) for w in record) == sorted(table.warnings)
+    assert "collapsed !" in text and "! not eligible: collapsed (" in text
+
+
+def test_validator_checkpoint_defaults_to_information_maximization_not_snd():
+    # validator_selection.md: SND Spearman -0.94 / -0.67 with target accuracy; IM +0.94 / +0.66.
+    assert da.callbacks.ValidatorCheckpoint(target=indices(4)).validator.name == "information_maximization"
+    assert da.callbacks.ValidatorCheckpoint("snd", target=indices(4)).validator.name == "snd"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import stats
 
+from domadapt import ops
 from domadapt.gap._checks import as_features, check_positive, subsample
 
 
@@ -18,22 +19,6 @@ class DomainClassification:
     auc: float  # ROC AUC on the held-out half (0.5: indistinguishable)
     num_train: int
     num_test: int
-
-
-def fit_logistic(features, labels, l2):
-    """L2-regularised logistic regression by L-BFGS; returns (weights, bias)."""
-    n, d = features.shape
-
-    def loss_and_gradient(parameters):
-        weights, bias = parameters[:d], parameters[d]
-        logits = features @ weights + bias
-        # log(1 + exp(z)) - y z, computed stably
-        loss = np.sum(np.logaddexp(0.0, logits) - labels * logits) / n + 0.5 * l2 * weights @ weights
-        residual = (1.0 / (1.0 + np.exp(-logits)) - labels) / n
-        return loss, np.r_[features.T @ residual + l2 * weights, residual.sum()]
-
-    result = optimize.minimize(loss_and_gradient, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500})
-    return result.x[:d], result.x[d]
 
 
 def domain_classification(source_features, target_features, *, max_samples=5000, l2=1e-3, seed=0):
@@ -60,8 +45,9 @@ def domain_classification(source_features, target_features, *, max_samples=5000,
     test_y = np.concatenate([t[1] for t in test])
     mean, scale = train_x.mean(axis=0), train_x.std(axis=0)
     scale[scale == 0] = 1.0
-    weights, bias = fit_logistic((train_x - mean) / scale, train_y, l2)
-    scores = ((test_x - mean) / scale) @ weights + bias
+    weights, bias = ops.fit_logistic_regression((train_x - mean) / scale, train_y, num_classes=2, l2=l2)
+    logits = ((test_x - mean) / scale) @ weights + bias
+    scores = logits[:, 1] - logits[:, 0]
     error = float(np.mean((scores > 0) != (test_y == 1)))
     positives = test_y == 1
     ranks = stats.rankdata(scores)

@@ -12,48 +12,50 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from domadapt import ops
 from domadapt.gap._checks import as_features, check_positive, subsample
 
-KERNELS = ("rbf", "linear", "polynomial")
+# At most this many pooled samples estimate the median bandwidth (it sorts an n x n matrix).
+MEDIAN_SAMPLES = 1000
 
 
-@tf.function(reduce_retracing=True)
-def _block_kernel(a, b, kernel_id, bandwidths, degree, coef0, gamma):
-    """Kernel matrix of two blocks: rbf (mean over bandwidths), linear or polynomial."""
-    if kernel_id == 1:  # linear
-        return tf.matmul(a, b, transpose_b=True)
-    if kernel_id == 2:  # polynomial
-        return tf.pow(gamma * tf.matmul(a, b, transpose_b=True) + coef0, degree)
-    distances = (
-        tf.reduce_sum(a * a, axis=1, keepdims=True)
-        - 2.0 * tf.matmul(a, b, transpose_b=True)
-        + tf.transpose(tf.reduce_sum(b * b, axis=1, keepdims=True))
-    )
-    distances = tf.maximum(distances, 0.0)
-    values = tf.exp(-distances[None] / bandwidths[:, None, None])
-    return tf.reduce_mean(values, axis=0)
+_BLOCK_SIGNATURE = (tf.TensorSpec([None, None], tf.float32),) * 2 + (tf.TensorSpec([None], tf.float32),)
+
+
+def _per_kernel(function):
+    """One traced function per kernel kind, for blocks of any size (no retracing)."""
+    return {
+        kind: tf.function(lambda a, b, bandwidths, kind=kind: function(a, b, kind, bandwidths),
+                          input_signature=_BLOCK_SIGNATURE, autograph=False)
+        for kind in ops.KERNELS
+    }
+
+
+# sum_j k(a_i, b_j) per row i of one block, and k(a_i, b_i) per row (float32).
+_BLOCK_SUMS = _per_kernel(lambda a, b, kind, bandwidths: tf.reduce_sum(ops.kernel_matrix(a, b, kind, bandwidths), 1))
+_PAIRED = _per_kernel(ops.paired_kernel)
 
 
 class _Kernel:
-    def __init__(self, kind, bandwidths=(1.0,), degree=3, coef0=1.0, gamma=1.0):
+    """One of :mod:`domadapt.ops`' kernels with its bandwidths fixed, on float64-centred float32 data."""
+
+    def __init__(self, kind, bandwidths=None):
         self.kind = kind
-        self.kernel_id = KERNELS.index(kind)
-        self.bandwidths = tf.constant(np.asarray(bandwidths, "float32"))
-        self.degree = tf.constant(float(degree))
-        self.coef0 = tf.constant(float(coef0))
-        self.gamma = tf.constant(float(gamma))
+        self.bandwidths = tf.constant([1.0]) if bandwidths is None else tf.cast(bandwidths, tf.float32)
 
-    def __call__(self, a, b):
-        return _block_kernel(a, b, self.kernel_id, self.bandwidths, self.degree, self.coef0, self.gamma)
+    def matrix(self, a, b):
+        return ops.kernel_matrix(a, b, self.kind, self.bandwidths)
 
-    def diagonal_sum(self, x):
+    def block_sum(self, a, b):
+        return _BLOCK_SUMS[self.kind](a, b, self.bandwidths)
+
+    def paired(self, a, b):
+        return _PAIRED[self.kind](tf.constant(a, tf.float32), tf.constant(b, tf.float32), self.bandwidths)
+
+    def diagonal_sum(self, x, chunk=8192):
         """sum_i k(x_i, x_i), without forming the matrix."""
-        if self.kind == "rbf":
-            return float(len(x))
-        squared_norms = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-        if self.kind == "linear":
-            return float(squared_norms.sum())
-        return float(np.sum((float(self.gamma) * squared_norms + float(self.coef0)) ** float(self.degree)))
+        return sum(float(tf.reduce_sum(tf.cast(self.paired(x[i : i + chunk], x[i : i + chunk]), tf.float64)))
+                   for i in range(0, len(x), chunk))
 
 
 def kernel_sum(a, b, kernel, block_size=4096, symmetric=False):
@@ -63,42 +65,28 @@ def kernel_sum(a, b, kernel, block_size=4096, symmetric=False):
         a_block = tf.constant(a[i : i + block_size], tf.float32)
         start = i if symmetric else 0
         for j in range(start, len(b), block_size):
-            block = kernel(a_block, tf.constant(b[j : j + block_size], tf.float32))
-            value = float(tf.reduce_sum(tf.cast(tf.reduce_sum(block, axis=1), tf.float64)))
+            rows = kernel.block_sum(a_block, tf.constant(b[j : j + block_size], tf.float32))
+            value = float(tf.reduce_sum(tf.cast(rows, tf.float64)))
             total += value if (not symmetric or i == j) else 2.0 * value
     return total
 
 
-def median_bandwidth(source, target, rng, max_samples=1000):
-    """Median of pooled pairwise squared distances (the median heuristic), from a subsample."""
-    pooled = subsample(np.concatenate([source, target]), max_samples, rng).astype(np.float64)
-    squared = np.sum(pooled**2, axis=1)
-    distances = squared[:, None] - 2 * pooled @ pooled.T + squared[None]
-    upper = distances[np.triu_indices(len(pooled), k=1)]
-    median = float(np.median(np.maximum(upper, 0.0)))
-    # Kernels run in float32: a bandwidth that rounds to zero there would give 0/0.
-    return median if median > 1e3 * np.finfo(np.float32).tiny else 1.0
-
-
-def _make_kernel(kernel, bandwidth, source, target, seed):
-    if kernel not in KERNELS:
-        raise ValueError(f"Argument `kernel` must be one of {KERNELS}; received kernel={kernel!r}.")
+def prepare(source, target, kernel, bandwidth, seed):
+    """Validate the kernel options, centre both sets on their pooled mean (float64; not for
+    the polynomial kernel) and fix the bandwidths as :func:`domadapt.ops.rbf_bandwidths`
+    defines them ("median" on a seeded subsample of ``MEDIAN_SAMPLES`` pooled samples,
+    "mean"/"multi" exactly on all samples). Returns float32 source, target and a kernel."""
+    bandwidth = ops.check_kernel_options(kernel, bandwidth)
+    if kernel != "polynomial":
+        center = np.concatenate([source, target]).mean(axis=0, dtype=np.float64)
+        source, target = source - center, target - center
+    source, target = source.astype(np.float32), target.astype(np.float32)
     if kernel != "rbf":
-        return _Kernel(kernel, gamma=1.0 / source.shape[1])
-    rng = np.random.default_rng(seed)
-    if isinstance(bandwidth, str):
-        if bandwidth not in ("median", "multi"):
-            raise ValueError(
-                f"Argument `bandwidth` must be 'median', 'multi', a positive number or a list of them; "
-                f"received bandwidth={bandwidth!r}."
-            )
-        base = median_bandwidth(source, target, rng)
-        bandwidths = [base] if bandwidth == "median" else [base * m for m in (0.25, 0.5, 1.0, 2.0, 4.0)]
-    else:
-        bandwidths = np.atleast_1d(np.asarray(bandwidth, dtype=np.float64)).tolist()
-        if not bandwidths or any(not np.isfinite(b) or b <= 0 for b in bandwidths):
-            raise ValueError(f"Argument `bandwidth` must hold positive numbers; received bandwidth={bandwidth!r}.")
-    return _Kernel("rbf", bandwidths=bandwidths)
+        return source, target, _Kernel(kernel)
+    pooled = np.concatenate([source, target])
+    if bandwidth == "median":
+        pooled = subsample(pooled, MEDIAN_SAMPLES, np.random.default_rng(seed))
+    return source, target, _Kernel("rbf", ops.rbf_bandwidths(pooled, bandwidth))
 
 
 def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", estimator="unbiased",
@@ -115,11 +103,15 @@ def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", e
       mean over disjoint pairs of h = k(s1, s2) + k(t1, t2) - k(s1, t2) - k(s2, t1);
       unbiased, O(n d), noisier: for very large N.
 
-    Kernels: ``"rbf"`` exp(-||x - y||^2 / b), with ``bandwidth`` b = ``"median"``
-    (the median pooled pairwise squared distance, from up to 1000 samples),
-    ``"multi"`` (the mean of kernels at 0.25x to 4x the median), a number or a
-    list of numbers; ``"linear"`` x.y; ``"polynomial"`` (x.y/d + 1)^3.
-    Symmetric in its two arguments.
+    Kernels and bandwidths are those of :mod:`domadapt.ops` (one definition shared
+    with ``da.MMD``): ``"rbf"`` exp(-||x - y||^2 / b), with ``bandwidth`` b =
+    ``"median"`` (the median pooled pairwise squared distance, from up to
+    ``MEDIAN_SAMPLES`` samples), ``"mean"`` (the mean one, exact: 2 tr(Cov)),
+    ``"multi"`` (the mean of kernels at 0.25x to 4x the mean one), a number or a
+    list of numbers; ``"linear"`` x.y; ``"polynomial"`` (x.y/d + 1)^3. Distances are
+    computed on features centred on the pooled mean (in float64), so a large common
+    offset costs no precision. With equal options, ``da.MMD``'s loss on a batch is
+    this number on that batch (up to float32 rounding). Symmetric in its two arguments.
 
     Returns:
         float.
@@ -134,25 +126,20 @@ def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", e
     """
     source, target = as_features(source_features, target_features)
     check_positive(block_size, "block_size")
-    kernel_fn = _make_kernel(kernel, bandwidth, source, target, seed)
-    source = source.astype(np.float32)
-    target = target.astype(np.float32)
-    n, m = len(source), len(target)
+    ops.check_kernel_options(kernel, bandwidth, estimator)
+    source, target, kernel_fn = prepare(source, target, kernel, bandwidth, seed)
     if estimator == "linear":
         return _linear_time_mmd(source, target, kernel_fn)
-    if estimator not in ("unbiased", "biased"):
-        raise ValueError(f"Argument `estimator` must be 'unbiased', 'biased' or 'linear'; received {estimator!r}.")
     ss = kernel_sum(source, source, kernel_fn, block_size, symmetric=True)
     tt = kernel_sum(target, target, kernel_fn, block_size, symmetric=True)
     st = kernel_sum(source, target, kernel_fn, block_size)
-    if estimator == "biased":
-        return ss / n**2 + tt / m**2 - 2 * st / (n * m)
-    ss -= kernel_fn.diagonal_sum(source)
-    tt -= kernel_fn.diagonal_sum(target)
-    return ss / (n * (n - 1)) + tt / (m * (m - 1)) - 2 * st / (n * m)
+    unbiased = estimator == "unbiased"
+    diagonals = (kernel_fn.diagonal_sum(source), kernel_fn.diagonal_sum(target)) if unbiased else (0.0, 0.0)
+    return float(ops.mmd_from_sums(ss, tt, st, len(source), len(target), *diagonals, unbiased=unbiased))
 
 
 def _linear_time_mmd(source, target, kernel_fn, chunk=8192):
+    """Gretton et al.'s linear-time statistic over disjoint pairs, in chunks (float64 sums)."""
     pairs = min(len(source), len(target)) // 2
     if pairs < 1:
         raise ValueError("The linear-time MMD needs at least 2 samples per domain.")
@@ -162,22 +149,10 @@ def _linear_time_mmd(source, target, kernel_fn, chunk=8192):
         s1, s2 = source[2 * start : 2 * stop : 2], source[2 * start + 1 : 2 * stop : 2]
         t1, t2 = target[2 * start : 2 * stop : 2], target[2 * start + 1 : 2 * stop : 2]
         total += sum(
-            sign * float(tf.reduce_sum(tf.cast(_paired_kernel(kernel_fn, a, b), tf.float64)))
+            sign * float(tf.reduce_sum(tf.cast(kernel_fn.paired(a, b), tf.float64)))
             for sign, a, b in ((1, s1, s2), (1, t1, t2), (-1, s1, t2), (-1, s2, t1))
         )
     return total / pairs
-
-
-def _paired_kernel(kernel_fn, a, b):
-    """k(a_i, b_i) for each row i (no matrix)."""
-    a = tf.constant(a, tf.float32)
-    b = tf.constant(b, tf.float32)
-    if kernel_fn.kind == "linear":
-        return tf.reduce_sum(a * b, axis=1)
-    if kernel_fn.kind == "polynomial":
-        return tf.pow(kernel_fn.gamma * tf.reduce_sum(a * b, axis=1) + kernel_fn.coef0, kernel_fn.degree)
-    distances = tf.reduce_sum(tf.square(a - b), axis=1)
-    return tf.reduce_mean(tf.exp(-distances[None] / kernel_fn.bandwidths[:, None]), axis=0)
 
 
 @dataclass(frozen=True)
@@ -219,12 +194,12 @@ def mmd_test(source_features, target_features, *, permutations=1000, kernel="rbf
     check_positive(permutations, "permutations")
     check_positive(max_samples, "max_samples")
     rng = np.random.default_rng(seed)
-    source = subsample(source, max_samples, rng).astype(np.float32)
-    target = subsample(target, max_samples, rng).astype(np.float32)
-    kernel_fn = _make_kernel(kernel, bandwidth, source, target, seed)
+    source = subsample(source, max_samples, rng)
+    target = subsample(target, max_samples, rng)
+    source, target, kernel_fn = prepare(source, target, kernel, bandwidth, seed)
     pooled = np.concatenate([source, target])
     n, m = len(source), len(target)
-    matrix = kernel_fn(tf.constant(pooled), tf.constant(pooled)).numpy().astype(np.float64)
+    matrix = np.asarray(kernel_fn.matrix(pooled, pooled), dtype=np.float64)
     np.fill_diagonal(matrix, 0.0)
     total = matrix.sum()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from domadapt import ops
 from domadapt.gap._checks import as_features
 
 
@@ -27,7 +28,8 @@ def moments(features, block_size=8192):
 def coral(source_features, target_features):
     """CORAL distance ||Cov_s - Cov_t||_F^2 / (4 d^2) (Sun & Saenko 2016). Lower means closer.
 
-    Covariances are unbiased (n - 1). Range [0, inf); symmetric; 0 for identical
+    The formula of :func:`domadapt.ops.coral` (``da.CORAL``'s loss), on covariances
+    accumulated block-wise in float64. Covariances are unbiased (n - 1). Range [0, inf); symmetric; 0 for identical
     second moments (means are ignored).
 
     Example:
@@ -39,9 +41,7 @@ def coral(source_features, target_features):
     ```
     """
     source, target = as_features(source_features, target_features)
-    d = source.shape[1]
-    difference = moments(source)[1] - moments(target)[1]
-    return float(np.sum(difference**2) / (4 * d * d))
+    return float(ops.coral_from_covariances(moments(source)[1], moments(target)[1]))
 
 
 def _psd_sqrt(matrix):

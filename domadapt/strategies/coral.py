@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from domadapt import _distribute, _ops
-from domadapt.strategies._schedule import WeightedStrategy
+from domadapt import _distribute, ops
+from domadapt.strategies.base import WeightedStrategy
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -31,5 +31,5 @@ class CORAL(WeightedStrategy):
     def loss(self, step):
         # The global batch under tf.distribute (see MMD.loss).
         source, target = _distribute.gather_replicas(step.source_features), _distribute.gather_replicas(step.target_features)
-        return {"coral_loss": self.current_weight(step) * _ops.coral(source, target)}
+        return {"coral_loss": self.current_weight(step) * ops.coral(source, target)}
 

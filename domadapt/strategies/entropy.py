@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import keras
-from keras import ops
 
-from domadapt import _ops
-from domadapt.strategies._schedule import WeightedStrategy
+from domadapt import ops
+from domadapt.strategies.base import WeightedStrategy
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
 class EntropyMinimization(WeightedStrategy):
     """Push the classifier to confident predictions on target data (Grandvalet & Bengio 2005).
 
-    entropy_loss = weight * mean_t H(softmax(logits_t)), H(p) = -sum_k p_k log p_k.
+    entropy_loss = weight * mean_t H(softmax(logits_t)), H(p) = -sum_k p_k log p_k
+    (:func:`domadapt.ops.entropy`, the function of the ``"entropy"`` validator).
     On its own it can collapse onto one class; it is usually combined with an
     alignment strategy (``da.GradientReversal() + da.EntropyMinimization(0.1)``).
 
@@ -35,5 +35,5 @@ class EntropyMinimization(WeightedStrategy):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
 
     def loss(self, step):
-        return {"entropy_loss": self.current_weight(step) * ops.mean(_ops.entropy(step.target_probabilities))}
+        return {"entropy_loss": self.current_weight(step) * keras.ops.mean(ops.entropy(step.target_probabilities))}
 

@@ -2,61 +2,82 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
-from domadapt import _distribute, _ops
-from domadapt.strategies._schedule import WeightedStrategy
+from domadapt import _distribute, ops
+from domadapt.strategies.base import WeightedStrategy
 
-_KERNELS = ("multi", "rbf", "linear")
+# The 0.1 argument `kernels=` and the options it stands for.
+_OLD_KERNELS = {"multi": ("rbf", "multi"), "rbf": ("rbf", "mean"), "linear": ("linear", "multi")}
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
 class MMD(WeightedStrategy):
     """Minimise the squared MMD between source and target features of each batch.
 
-    MMD^2 = E k(s, s') + E k(t, t') - 2 E k(s, t) (Gretton et al. 2012). With
-    ``kernels="multi"`` (DAN, Long et al. 2015) k is the mean of Gaussian kernels
-    with bandwidths 0.25x to 4x the batch's mean squared distance; ``"rbf"`` uses
-    that single bandwidth; ``"linear"`` compares feature means only.
+    MMD^2 = E k(s, s') + E k(t, t') - 2 E k(s, t) (Gretton et al. 2012), computed by
+    :func:`domadapt.ops.mmd` with the same ``kernel``, ``bandwidth`` and ``estimator``
+    options as ``da.gap.mmd``: with equal options the loss on a batch is
+    ``da.gap.mmd`` of that batch's features. The default is DAN's multi-kernel MMD
+    (Long et al. 2015): the mean of Gaussian kernels at 0.25x to 4x the batch's mean
+    pairwise squared distance, biased estimator (>= 0). Under ``tf.distribute`` the
+    global batch is used.
 
     Reports ``mmd_loss`` (current weight * MMD^2).
 
     Args:
         weight: loss weight.
-        kernels: ``"multi"``, ``"rbf"`` or ``"linear"``.
         schedule: ``"ganin"`` (default) ramps the weight from 0 so the classifier
             learns first (without it, a large initial gap can collapse the
             features); ``"constant"`` or a callable ``progress -> multiplier``.
+        kernel: ``"rbf"`` (default), ``"linear"`` or ``"polynomial"``.
+        bandwidth: ``"multi"`` (default), ``"mean"``, ``"median"``, a positive number or a
+            list of them (rbf only; see :mod:`domadapt.ops`).
+        estimator: ``"biased"`` (default), ``"unbiased"`` or ``"linear"`` (linear time).
+        kernels: deprecated (0.1): ``"multi"`` is ``bandwidth="multi"``, ``"rbf"`` is
+            ``bandwidth="mean"``, ``"linear"`` is ``kernel="linear"``.
 
     Example:
 
     ```python
     import keras, domadapt as da
     backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, activation="relu")])
-    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD(weight=1.0)])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD(bandwidth="median")])
     ```
     """
 
     log_names = ("mmd_loss",)
     default_schedule = "ganin"
 
-    def __init__(self, weight=1.0, kernels="multi", schedule=None, **kwargs):
+    def __init__(self, weight=1.0, schedule=None, *, kernel="rbf", bandwidth="multi", estimator="biased",
+                 kernels=None, **kwargs):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
-        if kernels not in _KERNELS:
-            raise ValueError(f"Argument `kernels` must be one of {_KERNELS}; received kernels={kernels!r}.")
-        self.kernels = kernels
+        if kernels is not None:
+            if kernels not in _OLD_KERNELS:
+                raise ValueError(
+                    f"Argument `kernels` must be one of {tuple(_OLD_KERNELS)} (deprecated: use `kernel=` and "
+                    f"`bandwidth=`); received kernels={kernels!r}."
+                )
+            warnings.warn(
+                f"MMD(kernels={kernels!r}) is deprecated; use MMD(kernel={_OLD_KERNELS[kernels][0]!r}, "
+                f"bandwidth={_OLD_KERNELS[kernels][1]!r}).", DeprecationWarning, stacklevel=2,
+            )
+            kernel, bandwidth = _OLD_KERNELS[kernels]
+        bandwidth = ops.check_kernel_options(kernel, bandwidth, estimator)
+        self.kernel = kernel
+        self.bandwidth = bandwidth if isinstance(bandwidth, str) else list(bandwidth)
+        self.estimator = estimator
 
     def loss(self, step):
         # The global batch under tf.distribute; each replica then holds the same loss,
         # which the train step divides by the number of replicas.
         source = _distribute.gather_replicas(step.source_features)
         target = _distribute.gather_replicas(step.target_features)
-        if self.kernels == "linear":
-            value = _ops.linear_mmd_squared(source, target)
-        else:
-            multipliers = _ops.MULTI_KERNEL_MULTIPLIERS if self.kernels == "multi" else (1.0,)
-            value = _ops.mmd_squared(source, target, multipliers)
+        value = ops.mmd(source, target, self.kernel, self.bandwidth, self.estimator)
         return {"mmd_loss": self.current_weight(step) * value}
 
     def get_config(self):
-        return {**super().get_config(), "kernels": self.kernels}
+        return {**super().get_config(), "kernel": self.kernel, "bandwidth": self.bandwidth,
+                "estimator": self.estimator}

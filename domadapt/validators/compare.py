@@ -78,6 +78,8 @@ class ComparisonTable:
         reasons: why, in words; ``warnings``: source-accuracy drops and disagreements.
         target_accuracy: ``{candidate: accuracy}`` when target labels were given.
         correlations: ``{validator: Spearman rho with target accuracy}`` when given.
+        excluded: ``{candidate: short reason}`` for candidates not eligible for the
+            recommendation (source-accuracy drop, collapse).
     """
 
     scores: dict
@@ -87,32 +89,36 @@ class ComparisonTable:
     warnings: list = field(default_factory=list)
     target_accuracy: dict = field(default_factory=dict)
     correlations: dict = field(default_factory=dict)
+    excluded: dict = field(default_factory=dict)
 
     def __str__(self):
         names = list(self.directions)
         extra = ["target_accuracy"] if self.target_accuracy else []
+        widths = [max(len(n), 10) + 2 for n in names + extra]
         width = max(len(c) for c in self.scores) + 4
-        header = f"{'candidate':<{width}}" + "".join(f"{n[:14]:>16}" for n in names + extra)
-        arrows = f"{'(better)':<{width}}" + "".join(f"{'higher' if self.directions[n] == 'higher' else 'lower':>16}"
-                                                     for n in names) + ("".join(f"{'higher':>16}" for _ in extra))
+        header = f"{'candidate':<{width}}" + "".join(f"{n:>{w}}" for n, w in zip(names + extra, widths))
+        directions = [self.directions[n] for n in names] + ["higher" for _ in extra]
+        arrows = f"{'(better)':<{width}}" + "".join(f"{d:>{w}}" for d, w in zip(directions, widths))
         lines = [header, arrows, "-" * len(header)]
         for candidate, row in self.scores.items():
-            mark = " *" if candidate == self.recommended else ""
-            values = "".join(f"{row[n]:>16.4g}" for n in names)
-            if extra:
-                values += f"{self.target_accuracy[candidate]:>16.4g}"
-            lines.append(f"{candidate + mark:<{width}}{values}")
+            mark = " *" if candidate == self.recommended else (" !" if candidate in self.excluded else "")
+            values = [row[n] for n in names] + [self.target_accuracy[candidate] for _ in extra]
+            lines.append(f"{candidate + mark:<{width}}" + "".join(f"{v:>{w}.4g}" for v, w in zip(values, widths)))
         if self.correlations:
             lines.append(f"{'spearman vs acc':<{width}}" + "".join(
-                f"{self.correlations.get(n, float('nan')):>16.2f}" for n in names))
+                f"{self.correlations.get(n, float('nan')):>{w}.2f}" for n, w in zip(names, widths)))
         lines.append(f"* recommended: {self.recommended} — " + "; ".join(self.reasons))
-        lines.extend(f"warning: {w}" for w in self.warnings)
+        if self.excluded:
+            lines.append("! not eligible: " + "; ".join(f"{c} ({why})" for c, why in self.excluded.items()))
+        if self.warnings:
+            # Each warning was issued once as a Python warning; the text does not repeat them.
+            lines.append(f"{len(self.warnings)} warning(s) issued; see .warnings")
         return "\n".join(lines)
 
     def to_dict(self):
         return {"scores": self.scores, "directions": self.directions, "recommended": self.recommended,
                 "reasons": self.reasons, "warnings": self.warnings, "target_accuracy": self.target_accuracy,
-                "correlations": self.correlations}
+                "correlations": self.correlations, "excluded": self.excluded}
 
     def to_json(self, path, overwrite=False):
         path = Path(path)
@@ -152,16 +158,66 @@ class ComparisonTable:
         return path
 
 
+def collapse_reason(probabilities, threshold=0.01, single_class_share=0.99):
+    """Why a model's target predictions count as collapsed, or ``None`` if they do not.
+
+    Collapse is a property of the outputs, not of the class balance: a collapsed
+    model gives (nearly) the same output whatever the image. Two rules, in the
+    model's own terms:
+
+    * **uninformative outputs**: the mutual information between image and
+      predicted class, I = H(mean_x p) - mean_x H(p) (the IM validator's score), is
+      below ``threshold * log(num_classes)``. I = 0 for identical outputs on every
+      image, confident or not, and for exactly uniform outputs. I is bounded by
+      H(mean p), not by the class balance, so an accurate, confident model on an
+      imbalanced target keeps it high (90/10, 95% confident: I = 0.30 log 2).
+    * **one class for (almost) every image**: the argmax falls on one class for at
+      least ``single_class_share`` of the target images even though the outputs
+      still vary. A target that truly holds >= 99% of one class cannot be told
+      from this without labels; pass ``single_class_share=1.01`` to turn it off.
+
+    Args:
+        probabilities: ``(num_images, num_classes)`` target predictions.
+        threshold: minimum I as a fraction of log(num_classes).
+        single_class_share: maximum share of images predicted as one class.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.validators.compare import collapse_reason
+    print(collapse_reason(np.full((50, 3), 1 / 3)))  # uninformative (uniform) outputs
+    print(collapse_reason(np.eye(2)[np.r_[np.zeros(90, int), np.ones(10, int)]] * 0.9 + 0.05))  # None
+    ```
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = max(probabilities.shape[1], 2)
+    mean_entropy = float(np.mean(entropies(probabilities)))
+    information = float(entropies(probabilities.mean(axis=0, keepdims=True))[0]) - mean_entropy
+    normalised = information / np.log(num_classes)
+    if normalised < threshold:
+        kind = "near-uniform" if mean_entropy > 0.99 * np.log(num_classes) else "the same for every image"
+        return (f"its target predictions collapse: outputs {kind}, information I(image; class) = "
+                f"{normalised:.3g} log K < {threshold} log K")
+    share = float(np.max(np.bincount(np.argmax(probabilities, axis=1), minlength=num_classes))) / len(probabilities)
+    if share >= single_class_share:
+        return f"its target predictions collapse onto one class ({share:.1%} of target images)"
+    return None
+
+
 def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS, *, target_labels=None,
-            source_drop=0.15, collapse_threshold=0.5, collapse_samples=2000):
+            source_drop=0.15, collapse_threshold=0.01, collapse_samples=2000):
     """Score several trained candidates, rank them, and recommend one.
 
     The recommendation is the best mean rank over IM and reverse validation (those present),
     excluding candidates whose source accuracy is more than ``source_drop`` below
-    the best candidate's, and candidates whose target predictions collapse: the
-    entropy of their mean target prediction, divided by log(num_classes), is below
-    ``collapse_threshold`` (an accurate model on a balanced target is near 1). Warnings name candidates whose source accuracy dropped
-    that sharply, and validators whose top pick differs from the recommendation.
+    the best candidate's, and candidates whose target predictions collapse (see
+    :func:`collapse_reason`: the information between image and predicted class
+    below ``collapse_threshold * log(num_classes)`` — identical or uniform outputs —
+    or one class for >= 99% of the first ``collapse_samples`` target images; an
+    accurate model on an imbalanced target is not excluded). Each warning (excluded
+    candidates, validators whose top pick differs from the recommendation) is issued
+    once, as a Python ``UserWarning``, and kept in ``table.warnings``.
     With ``target_labels`` (for your own labeled slice), the table adds true target
     accuracy and each validator's Spearman correlation with it.
 
@@ -181,10 +237,12 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
 
     eligible = list(scores)
     table_warnings = []
+    excluded = {}
     if "source_accuracy" in directions:
         best_source = max(scores[c]["source_accuracy"] for c in scores)
         dropped = [c for c in scores if scores[c]["source_accuracy"] < best_source - source_drop]
         for c in dropped:
+            excluded[c] = "source accuracy drop"
             table_warnings.append(
                 f"{c}: source accuracy {scores[c]['source_accuracy']:.3f} is more than {source_drop:.0%} below the "
                 f"best ({best_source:.3f}); it is not recommended"
@@ -197,14 +255,11 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         collapsed = []
         for c in eligible:
             probabilities, _ = outputs(candidates[c], target_images[:collapse_samples])
-            classes = probabilities.shape[1]
-            spread = float(entropies(probabilities.mean(axis=0, keepdims=True))[0] / np.log(max(classes, 2)))
-            if spread < collapse_threshold:
+            reason = collapse_reason(probabilities, collapse_threshold)
+            if reason is not None:
                 collapsed.append(c)
-                table_warnings.append(
-                    f"{c}: its target predictions collapse onto few classes (class-spread {spread:.2f} < "
-                    f"{collapse_threshold}); it is not recommended"
-                )
+                excluded[c] = "collapsed"
+                table_warnings.append(f"{c}: {reason}; it is not recommended")
         eligible = [c for c in eligible if c not in collapsed] or eligible
     deciding = [n for n in RECOMMENDING if n in directions] or list(directions)
     mean_rank = {c: np.mean([stats.rankdata([-oriented[n][x] for x in eligible])[eligible.index(c)] for n in deciding])
@@ -228,10 +283,12 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
             for name in directions:
                 rho = stats.spearmanr([oriented[name][c] for c in scores], accuracies).statistic
                 correlations[name] = float(rho)
-    table = ComparisonTable(scores, directions, recommended, reasons, table_warnings, target_accuracy, correlations)
+    excluded = {c: why for c, why in excluded.items() if c not in eligible}
+    table = ComparisonTable(scores, directions, recommended, reasons, table_warnings, target_accuracy, correlations,
+                            excluded)
     for message in table_warnings:
         warnings.warn(message, stacklevel=2)
     return table
 
 
-__all__ = ["ComparisonTable", "VALIDATORS", "compare", "labeled", "validate"]
+__all__ = ["ComparisonTable", "VALIDATORS", "collapse_reason", "compare", "labeled", "validate"]

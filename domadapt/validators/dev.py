@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from domadapt.gap.classifier import fit_logistic
+from domadapt import ops
 from domadapt.validators._common import Validator, images_of, labeled, outputs
 
 
@@ -40,8 +40,9 @@ class DeepEmbeddedValidation(Validator):
         domains = np.r_[np.zeros(len(fit_part)), np.ones(len(target_features))]
         mean, scale = train.mean(axis=0), train.std(axis=0)
         scale[scale == 0] = 1.0
-        weights_vector, bias = fit_logistic((train - mean) / scale, domains, l2=1e-2)
-        logits = ((source_features[weight_part] - mean) / scale) @ weights_vector + bias
+        weights, bias = ops.fit_logistic_regression((train - mean) / scale, domains, num_classes=2, l2=1e-2)
+        class_logits = ((source_features[weight_part] - mean) / scale) @ weights + bias
+        logits = class_logits[:, 1] - class_logits[:, 0]
         ratio = np.exp(np.clip(logits, -10, 10)) * len(fit_part) / len(target_features)
         weighted = ratio * losses[weight_part]
         variance = np.var(ratio)

@@ -1,8 +1,8 @@
 """Reverse validation on frozen features."""
 
 import numpy as np
-from scipy import optimize
 
+from domadapt import ops
 from domadapt.validators._common import Validator, images_of, labeled, outputs
 
 
@@ -48,31 +48,8 @@ class ReverseValidation(Validator):
         pseudo_labels = np.argmax(target_probabilities, axis=1)
         mean, scale = target_features.mean(axis=0), target_features.std(axis=0)
         scale[scale == 0] = 1.0
-        weights = fit_softmax((target_features - mean) / scale, pseudo_labels, target_probabilities.shape[1], self.l2)
-        predicted = np.argmax(_logits((source_features - mean) / scale, weights), axis=1)
+        weights, bias = ops.fit_logistic_regression((target_features - mean) / scale, pseudo_labels,
+                                                    num_classes=target_probabilities.shape[1], l2=self.l2,
+                                                    max_iterations=300)
+        predicted = np.argmax(((source_features - mean) / scale) @ weights + bias, axis=1)
         return float(np.mean(predicted == source_labels))
-
-
-def _logits(features, weights):
-    return features @ weights[:-1] + weights[-1]
-
-
-def fit_softmax(features, labels, num_classes, l2):
-    """L2-regularised multinomial logistic regression by L-BFGS; returns a (d + 1, k) matrix
-    whose last row is the bias."""
-    count, dimension = features.shape
-    one_hot = np.eye(num_classes)[labels]
-
-    def loss_and_gradient(flat):
-        weights = flat.reshape(dimension + 1, num_classes)
-        logits = _logits(features, weights)
-        logits -= logits.max(axis=1, keepdims=True)
-        log_probabilities = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        loss = -np.sum(one_hot * log_probabilities) / count + 0.5 * l2 * np.sum(weights[:-1] ** 2)
-        residual = (np.exp(log_probabilities) - one_hot) / count
-        gradient = np.vstack([features.T @ residual + l2 * weights[:-1], residual.sum(axis=0)])
-        return loss, gradient.ravel()
-
-    start = np.zeros((dimension + 1) * num_classes)
-    result = optimize.minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B", options={"maxiter": 300})
-    return result.x.reshape(dimension + 1, num_classes)
