@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from domadapt import _distribute, _ops
+from domadapt import _distribute, ops as domadapt_ops
 from domadapt.strategies.base import AdversarialStrategy
 
 # Above this many multilinear features, use the randomised map (Long et al. 2018, sec. 3.3).
@@ -95,7 +95,7 @@ class CDAN(AdversarialStrategy):
             return None
 
         def weights(logits):
-            w = 1.0 + ops.exp(-_ops.entropy(ops.softmax(logits, axis=-1)))
+            w = 1.0 + ops.exp(-domadapt_ops.entropy(ops.softmax(logits, axis=-1)))
             return w / _distribute.replica_sum(ops.sum(w))  # each domain contributes equally (global batch)
 
         return weights(step.source_logits), weights(step.target_logits)

@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from domadapt import _distribute, _ops
+from domadapt import _distribute, ops as domadapt_ops
 from domadapt.strategies._schedule import WeightedStrategy
 
 
@@ -24,7 +24,7 @@ def class_confusion(logits, temperature=2.5):
     probabilities = ops.softmax(logits / temperature, axis=-1)
     batch_size = ops.cast(ops.shape(probabilities)[0], "float32")
     num_classes = ops.cast(ops.shape(probabilities)[1], "float32")
-    certainty = 1.0 + ops.exp(-_ops.entropy(ops.stop_gradient(probabilities)))
+    certainty = 1.0 + ops.exp(-domadapt_ops.entropy(ops.stop_gradient(probabilities)))
     example_weights = batch_size * certainty / ops.sum(certainty)
     confusion = ops.matmul(ops.transpose(probabilities * example_weights[:, None]), probabilities)
     confusion = confusion / ops.sum(confusion, axis=1, keepdims=True)
