@@ -44,3 +44,28 @@ def test_debian_fashion_mnist_has_the_standard_shapes():
     (train_x, train_y), (test_x, test_y) = load_fashion_mnist()
     assert train_x.shape == (60000, 28, 28) and test_x.shape == (10000, 28, 28)
     assert sorted(set(train_y.tolist())) == list(range(10))
+
+
+def test_sunny_rainy_pair_is_reproducible_and_shifts_only_the_target():
+    from domadapt.datasets import load_sunny_rainy
+
+    inverted = lambda images, seed: 255 - images  # noqa: E731
+    name, data = load_sunny_rainy(per_domain=50, test_size=20, shift=inverted)
+    _, again = load_sunny_rainy(per_domain=50, test_size=20, shift=inverted)
+    assert all(np.array_equal(data[k], again[k]) for k in data)
+    count = len(data["source_x"])
+    assert data["source_x"].shape[1:] == data["target_x"].shape[1:] and data["source_x"].shape[-1] == 3
+    assert len(data["target_x"]) == count and data["source_y"].dtype == np.int64
+    # The test splits hold the same underlying images: the target's is the shifted source's.
+    np.testing.assert_array_equal(data["target_test_x"], 255 - data["source_test_x"])
+
+
+def test_render_rain_veils_and_darkens_bright_images():
+    from domadapt.datasets import render_rain
+
+    bright = np.full((4, 28, 28, 3), 250, np.uint8)
+    rainy = render_rain(bright, seed=0)
+    assert rainy.shape == bright.shape and rainy.dtype == np.uint8
+    # Veil 0.55 x + 70 = 207 for x = 250; faint streaks stay close to it.
+    assert 170 < rainy.mean() < 215
+    np.testing.assert_array_equal(rainy, render_rain(bright, seed=0))
