@@ -13,6 +13,13 @@ _POOLING = {
 BN_MODES = ("joint", "separate")
 
 
+class Untracked:
+    """A plain holder Keras' tracker does not look into."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
 def image_shape_of(backbone, input_shape):
     """The image shape from ``input_shape`` or the backbone's own input."""
     if input_shape is not None:

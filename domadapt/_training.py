@@ -174,3 +174,30 @@ def check_fit_arguments(source, epochs, target_labeled_weight, kwargs):
         raise ValueError(
             f"Argument `target_labeled_weight` must be a non-negative number; received {target_labeled_weight!r}."
         )
+
+
+def compile_arguments(loss, metrics, kwargs):
+    """``(classification loss or None, user metric objects)`` from DomainAdapter.compile's arguments, checked."""
+    for unsupported in ("loss_weights", "weighted_metrics"):
+        if kwargs.get(unsupported) is not None:
+            raise TypeError(
+                f"DomainAdapter.compile does not support `{unsupported}`: each strategy takes a `weight=`."
+            )
+    if loss is not None:
+        resolved = keras.losses.get(loss)
+        if resolved is None:
+            raise ValueError(f"Argument `loss`: unknown loss {loss!r}.")
+        loss = resolved
+    if metrics is not None and not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"Argument `metrics` must be a list; received {metrics!r}.")
+    return loss, [resolve_metric(m) for m in (metrics or [])]
+
+def classification_loss(loss, labels, logits):
+    """Mean classification loss: sparse cross-entropy from logits when ``loss`` is None, else ``loss(labels, probabilities)``."""
+    labels = ops.cast(labels, "int32")
+    if loss is None:
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    else:
+        probabilities = ops.softmax(logits, axis=-1)
+        per_example = loss.call(labels, probabilities) if isinstance(loss, keras.losses.Loss) else loss(labels, probabilities)
+    return ops.mean(ops.cast(per_example, "float32"))

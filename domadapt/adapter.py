@@ -11,19 +11,11 @@ from keras import ops
 from domadapt import _construction, _distribute, _training, data
 from domadapt.callbacks import StopOnNonFinite
 from domadapt.nonfinite import NonFiniteGuard
-from domadapt.parameter_groups import ParameterGroups
 from domadapt.strategy import (
     AdapterView, FitContext, Step, call_on_fit_start, check_requirements, flatten_strategies, loss_terms_of,
 )
 
 __all__ = ["DomainAdapter"]
-
-
-class _Untracked:
-    """A plain holder Keras' tracker does not look into."""
-
-    def __init__(self, **values):
-        self.__dict__.update(values)
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -53,12 +45,9 @@ class DomainAdapter(keras.Model):
         preprocess: optional layer (or callable, wrapped in a Lambda layer) applied
             to images inside the model, e.g. ``keras.layers.Rescaling(1 / 255)``, so
             the exported classifier takes raw images.
-        bn_mode: ``"joint"`` (default) runs source and target batches through the
-            backbone in one concatenated forward pass: one pass, and batch-norm
-            layers normalise with statistics of the mixed batch. ``"separate"``
-            runs each domain on its own, so batch-norm statistics are per domain
-            during training (as in AdaBN-style training); it costs one extra
-            backbone call per step.
+        bn_mode: ``"joint"`` (default): source and target batches go through the
+            backbone in one concatenated pass (batch norm sees the mixed batch);
+            ``"separate"``: one pass per domain (per-domain batch-norm statistics).
         input_shape: image shape, needed only when the backbone does not define one.
 
     Example:
@@ -99,7 +88,7 @@ class DomainAdapter(keras.Model):
         probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
         # Held outside Keras' attribute tracking: their layers are tracked above
         # already, and tracking them again would count every weight twice.
-        self._functional = _Untracked(
+        self._functional = _construction.Untracked(
             feature_extractor=keras.Model(images, features, name="feature_extractor"),
             classifier=keras.Model(images, probabilities, name="classifier"),
         )
@@ -115,21 +104,15 @@ class DomainAdapter(keras.Model):
         # === Training state ===
         # Schedules read progress p = (iterations - schedule_start) / planned_steps in
         # the graph, so they need no per-step Python; fit sets both (see its docstring).
-        self.planned_steps = self.add_weight(shape=(), initializer="ones", trainable=False, name="planned_steps",
-                                            dtype="float32")
-        self.schedule_start = self.add_weight(shape=(), initializer="zeros", trainable=False, name="schedule_start",
-                                             dtype="float32")
+        scalar = dict(shape=(), trainable=False, dtype="float32")
+        self.planned_steps = self.add_weight(initializer="ones", name="planned_steps", **scalar)
+        self.schedule_start = self.add_weight(initializer="zeros", name="schedule_start", **scalar)
         self.nonfinite_guard = NonFiniteGuard()
         self._log_names = _training.log_names_of(self.strategies)
-        self._trackers = {
-            name: (_training.LastValue(name=name) if kind == "last" else keras.metrics.Mean(name=name))
-            for name, kind in self._log_names["kinds"].items()
-        }
-        self._user_metrics = []
-        self._classification_loss = None
-        self._compile_arguments = {"loss": None, "metrics": []}
-        self._structure_key = None
-        self._target_labeled_weight = 1.0
+        self._trackers = {name: (_training.LastValue(name=name) if kind == "last" else keras.metrics.Mean(name=name))
+                          for name, kind in self._log_names["kinds"].items()}
+        self._user_metrics, self._classification_loss, self._compile_arguments = [], None, {"loss": None, "metrics": []}
+        self._structure_key, self._target_labeled_weight = None, 1.0
         self._parameter_groups = None  # installed by strategies (FineTune) for one fit
         self.built = True
 
@@ -184,31 +167,16 @@ class DomainAdapter(keras.Model):
 
         Args:
             optimizer: a Keras optimizer or its name.
-            loss: classification loss. ``None`` (default) is sparse categorical
-                cross-entropy computed from logits (numerically stable). Anything
-                else is applied to ``(labels, probabilities)``, as with a Keras model
-                ending in softmax, and must return per-example losses.
-            metrics: metrics of the classifier, on ``(labels, probabilities)``;
+            loss: classification loss. ``None`` (default): sparse categorical
+                cross-entropy from logits. Anything else is applied to ``(labels,
+                probabilities)`` and must return per-example losses.
+            metrics: metrics of the classifier on ``(labels, probabilities)``;
                 ``"accuracy"`` means sparse categorical accuracy.
-            **kwargs: passed to ``keras.Model.compile`` (``jit_compile``,
-                ``steps_per_execution``, ``run_eagerly``...). ``loss_weights`` and
-                ``weighted_metrics`` are not supported: weight strategies with their
-                ``weight=`` argument instead.
+            **kwargs: passed to ``keras.Model.compile`` (``jit_compile``, ...);
+                not ``loss_weights``/``weighted_metrics`` (strategies take ``weight=``).
         """
-        for unsupported in ("loss_weights", "weighted_metrics"):
-            if kwargs.get(unsupported) is not None:
-                raise TypeError(
-                    f"DomainAdapter.compile does not support `{unsupported}`: each strategy takes a `weight=`."
-                )
-        if loss is not None:
-            loss = keras.losses.get(loss)
-            if loss is None:
-                raise ValueError(f"Argument `loss`: unknown loss {loss!r}.")
-        self._classification_loss = loss
-        self._compile_arguments = {"loss": loss, "metrics": list(metrics or [])}
-        if metrics is not None and not isinstance(metrics, (list, tuple)):
-            raise TypeError(f"Argument `metrics` must be a list; received {metrics!r}.")
-        self._user_metrics = [_training.resolve_metric(m) for m in (metrics or [])]
+        self._classification_loss, self._user_metrics = _training.compile_arguments(loss, metrics, kwargs)
+        self._compile_arguments = {"loss": self._classification_loss, "metrics": list(metrics or [])}
         super().compile(optimizer=optimizer, loss=None, metrics=None, **kwargs)
         self._structure_key = None
 
@@ -232,18 +200,6 @@ class DomainAdapter(keras.Model):
     # ------------------------------------------------------------------ forward
     def call(self, inputs, training=None):
         return self.classifier(inputs, training=training)
-
-    def _classification_terms(self, labels, logits):
-        labels = ops.cast(labels, "int32")
-        if self._classification_loss is None:
-            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        else:
-            probabilities = ops.softmax(logits, axis=-1)
-            loss = self._classification_loss
-            per_example = loss.call(labels, probabilities) if isinstance(loss, keras.losses.Loss) else loss(
-                labels, probabilities
-            )
-        return ops.mean(ops.cast(per_example, "float32"))
 
     def _features_and_logits(self, batches, training):
         """Pooled features and logits for each batch, in one backbone pass if bn_mode='joint'."""
@@ -284,9 +240,9 @@ class DomainAdapter(keras.Model):
 
     def compute_loss_terms(self, step):
         """All named loss terms and reported values of one step: ``({name: scalar}, {name: scalar})``."""
-        terms = {"cls_loss": self._classification_terms(step.source_labels, step.source_logits)}
+        terms = {"cls_loss": _training.classification_loss(self._classification_loss, step.source_labels, step.source_logits)}
         if step.target_labeled_labels is not None:
-            terms["target_cls_loss"] = self._target_labeled_weight * self._classification_terms(
+            terms["target_cls_loss"] = self._target_labeled_weight * _training.classification_loss(self._classification_loss, 
                 step.target_labeled_labels, step.target_labeled_logits
             )
         reports = {}
@@ -332,7 +288,7 @@ class DomainAdapter(keras.Model):
     def test_step(self, batch):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
         features, logits = self._features_and_logits([images], training=False)
-        loss = self._classification_terms(labels, logits[0])
+        loss = _training.classification_loss(self._classification_loss, labels, logits[0])
         return self._update_metrics(loss, {}, labels, logits[0])
 
     # ------------------------------------------------------------------ fit
@@ -354,11 +310,9 @@ class DomainAdapter(keras.Model):
         backup) continues the interrupted run's schedule where it was.
 
         Args:
-            source: ``(images, labels)`` arrays or a dataset of them.
-            target: unlabeled target images (array or dataset); required when a
-                strategy uses or needs target data.
-            target_labeled: optional few labeled target images ``(images, labels)``,
-                added to the loss as ``target_cls_loss`` times ``target_labeled_weight``.
+            source, target, target_labeled: labeled source, unlabeled target (required
+                when a strategy uses or needs it) and optional few labeled target data;
+                the last adds ``target_cls_loss`` times ``target_labeled_weight``.
             epochs, callbacks, verbose, initial_epoch: as in ``keras.Model.fit``.
             validation_data: ``(images, labels)`` or a dataset of them (usually a
                 labeled target slice): reported as ``val_loss`` and ``val_<metric>``.
@@ -409,8 +363,8 @@ class DomainAdapter(keras.Model):
         """Give each strategy its FitContext; build the optimizer on every variable that may train."""
         self._target_labeled_weight = target_labeled_weight
         self._parameter_groups = None
-        view = AdapterView(self, set_parameter_groups=self._set_parameter_groups,
-                           set_target_labeled_weight=self._set_target_labeled_weight,
+        view = AdapterView(self, set_parameter_groups=lambda groups: setattr(self, "_parameter_groups", groups),
+                           set_target_labeled_weight=lambda weight: setattr(self, "_target_labeled_weight", weight),
                            retrace=lambda: self.make_train_function(force=True))
         context = FitContext(
             epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=paired.steps_per_epoch,
@@ -428,19 +382,9 @@ class DomainAdapter(keras.Model):
                 # fine-tuning) keeps the state of the others.
                 self.optimizer.build(_training.trainable_in_principle(self))
 
-    def _set_parameter_groups(self, groups):
-        if groups is not None and not isinstance(groups, ParameterGroups):
-            raise TypeError(f"Expected a da.parameter_groups.ParameterGroups or None; received {type(groups).__name__}.")
-        self._parameter_groups = groups
-
-    def _set_target_labeled_weight(self, weight):
-        self._target_labeled_weight = weight
-
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' TF trainer builds a distributed model by averaging one input batch
-        # across replicas, which MultiWorkerMirroredStrategy cannot do for our dict of
-        # streams. Nothing needs it: the adapter, its metrics and the optimizer are
-        # built in __init__ and fit.
+        # Keras' TF trainer builds a distributed model from one averaged input batch, which
+        # MultiWorkerMirroredStrategy cannot do for our dict of streams; nothing needs it here.
         if getattr(self, "_distribute_strategy", None) is None:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         return None

@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from domadapt.parameter_groups import ParameterGroups
+
 __all__ = ["AdapterView", "FitContext", "Recipe", "Step", "Strategy"]
 
 # Capability flag -> the hook it declares.
@@ -59,6 +61,10 @@ class AdapterView:
 
     def set_parameter_groups(self, groups):
         """Train with these learning-rate groups (a ``da.parameter_groups.ParameterGroups``, or ``None``)."""
+        if groups is not None and not isinstance(groups, ParameterGroups):
+            raise TypeError(
+                f"Argument `groups` must be a da.parameter_groups.ParameterGroups or None; received {type(groups).__name__}."
+            )
         self._set_parameter_groups(groups)
 
     def set_target_labeled_weight(self, weight):
