@@ -8,7 +8,7 @@ import numpy as np
 from scipy import stats
 
 from domadapt import ops
-from domadapt.gap._checks import as_features, check_positive, subsample
+from domadapt.gap.checks import as_features, check_positive, subsample
 
 
 @dataclass(frozen=True)

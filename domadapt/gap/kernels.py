@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from domadapt import ops
-from domadapt.gap._checks import as_features, check_positive, subsample
+from domadapt.gap.checks import as_features, check_positive, subsample
 
 # At most this many pooled samples estimate the median bandwidth (it sorts an n x n matrix).
 MEDIAN_SAMPLES = 1000

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from domadapt.gap._checks import check_positive, subsample
+from domadapt.gap.checks import check_positive, subsample
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
 from domadapt.gap.features import as_images, pooled_model
 from domadapt.gap.kernels import kid, mmd

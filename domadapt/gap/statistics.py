@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from domadapt import ops
-from domadapt.gap._checks import as_features
+from domadapt.gap.checks import as_features
 
 
 def moments(features, block_size=8192):

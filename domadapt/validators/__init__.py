@@ -13,7 +13,7 @@ print(table)
 ```
 """
 
-from domadapt.validators._common import Validator
+from domadapt.validators.base import Validator
 from domadapt.validators.compare import ComparisonTable, compare, validate
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy

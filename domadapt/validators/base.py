@@ -1,4 +1,5 @@
-"""What every validator needs: probabilities and features of a model on some images."""
+"""The base class of validators, and what every validator needs: a model's probabilities
+and features on some images."""
 
 from __future__ import annotations
 
@@ -13,6 +14,22 @@ class Validator:
 
     ``higher_is_better`` gives its direction; :meth:`ranking_score` flips lower-is-
     better validators so that for every validator a larger ranking score is better.
+    Subclass it for your own score; ``da.validate``, ``da.compare`` and
+    ``da.callbacks.ValidatorCheckpoint`` accept the instance.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.validators.base import Validator, images_of, outputs
+
+    class MeanConfidence(Validator):
+        name = "mean_confidence"
+
+        def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+            probabilities, _ = outputs(model, images_of(target, "target"))
+            return float(np.mean(probabilities.max(axis=1)))
+    ```
     """
 
     name = "validator"

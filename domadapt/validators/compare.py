@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from domadapt.validators._common import Validator, entropies, images_of, labeled, outputs
+from domadapt.validators.base import Validator, entropies, images_of, labeled, outputs
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization

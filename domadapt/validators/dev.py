@@ -3,7 +3,7 @@
 import numpy as np
 
 from domadapt import ops
-from domadapt.validators._common import Validator, images_of, labeled, outputs
+from domadapt.validators.base import Validator, images_of, labeled, outputs
 
 
 class DeepEmbeddedValidation(Validator):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from domadapt.gap.kernels import mmd
-from domadapt.validators._common import Validator, images_of, outputs
+from domadapt.validators.base import Validator, images_of, outputs
 
 
 class FeatureMMD(Validator):

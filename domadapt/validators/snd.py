@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from domadapt.validators._common import Validator, images_of, outputs
+from domadapt.validators.base import Validator, images_of, outputs
 
 
 class SoftNeighborhoodDensity(Validator):

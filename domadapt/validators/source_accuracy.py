@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from domadapt.validators._common import Validator, labeled, outputs
+from domadapt.validators.base import Validator, labeled, outputs
 
 
 class SourceAccuracy(Validator):
