@@ -266,7 +266,7 @@ def call_on_fit_start(strategy, context: FitContext):
     if len(parameters) == 2:
         warnings.warn(
             f"{type(strategy).__name__}.on_fit_start(adapter, fit_info) is deprecated: define "
-            "on_fit_start(self, context) and use the da.FitContext it receives.", DeprecationWarning, stacklevel=2)
+            "on_fit_start(self, context) and use the domadapt.strategy.FitContext it receives.", DeprecationWarning, stacklevel=2)
         info = {"epochs": context.epochs, "steps_per_epoch": context.steps_per_epoch, "batch_size": context.batch_size}
         strategy.on_fit_start(context.adapter, info)
     else:
@@ -359,8 +359,9 @@ class Step:
             shape ``(batch, feature_dim)``.
         source_logits, target_logits: head outputs, float32, ``(batch, num_classes)``.
         target_labeled_*: the few labeled target images, when ``target_labeled`` is given.
-        progress: training progress in [0, 1] (optimizer steps / planned steps),
-            a float32 scalar tensor, so schedules need no Python work per step.
+        progress: training progress in [0, 1]: steps of this run / (epochs *
+            steps_per_epoch), from 0 at each ``fit`` call (a resumed run continues
+            where it was); a float32 scalar tensor, so schedules need no Python per step.
         training: Python bool.
     """
 
