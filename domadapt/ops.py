@@ -257,7 +257,14 @@ def mmd_from_sums(ss, tt, st, n, m, diagonal_ss=0.0, diagonal_tt=0.0, unbiased=F
     """
     if not unbiased:
         return ss / (n * n) + tt / (m * m) - 2.0 * st / (n * m)
-    return (ss - diagonal_ss) / (n * (n - 1.0)) + (tt - diagonal_tt) / (m * (m - 1.0)) - 2.0 * st / (n * m)
+    # A domain with one sample has no pair: its within-domain term is 0, not 0/0.
+    return ((ss - diagonal_ss) / _at_least_one(n * (n - 1.0)) + (tt - diagonal_tt) / _at_least_one(m * (m - 1.0))
+            - 2.0 * st / (n * m))
+
+
+def _at_least_one(value):
+    # Plain numbers stay float64 (gap's block sums); tensors stay in the graph.
+    return max(value, 1.0) if isinstance(value, (int, float, np.number)) else ops.maximum(value, 1.0)
 
 
 def _linear_time_mmd(source, target, kernel, bandwidths, center):

@@ -212,3 +212,11 @@ def test_bad_kernel_options_are_clear_errors_everywhere(arguments, message):
         da.gap.mmd(source, target, **arguments)
     with pytest.raises(ValueError, match=message):
         ops.mmd(source, target, **arguments)
+
+
+def test_a_one_sample_domain_gives_a_finite_unbiased_mmd():
+    # The last batch of an epoch can hold one image; its within-domain term has no pair and is 0.
+    source, target = np.ones((1, 3), "float32"), np.zeros((4, 3), "float32")
+    kernel = lambda a, b: np.exp(-np.sum((a - b) ** 2) / 2.0)  # noqa: E731
+    expected = 0.0 + 1.0 - 2 * kernel(source[0], target[0])  # target pairs all at distance 0
+    assert float(ops.mmd(source, target, "rbf", 2.0, "unbiased")) == pytest.approx(expected, rel=1e-5)
