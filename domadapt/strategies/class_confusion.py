@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from domadapt import _distribute, ops as domadapt_ops
-from domadapt.strategies._schedule import WeightedStrategy
+from domadapt.strategies.base import WeightedStrategy
 
 
 def class_confusion(logits, temperature=2.5):

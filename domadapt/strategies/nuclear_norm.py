@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from domadapt import _distribute
-from domadapt.strategies._schedule import WeightedStrategy
+from domadapt.strategies.base import WeightedStrategy
 
 
 def batch_nuclear_norm(probabilities):

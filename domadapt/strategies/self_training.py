@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from domadapt import _distribute
-from domadapt.strategies._schedule import WeightedStrategy
+from domadapt.strategies.base import WeightedStrategy
 
 _METHODS = ("adamatch", "fixmatch")
 # The papers' confidence thresholds: AdaMatch's is relative to the source confidence.
@@ -292,8 +292,8 @@ class SelfTraining(WeightedStrategy):
 
     The strong augmentation runs inside the compiled train step (with
     ``jit_compile=True``, XLA-compiled on the accelerator). It is drawn from
-    ``seed`` and the optimizer's step counter, so a run is reproducible and
-    resumes with the same draws; under ``tf.distribute`` each replica augments the
+    ``seed`` and a counter of draws saved with the adapter, so a run is
+    reproducible and a resumed run continues the draws; under ``tf.distribute`` each replica augments the
     global batch and keeps its own rows, and the pseudo-label statistics are those
     of the global batch, so training does not depend on the number of replicas.
 
@@ -356,13 +356,16 @@ class SelfTraining(WeightedStrategy):
         self._models = None
 
     def setup(self, adapter):
-        self._models = _Models(feature_extractor=adapter.feature_extractor, head=adapter.head, adapter=adapter)
+        self._models = _Models(feature_extractor=adapter.feature_extractor, head=adapter.head)
+        # Counts the strong views drawn: saved with the adapter, so a resumed run continues the draws.
+        self.draws = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False, name="draws",
+                                     aggregation="only_first_replica")
 
     def _strong_view(self, images):
         if self.augmentation is not None:
             return ops.cast(self.augmentation(images, training=True), "float32")
-        step_counter = self._models.adapter.optimizer.iterations
-        seed = tf.stack([tf.constant(self.seed, tf.int32), tf.cast(step_counter, tf.int32)])
+        seed = tf.stack([tf.constant(self.seed, tf.int32), tf.cast(self.draws, tf.int32)])
+        self.draws.assign_add(1)
         return strong_augment(images, seed)
 
     def loss(self, step):
@@ -374,7 +377,8 @@ class SelfTraining(WeightedStrategy):
         source_probabilities = _distribute.gather_replicas(ops.stop_gradient(step.source_probabilities))
         target_probabilities = _distribute.gather_replicas(ops.stop_gradient(step.target_probabilities))
         labels, mask, threshold = pseudo_labels(source_probabilities, target_probabilities, self.threshold, self.method)
-        strong = _local_rows(self._strong_view(_distribute.gather_replicas(local_images)), local_count)
+        global_images = tf.ensure_shape(_distribute.gather_replicas(local_images), [None, *local_images.shape[1:]])
+        strong = _local_rows(self._strong_view(global_images), local_count)
         features = self._models.feature_extractor(strong, training=step.training)
         strong_logits = ops.cast(self._models.head(features, training=step.training), "float32")
         per_example = keras.losses.sparse_categorical_crossentropy(
