@@ -220,3 +220,14 @@ def test_validator_checkpoint_defaults_to_information_maximization_not_snd():
     # validator_selection.md: SND Spearman -0.94 / -0.67 with target accuracy; IM +0.94 / +0.66.
     assert da.callbacks.ValidatorCheckpoint(target=indices(4)).validator.name == "information_maximization"
     assert da.callbacks.ValidatorCheckpoint("snd", target=indices(4)).validator.name == "snd"
+
+
+def test_feature_mmd_with_the_strategy_options_scores_what_da_mmd_minimises():
+    rng = np.random.default_rng(2)
+    source, target = rng.normal(size=(40, 4)).astype("float32"), rng.normal(0.5, 1, size=(30, 4)).astype("float32")
+    identity = keras.Sequential([keras.Input((4,)), keras.layers.Identity()])
+    score = FeatureMMD(bandwidth="multi", estimator="biased")(identity, source=source, target=target,
+                                                                feature_extractor=identity)
+    assert score == pytest.approx(float(da.ops.mmd(source, target, "rbf", "multi", "biased")), rel=1e-5)
+    with pytest.raises(ValueError, match="`bandwidth` must be one of"):
+        FeatureMMD(bandwidth="scott")

@@ -2,23 +2,33 @@
 
 import numpy as np
 
+from domadapt import ops
 from domadapt.gap.kernels import mmd
 from domadapt.validators.base import Validator, images_of, outputs
 
 
 class FeatureMMD(Validator):
-    """Unbiased MMD^2 between source and target features (``da.gap.mmd``). Lower is better.
+    """MMD^2 between source and target features (``da.gap.mmd``). Lower is better.
 
     Aligned features are what adaptation aims for; alone, it also rewards features
     that collapsed to a point, so read it beside source accuracy.
+
+    Args:
+        max_samples: images per domain (a seeded subsample).
+        kernel, bandwidth, estimator: the kernel options of :mod:`domadapt.ops`
+            (default: rbf, median bandwidth, unbiased, as ``da.gap.mmd``); pass
+            ``da.MMD``'s options (``bandwidth="multi", estimator="biased"``) to score
+            the number that strategy minimises.
     """
 
     name = "mmd"
     higher_is_better = False
 
-    def __init__(self, max_samples=1000, seed=0):
+    def __init__(self, max_samples=1000, seed=0, *, kernel="rbf", bandwidth="median", estimator="unbiased"):
+        ops.check_kernel_options(kernel, bandwidth, estimator)
         self.max_samples = int(max_samples)
         self.seed = seed
+        self.kernel, self.bandwidth, self.estimator = kernel, bandwidth, estimator
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         rng = np.random.default_rng(self.seed)
@@ -28,4 +38,5 @@ class FeatureMMD(Validator):
             if len(images) > self.max_samples:
                 images = images[rng.choice(len(images), self.max_samples, replace=False)]
             sampled.append(outputs(model, images, feature_extractor)[1])
-        return float(mmd(*sampled))
+        return float(mmd(*sampled, kernel=self.kernel, bandwidth=self.bandwidth, estimator=self.estimator,
+                         seed=self.seed))
