@@ -31,8 +31,11 @@ def _per_kernel(function):
     }
 
 
-# sum_j k(a_i, b_j) per row i of one block, and k(a_i, b_i) per row (float32).
-_BLOCK_SUMS = _per_kernel(lambda a, b, kind, bandwidths: tf.reduce_sum(ops.kernel_matrix(a, b, kind, bandwidths), 1))
+# sum_j k(a_i, b_j) per row i of one block, and k(a_i, b_i) per row (float32). The data
+# arrive centred on the pooled mean (in float64, by `prepare`), so blocks are not re-centred.
+_BLOCK_SUMS = _per_kernel(
+    lambda a, b, kind, bandwidths: tf.reduce_sum(ops.kernel_matrix(a, b, kind, bandwidths, center=0.0), 1)
+)
 _PAIRED = _per_kernel(ops.paired_kernel)
 
 
@@ -44,7 +47,7 @@ class _Kernel:
         self.bandwidths = tf.constant([1.0]) if bandwidths is None else tf.cast(bandwidths, tf.float32)
 
     def matrix(self, a, b):
-        return ops.kernel_matrix(a, b, self.kind, self.bandwidths)
+        return ops.kernel_matrix(a, b, self.kind, self.bandwidths, center=0.0)
 
     def block_sum(self, a, b):
         return _BLOCK_SUMS[self.kind](a, b, self.bandwidths)
