@@ -35,6 +35,9 @@ def load_backbone(name_or_path, weights="auto", input_shape=(96, 96, 3)):
             else random with a warning.
         input_shape: image shape for keras.applications models.
 
+    Returns:
+        A ``keras.Model`` from images to its last feature map (no classification top).
+
     Example:
 
     ```python
@@ -42,8 +45,12 @@ def load_backbone(name_or_path, weights="auto", input_shape=(96, 96, 3)):
     backbone = load_backbone("mobilenetv3small", weights=None, input_shape=(64, 64, 3))
     ```
     """
-    if not isinstance(name_or_path, str):
-        raise TypeError(f"Argument `backbone` must be a name or a path; received {name_or_path!r}.")
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"Argument `name_or_path` must be a keras.applications name or the path of a saved model; "
+            f"received {type(name_or_path).__name__}: {name_or_path!r}."
+        )
+    name_or_path = os.fspath(name_or_path)
     if os.path.exists(name_or_path):
         model = keras.saving.load_model(name_or_path)
         return getattr(model, "feature_extractor", model)
