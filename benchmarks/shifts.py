@@ -1,7 +1,7 @@
 """Multi-shift evaluation suite: every strategy, with its defaults, on independent shifts.
 
-    .venv/bin/python benchmarks/shifts.py                     # the whole table (~1 h target, 2-core CPU)
-    .venv/bin/python benchmarks/shifts.py --quick             # smoke test (< 2 min), writes to a temp dir
+    .venv/bin/python benchmarks/shifts.py                     # the whole table, groupnorm backbone
+    .venv/bin/python benchmarks/shifts.py --quick             # smoke test (95 s measured), writes to a temp dir
     .venv/bin/python benchmarks/shifts.py --shifts rain fog --methods source_only dann --seeds 0 1 2
     .venv/bin/python benchmarks/shifts.py --backbone batchnorm
     .venv/bin/python benchmarks/shifts.py --report-only       # regenerate shifts.md from shifts.json
@@ -22,6 +22,12 @@ Results merge into ``benchmarks/results/shifts.json`` keyed by (shift, method, s
 backbone), so partial reruns replace only their rows; ``shifts.md`` is regenerated from the
 whole JSON each time. Runs are deterministic given the seed (op determinism on; data is
 rendered from fixed seeds independent of the training seed).
+
+Cost (2-core AMD EPYC, measured while other jobs loaded it to ~7): one shift x all 9 methods
+x 1 seed = 371 s (rain); runs take 14-86 s (MMD the slowest, MimicAugment presets the
+fastest) except MimicAugment("fog"), whose RandomFog draws ~33 images/s at 28 px (~4-7 min
+per run). Full table (6 shifts x 9 methods x 3 seeds): ~2 h at that load, roughly 1-1.3 h
+on an idle machine (estimate, not measured).
 
 Needs: Fashion-MNIST IDX files for the five rendered shifts (Debian ``apt-get install
 dataset-fashion-mnist``, or ``$DOMADAPT_FASHION_MNIST``; ``--fashion-mnist DIR``), TrueType
