@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from domadapt import data
+from domadapt.callbacks import StopOnNonFinite
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -113,6 +114,16 @@ class ScheduleClock(keras.callbacks.Callback):
         iterations = int(self.adapter.optimizer.iterations.numpy())
         self.adapter.schedule_start.assign(float(iterations - self.steps_done))
         self.adapter.planned_steps.assign(float(self.planned_steps))
+
+
+def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite):
+    """The user's callbacks, then the schedule clock, StopOnNonFinite (unless given or off) and the strategies' own."""
+    callbacks = [*callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
+    if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
+        callbacks.append(StopOnNonFinite())
+    for strategy in adapter.strategies:
+        callbacks.extend(strategy.callbacks())
+    return callbacks
 
 
 def restored_epoch(callbacks):

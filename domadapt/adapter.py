@@ -9,7 +9,6 @@ import tensorflow as tf
 from keras import ops
 
 from domadapt import _construction, _distribute, _training, data
-from domadapt.callbacks import StopOnNonFinite
 from domadapt.nonfinite import NonFiniteGuard
 from domadapt.strategy import (
     AdapterView, FitContext, Step, call_on_fit_start, check_requirements, flatten_strategies, loss_terms_of,
@@ -22,11 +21,9 @@ __all__ = ["DomainAdapter"]
 class DomainAdapter(keras.Model):
     """A classifier (backbone + head) trained on labeled source and unlabeled target data.
 
-    The backbone maps images to a feature map (pooled automatically by global
-    average pooling) or to a feature vector; a dense head (or ``head=``) maps the
-    features to class logits. Each strategy adds its loss terms to the source
-    classification loss; the sum is minimised with one optimizer, in one compiled
-    train step:
+    The backbone maps images to a feature map (global-average pooled) or a feature
+    vector; a dense head (or ``head=``) maps features to logits. Each strategy adds
+    its loss terms; the sum is minimised with one optimizer in one compiled step:
 
         loss = cls_loss(source) [+ target_cls_loss(target_labeled)] + sum_s strategy_s.loss(step)
 
@@ -346,11 +343,8 @@ class DomainAdapter(keras.Model):
                      None if self._parameter_groups is None else self._parameter_groups.key())
         if structure != self._structure_key:  # other streams, variables or groups: a new train function
             self.train_function, self._structure_key = None, structure
-        callbacks.append(_training.ScheduleClock(self, epochs * paired.steps_per_epoch, start_epoch * paired.steps_per_epoch))
-        if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
-            callbacks.append(StopOnNonFinite())
-        for strategy in self.strategies:
-            callbacks.extend(strategy.callbacks())
+        callbacks = _training.fit_callbacks(self, callbacks, epochs * paired.steps_per_epoch,
+                                            start_epoch * paired.steps_per_epoch, stop_on_nonfinite=stop_on_nonfinite)
         try:
             return super().fit(dataset, epochs=epochs, steps_per_epoch=paired.steps_per_epoch,
                                validation_data=validation_data, callbacks=callbacks, verbose=verbose,
@@ -366,12 +360,7 @@ class DomainAdapter(keras.Model):
         view = AdapterView(self, set_parameter_groups=lambda groups: setattr(self, "_parameter_groups", groups),
                            set_target_labeled_weight=lambda weight: setattr(self, "_target_labeled_weight", weight),
                            retrace=lambda: self.make_train_function(force=True))
-        context = FitContext(
-            epochs=epochs, initial_epoch=start_epoch, steps_per_epoch=paired.steps_per_epoch,
-            batch_size=paired.batch_size, target_batch_size=paired.target_batch_size, source_size=paired.source_size,
-            target_size=paired.target_size, target_labeled_size=paired.target_labeled_size,
-            target_images=paired.target_images, adapter=view,
-        )
+        context = FitContext.of(paired, epochs=epochs, initial_epoch=start_epoch, adapter=view)
         # Variables made here (optimizer slots, strategy state) belong to the
         # tf.distribute strategy the adapter was built under, if any.
         with self.distribute_strategy.scope():

@@ -106,6 +106,14 @@ class FitContext:
     target_images: np.ndarray | tf.data.Dataset | None
     adapter: AdapterView
 
+    @classmethod
+    def of(cls, paired, *, epochs, initial_epoch, adapter):
+        """The context of a fit on ``paired`` (a ``domadapt.data.PairedData``)."""
+        sizes = {name: getattr(paired, name) for name in (
+            "steps_per_epoch", "batch_size", "target_batch_size", "source_size", "target_size", "target_labeled_size",
+            "target_images")}
+        return cls(epochs=epochs, initial_epoch=initial_epoch, adapter=adapter, **sizes)
+
 
 @keras.saving.register_keras_serializable(package="domadapt")
 class Strategy(keras.layers.Layer):
