@@ -48,13 +48,3 @@ def deserialize_schedule(config):
     if isinstance(config.get("schedule"), dict):
         config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
     return config
-
-
-def __getattr__(name):
-    # Kept for modules written before WeightedStrategy moved to the public
-    # domadapt.strategies.base (imported lazily: base imports this module).
-    if name == "WeightedStrategy":
-        from domadapt.strategies.base import WeightedStrategy
-
-        return WeightedStrategy
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
