@@ -59,6 +59,19 @@ def test_streams_of_different_sizes_pair_and_epoch_follows_source():
     assert np.bincount(target_seen.astype(int)).tolist() == [4, 4, 4]
 
 
+def test_pairing_resumed_at_an_epoch_continues_the_uninterrupted_streams():
+    source_x = np.arange(12, dtype="float32")[:, None] * np.ones((1, 2), "float32")
+    source_y = np.zeros(12, dtype="int64")
+    target_x = 100 + np.arange(5, dtype="float32")[:, None] * np.ones((1, 2), "float32")
+    options = dict(image_shape=(2,), num_classes=2, batch_size=4, target_batch_size=3, seed=7)
+    full = list(da.data.pair((source_x, source_y), target_x, **options).dataset.take(9))
+    resumed = list(da.data.pair((source_x, source_y), target_x, start_epoch=2, **options).dataset.take(3))
+    assert [int(e["step"]) for e in resumed] == [6, 7, 8]  # 3 steps per epoch
+    for expected, got in zip(full[6:], resumed):
+        np.testing.assert_array_equal(got["source"][0], expected["source"][0])
+        np.testing.assert_array_equal(got["target"], expected["target"])
+
+
 def test_batched_and_unbatched_datasets_are_accepted_alike(moons):
     source_x, source_y, target_x, _ = moons
     adapter = da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[da.MMD()])

@@ -141,6 +141,28 @@ def test_layerwise_decay_gives_each_earlier_block_another_factor(data):
     assert groups.multiplier(adapter.head.kernel) == 1.0
 
 
+def test_parameter_groups_reject_bad_groups_and_only_strategies_install_them():
+    kernel = keras.Variable([1.0])
+    with pytest.raises(ValueError, match="multiplier of item 0 must be a positive number"):
+        da.parameter_groups.ParameterGroups([([kernel], 0.0)])
+    with pytest.raises(ValueError, match="appears in two groups"):
+        da.parameter_groups.ParameterGroups([([kernel], 0.5), ([kernel], 0.2)])
+    groups = da.parameter_groups.ParameterGroups([([kernel], 0.5)])
+    assert groups.multiplier(kernel) == 0.5 and groups.multiplier(keras.Variable([2.0])) == 1.0
+
+    class Sloppy(da.Strategy):
+        uses_target = False
+
+        def on_fit_start(self, context):
+            context.adapter.set_parameter_groups({id(kernel): 0.5})  # the 0.1 dict of multipliers
+
+    adapter = da.DomainAdapter(three_conv_backbone(), num_classes=2, strategies=[Sloppy()])
+    adapter.compile(optimizer="sgd")
+    assert not hasattr(adapter, "learning_rate_multipliers")  # no adapter state for learning rates
+    with pytest.raises(TypeError, match="must be a da.parameter_groups.ParameterGroups"):
+        adapter.fit(source=(np.zeros((4, 8, 8, 1)), np.array([0, 1, 0, 1])), epochs=1, verbose=0)
+
+
 def test_batchnorm_frozen_keeps_statistics_and_train_updates_them(data):
     images, labels = data
     for mode, should_change in (("frozen", False), ("train", True)):
