@@ -10,6 +10,8 @@ from keras import ops
 from domadapt import _distribute, ops as domadapt_ops
 from domadapt.strategies.base import WeightedStrategy
 
+__all__ = ["MCC", "class_confusion"]
+
 
 def class_confusion(logits, temperature=2.5):
     """MCC loss of one batch of logits (Jin et al. 2020, eq. 1-6); a float32 scalar.
@@ -19,6 +21,14 @@ def class_confusion(logits, temperature=2.5):
     the class confusion C = p^T diag(w) p is normalised per row,
     C~_jk = C_jk / sum_k' C_jk', and the loss is sum_{j != k} C~_jk / num_classes:
     0 when no example is shared between two classes, up to (K - 1) / K.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.strategies.class_confusion import class_confusion
+    print(float(class_confusion(np.zeros((8, 4)))))  # 0.75: uniform predictions, (K - 1) / K
+    ```
     """
     logits = ops.cast(logits, "float32")
     probabilities = ops.softmax(logits / temperature, axis=-1)

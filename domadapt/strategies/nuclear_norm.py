@@ -9,6 +9,8 @@ from keras import ops
 from domadapt import _distribute
 from domadapt.strategies.base import WeightedStrategy
 
+__all__ = ["BNM", "batch_nuclear_norm"]
+
 
 def batch_nuclear_norm(probabilities):
     """||P||_* / B for a ``(B, K)`` batch of probabilities: the sum of its singular values over B.
@@ -16,6 +18,14 @@ def batch_nuclear_norm(probabilities):
     Differentiable: the gradient of the sum of singular values is U V^T
     (TensorFlow's SVD gradient with ``compute_uv=False``), defined also when
     singular values repeat. Compiles under XLA.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.strategies.nuclear_norm import batch_nuclear_norm
+    print(float(batch_nuclear_norm(np.eye(4))))  # 1.0: confident and diverse, the largest value
+    ```
     """
     probabilities = ops.cast(probabilities, "float32")
     singular_values = tf.linalg.svd(probabilities, compute_uv=False)

@@ -12,6 +12,8 @@ from keras import ops
 from domadapt import _distribute
 from domadapt.strategies.base import WeightedStrategy
 
+__all__ = ["SelfTraining", "adamatch_warmup", "pseudo_labels", "strong_augment"]
+
 _METHODS = ("adamatch", "fixmatch")
 # The papers' confidence thresholds: AdaMatch's is relative to the source confidence.
 _DEFAULT_THRESHOLDS = {"adamatch": 0.9, "fixmatch": 0.95}
@@ -24,6 +26,15 @@ def adamatch_warmup(progress):
     """AdaMatch's loss-weight warm-up (Berthelot et al. 2022): 1/2 - cos(min(pi, 2 pi p)) / 2.
 
     0 at the start of training, 1 from half of training on (p is training progress in [0, 1]).
+    SelfTraining's default schedule for ``method="adamatch"``.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.strategies.self_training import adamatch_warmup
+    print(np.asarray(adamatch_warmup([0.0, 0.25, 0.5, 1.0])))  # [0.  0.5 1.  1. ]
+    ```
     """
     return 0.5 - 0.5 * ops.cos(ops.minimum(math.pi, 2.0 * math.pi * ops.cast(progress, "float32")))
 
@@ -50,7 +61,20 @@ def pseudo_labels(source_probabilities, target_probabilities, threshold, method=
     Returns:
         ``(labels, mask, threshold)``: int32 ``(B_t,)``, float32 ``(B_t,)`` of 0/1 and the
         threshold applied (a float32 scalar). No gradient flows through them.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.strategies.self_training import pseudo_labels
+    source = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.7, 0.3]])
+    target = np.array([[0.5, 0.5], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7]])
+    labels, mask, threshold = pseudo_labels(source, target, 0.9, "adamatch")
+    print(np.asarray(labels), np.asarray(mask), float(threshold))  # [0 0 0 0] [1. 1. 0. 0.] 0.675
+    ```
     """
+    if method not in _METHODS:
+        raise ValueError(f"Argument `method` must be one of {_METHODS}; received method={method!r}.")
     target = ops.stop_gradient(ops.cast(target_probabilities, "float32"))
     threshold = ops.convert_to_tensor(threshold, "float32")
     if method == "adamatch":
