@@ -221,6 +221,9 @@ METHODS = {
     "entropy": lambda shift, seed: [_strategy("EntropyMinimization")()],
     "mimic_user_preset": _user_preset,
     "mimic_histogram": lambda shift, seed: [_strategy("MimicAugment").from_target(method="histogram", seed=seed)],
+    "mcc": lambda shift, seed: [_strategy("MCC")()],
+    "bnm": lambda shift, seed: [_strategy("BNM")()],
+    "adamatch": lambda shift, seed: [_strategy("SelfTraining")(seed=seed)],
 }
 TRAINED_ON_TARGET = {"oracle"}
 REFERENCE_METHODS = ("source_only", "oracle")

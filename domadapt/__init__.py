@@ -21,14 +21,17 @@ from domadapt.adapter import DomainAdapter
 from domadapt.batchnorm import adapt_batchnorm
 from domadapt.strategies import (
     CDAN,
+    BNM,
     CORAL,
     DANN,
+    MCC,
     MMD,
     ConditionalAdversarial,
     EntropyMinimization,
     FineTune,
     GradientReversal,
     MimicAugment,
+    SelfTraining,
 )
 from domadapt.strategy import Recipe, Step, Strategy
 from domadapt.validators import compare, validate
@@ -36,9 +39,11 @@ from domadapt.validators import compare, validate
 __version__ = "0.1.0"
 
 __all__ = [
+    "BNM",
     "CDAN",
     "CORAL",
     "DANN",
+    "MCC",
     "MMD",
     "ConditionalAdversarial",
     "DomainAdapter",
@@ -47,6 +52,7 @@ __all__ = [
     "GradientReversal",
     "MimicAugment",
     "Recipe",
+    "SelfTraining",
     "Step",
     "Strategy",
     "adapt_batchnorm",
