@@ -125,29 +125,20 @@ class DomainAdapter(keras.Model):
 
     # ------------------------------------------------------------------ config
     def get_config(self):
-        config = {
-            "name": self.name,
-            "trainable": self.trainable,
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "num_classes": self.num_classes,
-            "strategies": [keras.saving.serialize_keras_object(s) for s in self.strategies],
-            "head": None if self._default_head else keras.saving.serialize_keras_object(self.head),
-            "preprocess": keras.saving.serialize_keras_object(self.preprocess),
-            "bn_mode": self.bn_mode,
-            "input_shape": self._input_shape_arg,
-        }
-        return config
+        serialize = keras.saving.serialize_keras_object
+        return {"name": self.name, "trainable": self.trainable, "backbone": serialize(self.backbone),
+                "num_classes": self.num_classes, "strategies": [serialize(s) for s in self.strategies],
+                "head": None if self._default_head else serialize(self.head), "preprocess": serialize(self.preprocess),
+                "bn_mode": self.bn_mode, "input_shape": self._input_shape_arg}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        for key in ("backbone", "head", "preprocess"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key], custom_objects=custom_objects)
-        config["strategies"] = [
-            keras.saving.deserialize_keras_object(s, custom_objects=custom_objects) for s in config["strategies"]
-        ]
-        return cls(**config)
+        def deserialize(value):
+            return keras.saving.deserialize_keras_object(value, custom_objects=custom_objects)
+
+        config = {key: deserialize(value) if key in ("backbone", "head", "preprocess") and value is not None else value
+                  for key, value in config.items()}
+        return cls(**{**config, "strategies": [deserialize(s) for s in config["strategies"]]})
 
     @property
     def metrics(self):
@@ -187,9 +178,7 @@ class DomainAdapter(keras.Model):
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
-        for unsupported in ("loss_weights", "weighted_metrics"):
-            config.pop(unsupported, None)
-        self.compile(**config)
+        self.compile(**{k: v for k, v in config.items() if k not in ("loss_weights", "weighted_metrics")})
         if self.optimizer is not None:
             # Build now so the saved optimizer state can be loaded into it.
             self.optimizer.build(_training.trainable_in_principle(self))
@@ -301,10 +290,9 @@ class DomainAdapter(keras.Model):
         checked before the first step.
 
         Schedules (a ramped weight, a lambda) follow progress p = steps of this run /
-        ``epochs * steps_per_epoch``: each ``fit(epochs=E)`` call runs its own schedule
-        from 0 over its E epochs, also a second call on a trained adapter. A call
-        that resumes (``initial_epoch > 0``, or a ``keras.callbacks.BackupAndRestore``
-        backup) continues the interrupted run's schedule where it was.
+        ``epochs * steps_per_epoch``: each ``fit(epochs=E)`` call, a second one too, runs
+        its own schedule from 0 over its E epochs; resuming (``initial_epoch > 0`` or a
+        ``BackupAndRestore`` backup) continues the interrupted run's schedule.
 
         Args:
             source, target, target_labeled: labeled source, unlabeled target (required
@@ -361,14 +349,10 @@ class DomainAdapter(keras.Model):
                            set_target_labeled_weight=lambda weight: setattr(self, "_target_labeled_weight", weight),
                            retrace=lambda: self.make_train_function(force=True))
         context = FitContext.of(paired, epochs=epochs, initial_epoch=start_epoch, adapter=view)
-        # Variables made here (optimizer slots, strategy state) belong to the
-        # tf.distribute strategy the adapter was built under, if any.
-        with self.distribute_strategy.scope():
+        with self.distribute_strategy.scope():  # variables made here belong to the adapter's tf.distribute strategy
             for strategy in self.strategies:
                 call_on_fit_start(strategy, context)
-            if not self.optimizer.built:
-                # Frozen variables included, so that unfreezing later (gradual
-                # fine-tuning) keeps the state of the others.
+            if not self.optimizer.built:  # on frozen variables too: unfreezing later keeps the others' state
                 self.optimizer.build(_training.trainable_in_principle(self))
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
