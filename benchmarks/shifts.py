@@ -227,6 +227,7 @@ METHODS = {
 }
 TRAINED_ON_TARGET = {"oracle"}
 REFERENCE_METHODS = ("source_only", "oracle")
+VALIDATORS_RECORDED = ("source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd", "reverse")
 
 
 # =========================================================================== one run
@@ -260,7 +261,9 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
         train = (data["source_x"], data["source_y"])
     started = time.perf_counter()
     adapter.fit(
-        source=train, target=data["target_x"] if strategies else None,
+        # Source-only sees the unlabeled target too (it never enters a loss; a batch-norm
+        # backbone's exported statistics may use it); the oracle trains on the target itself.
+        source=train, target=None if method in TRAINED_ON_TARGET else data["target_x"],
         epochs=epochs, batch_size=batch_size, seed=seed, verbose=0,
     )
     train_seconds = time.perf_counter() - started
@@ -270,6 +273,13 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
     target_accuracy = float((target_predictions == data["target_test_y"]).mean())
     source_accuracy = float((source_probabilities.argmax(axis=1) == data["source_test_y"]).mean())
     top_class_share = float(np.bincount(target_predictions, minlength=NUM_CLASSES).max() / len(target_predictions))
+    # Unsupervised validator scores (no target labels: unlabeled target *training* images
+    # and held-out labeled source), so selection rules can be evaluated on the suite.
+    validation_size = 1000
+    validator_scores = da.validate(
+        adapter, source=(data["source_test_x"][:validation_size], data["source_test_y"][:validation_size]),
+        target=data["target_x"][:validation_size], validators=VALIDATORS_RECORDED,
+    )
     reasons = []
     if top_class_share >= COLLAPSE_CLASS_SHARE:
         reasons.append(f"{top_class_share:.0%} of target predictions in one class")
@@ -286,6 +296,7 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
         # Detects rows left from an older definition of the same backbone name.
         "backbone_parameters": int(adapter.backbone.count_params()),
         "user_preset": shift.user_preset if method == "mimic_user_preset" else None,
+        "validators": {name: float(value) for name, value in validator_scores.items()},
     }
 
 

@@ -336,11 +336,13 @@ def covariance(features):
 
 def coral_from_covariances(source_covariance, target_covariance):
     """||C_s - C_t||_F^2 / (4 d^2) from two covariance matrices (numpy or tensors, any float dtype)."""
-    d = source_covariance.shape[-1]
     difference = source_covariance - target_covariance
-    return (difference**2).sum() / (4.0 * d * d) if isinstance(difference, np.ndarray) else (
-        ops.sum(ops.square(difference)) / (4.0 * d * d)
-    )
+    if isinstance(difference, np.ndarray):
+        d = difference.shape[-1]
+        return (difference**2).sum() / (4.0 * d * d)
+    # The static width can be unknown (after all_gather under tf.distribute): read it in the graph.
+    d = ops.cast(ops.shape(difference)[-1], difference.dtype)
+    return ops.sum(ops.square(difference)) / (4.0 * d * d)
 
 
 def coral(source, target):
