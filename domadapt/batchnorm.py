@@ -1,13 +1,24 @@
-"""AdaBN: re-estimate batch-norm statistics on target data."""
+"""Batch-norm statistics: one definition of their re-estimation (AdaBN, precise BN), shared by
+``DomainAdapter.fit``, :func:`adapt_batchnorm` and test-time adaptation."""
 
 from __future__ import annotations
+
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+__all__ = ["MIN_REESTIMATION_IMAGES", "adapt_batchnorm", "batchnorm_layers", "reestimate_batchnorm_statistics"]
+
+# Below this many images the estimate is noisy enough to cost accuracy (measured in
+# benchmarks/results/batchnorm_domains.md); reestimate_batchnorm_statistics warns.
+MIN_REESTIMATION_IMAGES = 256
+_MISSING = object()
+
 
 def batchnorm_layers(model):
+    """Every ``keras.layers.BatchNormalization`` in ``model``, nested models included, in call order."""
     return [layer for layer in model._flatten_layers(include_self=True)
             if isinstance(layer, keras.layers.BatchNormalization)]
 
@@ -25,18 +36,134 @@ def _batches(images, batch_size, image_rank):
         yield images[start : start + batch_size]
 
 
+def _check_images(images, argument):
+    if isinstance(images, tf.data.Dataset):
+        return images
+    if isinstance(images, (tuple, list)) and len(images) == 2 and not np.isscalar(images[0]):
+        images = images[0]  # (images, labels): labels are never read
+    images = np.asarray(images)
+    if images.ndim == 0 or len(images) == 0:
+        raise ValueError(f"Argument `{argument}` is empty: expected an array or dataset of images; received "
+                         f"shape {images.shape}.")
+    return images
+
+
+def reestimate(model, layers, images, *, batch_size=64, max_images=None):
+    """Re-estimate the moving statistics of ``layers`` (BN layers of ``model``) on ``images``; returns images used.
+
+    The model runs in inference mode (dropout, noise and augmentation layers off)
+    except ``layers``, which normalise with their batch statistics; each one's
+    ``moving_mean``/``moving_variance`` becomes the image-weighted mean of its batch
+    statistics (momentum seen / (seen + n) per batch of n). Trainable flags, momenta
+    and every other weight are left as they were.
+    """
+    if not layers:
+        return 0
+    image_rank = len(model.input_shape) - 1
+    saved = [(layer, layer.trainable, layer.momentum, layer.__dict__.get("call", _MISSING)) for layer in layers]
+    seen = 0
+    try:
+        for layer in layers:
+            layer.trainable = True  # a frozen BN layer runs in inference mode even when training=True
+            object.__setattr__(layer, "call", _in_training_mode(layer.call))
+        for batch in _batches(images, batch_size, image_rank):
+            if max_images is not None and seen >= max_images:
+                break
+            batch = tf.cast(batch, tf.float32)
+            if max_images is not None:
+                batch = batch[: max_images - seen]
+            count = int(batch.shape[0])
+            if count == 0:
+                continue
+            for layer in layers:
+                layer.momentum = seen / (seen + count)
+            model(batch, training=False)
+            seen += count
+    finally:
+        for layer, trainable, momentum, call in saved:
+            layer.trainable = trainable
+            layer.momentum = momentum
+            if call is _MISSING:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", call)
+    return seen
+
+
+def _in_training_mode(call):
+    def call_with_batch_statistics(*args, **kwargs):
+        kwargs["training"] = True
+        return call(*args, **kwargs)
+
+    return call_with_batch_statistics
+
+
+def reestimate_batchnorm_statistics(model, images, *, batch_size=64, max_images=None):
+    """Set every batch-norm layer's moving statistics to its statistics on ``images``, with the current weights.
+
+    What the model normalises with at inference then matches ``images`` (a domain's
+    unlabeled images: AdaBN, Li et al. 2016) and the final weights (precise BN, Wu &
+    Johnson 2021) instead of the moving averages collected while the weights still
+    changed. Only ``moving_mean`` and ``moving_variance`` change: each becomes the
+    mean of the layer's batch statistics over ``images`` weighted by batch size,
+    every BN layer included (nested in keras.applications models, and frozen ones);
+    the model runs in inference mode otherwise (dropout and augmentation layers
+    off). Fewer than ``MIN_REESTIMATION_IMAGES`` images gives a warning.
+
+    Args:
+        model: a Keras model with BatchNormalization layers (modified in place).
+        images: an array of images, ``(images, labels)`` (labels unused), or a
+            dataset of images or ``(images, ...)``, batched or not.
+        batch_size: images per forward pass (for arrays and unbatched datasets).
+        max_images: stop after this many images (``None``: all; needed for an endless dataset).
+
+    Returns:
+        The number of images used.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, domadapt as da
+    model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    used = da.reestimate_batchnorm_statistics(model, np.random.rand(512, 4) + 3.0)
+    print(used, model.layers[0].moving_mean.numpy())  # 512, about 3.5
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Argument `model` must be a keras.Model; received {type(model).__name__}.")
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise ValueError("Argument `model` has no BatchNormalization layers: there are no statistics to re-estimate.")
+    images = _check_images(images, "images")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be a positive integer; received batch_size={batch_size!r}.")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer))
+                                   or max_images < 1):
+        raise ValueError(f"Argument `max_images` must be None or a positive integer; received max_images={max_images!r}.")
+    used = reestimate(model, layers, images, batch_size=int(batch_size), max_images=max_images)
+    warn_if_few(used, "images")
+    return used
+
+
+def warn_if_few(used, what):
+    if used < MIN_REESTIMATION_IMAGES:
+        warnings.warn(
+            f"Batch-norm statistics were re-estimated on {used} {what}; below {MIN_REESTIMATION_IMAGES} the estimate "
+            "is noisy enough to cost accuracy. Pass more unlabeled images if you have them.", stacklevel=3)
+
+
 def _accuracy(model, images, labels, batch_size):
     probabilities = model.predict(images, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(probabilities, axis=-1) == np.asarray(labels).reshape(-1)))
 
 
 def adapt_batchnorm(model, target_images, labels=None, *, batch_size=64):
-    """Re-estimate every batch-norm layer's moving statistics on target images (AdaBN, Li et al. 2016).
+    """Re-estimate every batch-norm layer's moving statistics on target images, in place (AdaBN, Li et al. 2016).
 
-    No gradient step is taken and no other weight changes: each BatchNormalization
-    layer's ``moving_mean`` and ``moving_variance`` become the average of its batch
-    statistics over ``target_images`` (a cumulative average, momentum k/(k+1) at
-    batch k), so normalisation matches the target domain at inference.
+    :func:`reestimate_batchnorm_statistics` on the model (a ``DomainAdapter``'s
+    classifier): no gradient step, only ``moving_mean``/``moving_variance`` change.
+    A ``DomainAdapter`` with ``bn_mode="domain"`` (the default) already does this at
+    the end of ``fit``; this function is for other models.
 
     Args:
         model: a Keras model, or a ``da.DomainAdapter`` (its classifier is used).
@@ -52,33 +179,17 @@ def adapt_batchnorm(model, target_images, labels=None, *, batch_size=64):
     ```python
     import numpy as np, keras, domadapt as da
     model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
-    da.adapt_batchnorm(model, np.random.rand(64, 4) + 3.0)
+    da.adapt_batchnorm(model, np.random.rand(256, 4) + 3.0)
     ```
     """
     model = getattr(model, "classifier", model)
-    layers = batchnorm_layers(model)
-    if not layers:
+    if not batchnorm_layers(model):
         raise ValueError("Argument `model` has no BatchNormalization layers: there are no statistics to adapt.")
-    if not isinstance(target_images, tf.data.Dataset):
-        target_images = np.asarray(target_images)
-        if len(target_images) == 0:
-            raise ValueError("Argument `target_images` is empty.")
+    target_images = _check_images(target_images, "target_images")
     if labels is not None and isinstance(target_images, tf.data.Dataset):
         raise ValueError("Pass `labels` with an image array, not with a dataset.")
     before = _accuracy(model, target_images, labels, batch_size) if labels is not None else None
-    saved = [(layer, layer.trainable, layer.momentum) for layer in layers]
-    try:
-        for layer in layers:
-            # A frozen BN layer runs in inference mode even when training=True.
-            layer.trainable = True
-        for index, batch in enumerate(_batches(target_images, batch_size, len(model.input_shape) - 1)):
-            for layer in layers:
-                layer.momentum = index / (index + 1.0)
-            model(tf.convert_to_tensor(batch, tf.float32), training=True)
-    finally:
-        for layer, trainable, momentum in saved:
-            layer.trainable = trainable
-            layer.momentum = momentum
+    reestimate_batchnorm_statistics(model, target_images, batch_size=batch_size)
     if labels is None:
         return None
     return _accuracy(model, target_images, labels, batch_size) - before
