@@ -16,25 +16,46 @@ adapter = da.DomainAdapter(backbone, num_classes=2,
 ```
 """
 
-from domadapt import augment, backbones, callbacks, data, datasets, gap, layers, strategies, validators
-from domadapt.adapter import DomainAdapter
-from domadapt.batchnorm import adapt_batchnorm
-from domadapt.strategies import (
-    CDAN,
-    BNM,
-    CORAL,
-    DANN,
-    MCC,
-    MMD,
-    ConditionalAdversarial,
-    EntropyMinimization,
-    FineTune,
-    GradientReversal,
-    MimicAugment,
-    SelfTraining,
-)
-from domadapt.strategy import Recipe, Step, Strategy
-from domadapt.validators import compare, validate
+import os as _os
+import sys as _sys
+
+# Public name -> the module that defines it (a submodule's own name maps to None).
+_EXPORTS = {
+    **{name: None for name in ("augment", "backbones", "callbacks", "data", "datasets", "gap", "layers",
+                               "strategies", "validators")},
+    "DomainAdapter": "domadapt.adapter",
+    "adapt_batchnorm": "domadapt.batchnorm",
+    "reestimate_batchnorm_statistics": "domadapt.batchnorm",
+    **{name: "domadapt.strategies" for name in ("CDAN", "BNM", "CORAL", "DANN", "MCC", "MMD", "ConditionalAdversarial",
+                                               "EntropyMinimization", "FineTune", "GradientReversal", "MimicAugment",
+                                               "SelfTraining")},
+    **{name: "domadapt.strategy" for name in ("Recipe", "Step", "Strategy")},
+    **{name: "domadapt.validators" for name in ("compare", "validate")},
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'domadapt' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    value = importlib.import_module(f"domadapt.{name}" if module is None else module)
+    value = value if module is None else getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+# The `domadapt` command imports the library lazily, so that `domadapt --help` starts
+# without TensorFlow; everywhere else every name is imported now, which also registers
+# the Keras-serialisable classes before a saved model is loaded.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") not in ("domadapt", "domadapt.exe", "domadapt-script.py"):
+    for _name in _EXPORTS:
+        __getattr__(_name)
 
 __version__ = "0.1.0"
 
@@ -56,6 +77,7 @@ __all__ = [
     "Step",
     "Strategy",
     "adapt_batchnorm",
+    "reestimate_batchnorm_statistics",
     "augment",
     "backbones",
     "callbacks",
@@ -64,6 +86,7 @@ __all__ = [
     "datasets",
     "gap",
     "layers",
+    "shifts",
     "strategies",
     "validate",
     "validators",

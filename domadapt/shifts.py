@@ -1,8 +1,13 @@
-"""Target-domain renderers for the multi-shift suite (benchmarks/shifts.py).
+"""Independent target domains for evaluation: renderers of rain, low light, fog, defocus + JPEG
+and colour cast, and a second real source of digits (TrueType fonts vs handwriting).
+
+Used by the demo and by the multi-shift suite (``benchmarks/shifts.py``); public so
+that anyone can check a method on shifts the library was not built from:
+``da.shifts.RENDERERS[name](images, seed)``.
 
 Every renderer here is written from scratch with numpy (plus OpenCV's generic
 filter/encode primitives and Pillow's font rasteriser). None calls albumentations
-or reuses a preset of ``da.MimicAugment`` or the demo's ``rainy``: a benchmark that
+or reuses a preset of ``da.MimicAugment`` or ``da.datasets.render_rain``: a benchmark that
 rendered its target with the transform the library ships would measure the library
 against itself.
 
