@@ -17,19 +17,23 @@ print(da.gap.mmd(source, target), da.gap.frechet(source, target), da.gap.proxy_a
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
 from domadapt.gap.features import features
 from domadapt.gap.kernels import MMDTestResult, kid, mmd, mmd_test
+from domadapt.gap.label_shift import LabelShiftResult, label_shift, prior_corrected
 from domadapt.gap.report import GapReport, measure
 from domadapt.gap.statistics import coral, frechet
 
 __all__ = [
     "GapReport",
+    "LabelShiftResult",
     "MMDTestResult",
     "coral",
     "domain_classifier_auc",
     "features",
     "frechet",
     "kid",
+    "label_shift",
     "measure",
     "mmd",
     "mmd_test",
+    "prior_corrected",
     "proxy_a_distance",
 ]
