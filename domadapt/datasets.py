@@ -1,4 +1,5 @@
-"""Image data, offline: folders and arrays of images, the IDX format (Fashion-MNIST), and a
+"""Image data, offline: folders and arrays of images (read in memory or streamed; the
+rules are in :mod:`domadapt.folders`), the IDX format (Fashion-MNIST), and a
 ready-made source/target pair (sunny vs rainy Fashion-MNIST) with a small CNN for it.
 
 The pair and the CNN are what the demo and the benchmarks train on; they live here,
@@ -13,9 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
+from domadapt.folders import (
+    BACKGROUND,
+    IMAGE_SUFFIXES,
+    RESIZE_POLICIES,
+    ImageFolder,
+    SkippedFile,
+    decode_image,
+    image_folder,
+    read_images,
+    read_labeled_folder,
+)
+
 __all__ = [
+    "BACKGROUND",
     "DEBIAN_FASHION_MNIST",
     "IMAGE_SUFFIXES",
+    "RESIZE_POLICIES",
+    "ImageFolder",
+    "SkippedFile",
+    "decode_image",
+    "image_folder",
     "load_fashion_mnist",
     "load_sunny_rainy",
     "read_idx",
@@ -27,8 +46,6 @@ __all__ = [
 
 # Where Debian's `dataset-fashion-mnist` package puts the files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -93,112 +110,6 @@ def load_fashion_mnist(directory=None):
         "Fashion-MNIST IDX files not found. Pass directory=, set DOMADAPT_FASHION_MNIST, "
         "or install Debian's package: apt-get install dataset-fashion-mnist."
     )
-
-
-def read_images(path, image_size=None, max_images=None, seed=0):
-    """Images from a folder (searched recursively), a ``.npy`` array or a ``.npz`` archive.
-
-    Folders: a seeded random subset of ``max_images`` files is read and resized to
-    ``image_size`` (height, width) as RGB uint8, so memory stays bounded. ``.npz``:
-    the array under ``images`` or ``x``, else the first one.
-
-    Args:
-        path: a folder, a ``.npy`` or a ``.npz`` file.
-        image_size: ``(height, width)`` folder images are resized to; ``None`` keeps them.
-        max_images: read at most this many (a random subset drawn with ``seed``).
-        seed: seed of the subset.
-
-    Returns:
-        An array ``(N, H, W, C)``; a ``(N, H, W)`` array gains a channel axis.
-
-    Example:
-
-    ```python
-    import numpy as np, tempfile, os
-    from domadapt.datasets import read_images
-    path = os.path.join(tempfile.mkdtemp(), "images.npy")
-    np.save(path, np.zeros((5, 8, 8), "uint8"))
-    print(read_images(path, max_images=3).shape)  # (3, 8, 8, 1)
-    ```
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
-    if path.is_dir():
-        import keras
-
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-        if max_images is not None and len(files) > max_images:
-            chosen = np.random.default_rng(seed).choice(len(files), max_images, replace=False)
-            files = [files[i] for i in sorted(chosen)]
-        size = None if image_size is None else tuple(image_size)
-        return np.stack(
-            [keras.utils.img_to_array(keras.utils.load_img(f, target_size=size, color_mode="rgb"), dtype="uint8")
-             for f in files]
-        )
-    if path.suffix == ".npy":
-        images = np.load(path, allow_pickle=False)
-    elif path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            key = next((k for k in ("images", "x") if k in archive), archive.files[0])
-            images = archive[key]
-    else:
-        raise ValueError(f"{path}: expected a folder of images, a .npy or a .npz file.")
-    if images.ndim == 3:
-        images = images[..., None]
-    if max_images is not None and len(images) > max_images:
-        chosen = np.random.default_rng(seed).choice(len(images), max_images, replace=False)
-        images = images[np.sort(chosen)]
-    return images
-
-
-def read_labeled_folder(path, image_size=None, max_images=None, seed=0, class_names=None):
-    """``(images, labels, class_names)`` from a folder with one sub-folder of images per class.
-
-    Labels follow the sorted sub-folder names. ``class_names`` fixes the label order
-    (e.g. the source's, for a labeled target folder); a sub-folder not in it, or a class
-    folder without images, is an error. Other arguments as in :func:`read_images`
-    (``max_images`` counts per class).
-
-    Example:
-
-    ```python
-    import numpy as np, tempfile, pathlib, keras
-    from domadapt.datasets import read_labeled_folder
-    root = pathlib.Path(tempfile.mkdtemp())
-    for name in ("cat", "dog"):
-        (root / name).mkdir()
-        keras.utils.save_img(root / name / "0.png", np.zeros((8, 8, 3), "uint8"), scale=False)
-    images, labels, names = read_labeled_folder(root)
-    print(images.shape, labels.tolist(), names)  # (2, 8, 8, 3) [0, 1] ['cat', 'dog']
-    ```
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a folder (expected one sub-folder of images per class).")
-    folders = sorted(p for p in path.iterdir() if p.is_dir())
-    if not folders:
-        raise ValueError(f"{path} has no class sub-folders: put the images of each class in its own sub-folder.")
-    names = [folder.name for folder in folders]
-    if class_names is not None:
-        unknown = sorted(set(names) - set(class_names))
-        if unknown:
-            raise ValueError(f"{path}: classes {unknown} are not among the source classes {list(class_names)}.")
-        names = list(class_names)
-    images, labels = [], []
-    for label, name in enumerate(names):
-        folder = path / name
-        if not folder.is_dir():
-            continue
-        files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-        if not files:
-            raise ValueError(f"{path}: class folder '{name}' holds no images.")
-        batch = read_images(folder, image_size, max_images, seed=seed + label)
-        images.append(batch)
-        labels.append(np.full(len(batch), label, dtype=np.int64))
-    return np.concatenate(images), np.concatenate(labels), names
 
 
 def render_rain(images: np.ndarray, seed: int) -> np.ndarray:
