@@ -30,7 +30,7 @@ _EXPORTS = {
                                                "EntropyMinimization", "FineTune", "GradientReversal", "MimicAugment",
                                                "SelfTraining")},
     **{name: "domadapt.strategy" for name in ("Recipe", "Step", "Strategy")},
-    **{name: "domadapt.validators" for name in ("compare", "validate")},
+    **{name: "domadapt.validators" for name in ("compare", "select", "validate")},
 }
 
 
@@ -86,6 +86,7 @@ __all__ = [
     "datasets",
     "gap",
     "layers",
+    "select",
     "shifts",
     "strategies",
     "validate",

@@ -1,29 +1,162 @@
-"""The ``domadapt`` command line: ``domadapt gap``, ``domadapt run``, ``domadapt recipes`` and ``domadapt demo``."""
+"""The ``domadapt`` command line: ``gap``, ``run``, ``compare``, ``recipes`` and ``demo``.
+
+TensorFlow is imported inside the commands, never at module level, so that
+``domadapt --help`` starts at once; ``main`` sets ``TF_CPP_MIN_LOG_LEVEL=2`` (unless
+``--verbose`` or already set) before TensorFlow's first import, which keeps its C++
+start-up lines out of the output.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from importlib import resources
 from pathlib import Path
 
 _BUILT_IN = "domadapt.recipes"
+# The names of domadapt.gap.report.METRICS, here so that the parser needs no TensorFlow.
+GAP_METRICS = ("coral", "domain_classifier_auc", "frechet", "kid", "mmd", "proxy_a_distance")
+DEFAULT_GAP_METRICS = ("mmd", "frechet", "coral", "proxy_a_distance")
+RESIZE_POLICIES = ("stretch", "crop", "pad")
+# What `run` writes into --out: the only files it ever replaces or deletes there.
+RUN_OUTPUTS = ("classifier.keras", "source_only.keras", "summary.json", "training.png", "skipped.txt")
+RESUME_FOLDER = ".domadapt-resume"
+SKIPPED_SHOWN = 3
+
+
+class CommandError(Exception):
+    """A mistake in the command's input: printed as one line, exit code 2."""
+
+
+# --- small helpers -------------------------------------------------------------------------------------------------
+
+def write_atomically(path, write):
+    """Write ``path`` through ``write(temporary_path)`` and rename it into place.
+
+    A run killed at any moment leaves either the complete previous file, the complete
+    new one, or a hidden ``.NAME.PID.partial.SUFFIX`` file, never a truncated ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
+def write_json(path, value):
+    return write_atomically(path, lambda temporary: temporary.write_text(json.dumps(value, indent=2)))
+
+
+def _remove_stale_partials(folder, names):
+    """Hidden partial files a killed run of ours left for ``names`` (nothing else is touched)."""
+    for name in names:
+        for stale in Path(folder).glob(f".{name}.*.partial*"):
+            stale.unlink()
+
+
+def progress_verbosity():
+    """Keras ``verbose``: a progress bar on a terminal, one line per epoch in logs and CI."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _report_skipped(skipped, where, out=None):
+    """One line with the count and the first paths; the full list in ``out/skipped.txt``."""
+    if not skipped:
+        return
+    shown = ", ".join(str(path) for path, _ in skipped[:SKIPPED_SHOWN])
+    more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
+    listed = f" (all listed in {out / 'skipped.txt'})" if out is not None else ""
+    print(f"Skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)} in {where}: {shown}{more}{listed}")
+
+
+def _skipped_text(skipped):
+    return "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+
+
+# --- reading folders -------------------------------------------------------------------------------------------------
+
+def _reader_options(function, args):
+    """``resize=``/``strict=`` for the readers that take them; a clear error when a reader cannot honour them."""
+    import inspect
+
+    accepted = inspect.signature(function).parameters
+    options = {}
+    for name, value, default in (("resize", getattr(args, "resize", None), None),
+                                 ("strict", getattr(args, "strict", False), False)):
+        if name in accepted:
+            if value is not None:
+                options[name] = value
+        elif value not in (None, default):
+            raise CommandError(f"--{name} is not supported by this version of domadapt.datasets.{function.__name__}.")
+    return options
+
+
+def _unpack(result, labeled):
+    """``(arrays, skipped)`` from a reader's result: arrays, or an object with ``.skipped`` beside them."""
+    skipped = [(str(path), str(reason)) for path, reason in getattr(result, "skipped", None) or []]
+    if hasattr(result, "images"):
+        arrays = (result.images, result.labels, list(result.class_names)) if labeled else result.images
+        return arrays, skipped
+    if labeled and isinstance(result, tuple) and len(result) == 4:  # (images, labels, class_names, skipped)
+        return result[:3], [(str(p), str(r)) for p, r in result[3]]
+    return result, skipped
+
+
+def read_unlabeled(path, args, max_images, seed):
+    """``(images, skipped)`` of a folder (searched recursively), a ``.npy`` or a ``.npz``."""
+    from domadapt.datasets import read_images
+
+    size = (args.image_size, args.image_size)
+    return _unpack(read_images(path, size, max_images, seed=seed, **_reader_options(read_images, args)), False)
+
+
+def read_labeled(path, args, max_images, class_names=None):
+    """``((images, labels, class_names), skipped)`` of a folder with one sub-folder per class."""
+    from domadapt.datasets import read_labeled_folder
+
+    size = (args.image_size, args.image_size)
+    result = read_labeled_folder(path, size, max_images, class_names=class_names,
+                                 **_reader_options(read_labeled_folder, args))
+    return _unpack(result, True)
+
+
+# --- gap ---------------------------------------------------------------------------------------------------------------
+
+def shift_verdict(p_value, permutations, level=0.05):
+    """``"shift detected, p < 0.001"`` / ``"no significant shift, p = 0.4"`` from an MMD permutation test."""
+    smallest = 1.0 / (1 + permutations)
+    if p_value <= smallest and smallest < 0.001:
+        text = "p < 0.001"
+    elif p_value <= smallest:
+        text = f"p <= {smallest:.2g} (the smallest {permutations} permutations can show)"
+    else:
+        text = f"p = {p_value:.2g}"
+    return f"shift detected, {text}" if p_value < level else f"no significant shift, {text}"
 
 
 def _gap(args):
     import keras
 
-    from domadapt import gap
+    import domadapt as da
     from domadapt.backbones import load_backbone
-    from domadapt.datasets import read_images
 
-    size = (args.image_size, args.image_size)
-    source = read_images(args.source, size, args.max_samples, seed=0)
-    target = read_images(args.target, size, args.max_samples, seed=1)
+    (source, source_skipped), (target, target_skipped) = (read_unlabeled(args.source, args, args.max_samples, 0),
+                                                          read_unlabeled(args.target, args, args.max_samples, 1))
+    skipped = [*source_skipped, *target_skipped]
+    _report_skipped(skipped, f"{args.source} and {args.target}")
+    if args.strict and skipped:
+        raise CommandError(f"--strict: {len(skipped)} files could not be read: "
+                           + ", ".join(path for path, _ in skipped))
     if source.shape[1:] != target.shape[1:]:
-        raise SystemExit(f"domadapt gap: source images are {source.shape[1:]} but target images are {target.shape[1:]}.")
+        raise CommandError(f"source images are {source.shape[1:]} but target images are {target.shape[1:]}.")
     if args.backbone == "pixels":
         inputs = keras.Input(source.shape[1:])
         backbone = keras.Model(inputs, keras.layers.Rescaling(1.0)(inputs), name="pixels")
@@ -32,15 +165,34 @@ def _gap(args):
         backbone = load_backbone(args.backbone, weights=args.weights, input_shape=source.shape[1:])
         layers = args.layers
     print(f"Extracting features of {len(source)} source and {len(target)} target images with {backbone.name} ...")
-    report = gap.measure(backbone, source, target, layers=layers, metrics=args.metrics,
-                         max_samples=args.max_samples, verbose=1)
+    report = da.gap.measure(backbone, source, target, layers=layers, metrics=args.metrics,
+                            max_samples=args.max_samples, verbose=1 if sys.stdout.isatty() else 0)
+    source_features, target_features = da.gap.features(backbone, source, target, verbose=0)
+    test = da.gap.mmd_test(source_features, target_features, permutations=args.permutations)
+    verdict = shift_verdict(test.p_value, args.permutations)
     print(report)
+    print(f"MMD permutation test on the output features ({args.permutations} permutations): {verdict}")
     if args.json:
-        print(f"Wrote {report.to_json(args.json, overwrite=args.overwrite)}")
+        table = report.to_dict()
+        table.update(verdict=verdict, mmd_test={"statistic": float(test.statistic), "p_value": float(test.p_value),
+                                                "permutations": args.permutations},
+                     skipped={"source": len(source_skipped), "target": len(target_skipped)})
+        print(f"Wrote {write_json(_writable(args.json, args.overwrite), table)}")
     if args.plot:
-        print(f"Wrote {report.plot(args.plot, overwrite=args.overwrite)}")
+        path = _writable(args.plot, args.overwrite)
+        write_atomically(path, lambda temporary: report.plot(temporary, overwrite=True))
+        print(f"Wrote {path}")
     return 0
 
+
+def _writable(path, overwrite):
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    return path
+
+
+# --- recipes -------------------------------------------------------------------------------------------------------------
 
 def built_in_recipes():
     """``{name: first line of its docstring}`` of the recipes shipped in ``domadapt.recipes``."""
@@ -77,6 +229,8 @@ def _checked(module, where):
     return module
 
 
+# --- run -------------------------------------------------------------------------------------------------------------------
+
 def _load_run_backbone(args, input_shape):
     """``(backbone, pretrained)``: whether its weights were trained (a saved model, ImageNet, a file)."""
     import warnings
@@ -100,41 +254,127 @@ def _add_run_arguments(parser):
     parser.add_argument("--source", required=True, help="labeled source images: one sub-folder per class")
     parser.add_argument("--target", required=True, help="unlabeled target images: a folder (searched recursively)")
     parser.add_argument("--target-labeled", help="a few labeled target images: one sub-folder per class")
+    parser.add_argument("--eval", metavar="DIR",
+                        help="labeled target images (one sub-folder per class) to measure target accuracy on; "
+                             "also trains a source-only model for comparison, which doubles the training time")
     parser.add_argument("--backbone", default="mobilenetv3small",
                         help="keras.applications name or path to a .keras model (default mobilenetv3small)")
     parser.add_argument("--weights", default="auto", help="'imagenet', a weights file, 'none', or 'auto'")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--image-size", type=int, default=96, help="side images are resized to (default 96)")
+    parser.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                        help="how images of another shape are resized: stretch, crop (centre) or pad")
     parser.add_argument("--max-images", type=int, default=None, help="images read per folder (random subset)")
+    parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
     parser.add_argument("--out", default="domadapt_run", help="output folder (default domadapt_run)")
-    parser.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files an earlier run wrote in --out (other files are never touched)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out from its last completed epoch")
+    parser.add_argument("--tensorboard", metavar="DIR", help="log every loss term and metric per epoch to DIR")
+    _add_verbose(parser)
+
+
+def _add_verbose(parser):
+    parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's own log lines")
+
+
+# Arguments a resumed run must share with the interrupted one.
+_RESUME_KEYS = ("recipe", "source", "target", "target_labeled", "eval", "backbone", "weights", "epochs", "batch_size",
+                "image_size", "resize", "max_images")
+
+
+def _prepare_out(args, recipe_name):
+    """Check --out for --overwrite/--resume; returns the resume folder."""
+    out = Path(args.out)
+    resume = out / RESUME_FOLDER
+    recorded = {key: getattr(args, key, None) for key in _RESUME_KEYS}
+    recorded["recipe"] = recipe_name
+    if args.resume:
+        if not (resume / "arguments.json").is_file():
+            raise CommandError(f"--resume: {out} holds no interrupted run to continue.")
+        before = json.loads((resume / "arguments.json").read_text())
+        changed = {k: (before.get(k), recorded[k]) for k in _RESUME_KEYS if before.get(k) != recorded[k]}
+        if changed:
+            raise CommandError("--resume: the arguments differ from the interrupted run's: " + ", ".join(
+                f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items()))
+    else:
+        existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
+        if resume.exists():
+            existing.append(f"{RESUME_FOLDER} (an interrupted run: pass --resume to continue it)")
+        if existing and not args.overwrite:
+            raise FileExistsError(f"{out} already holds {existing}; pass --overwrite to replace them.")
+        if resume.exists():
+            import shutil
+
+            shutil.rmtree(resume)  # our own backup folder, found by its name
+        for name in RUN_OUTPUTS:
+            if (out / name).exists():
+                (out / name).unlink()
+        write_json(resume / "arguments.json", recorded)
+    _remove_stale_partials(out, RUN_OUTPUTS)
+    return resume
+
+
+def accuracy(classifier, images, labels, batch_size=256):
+    import numpy as np
+
+    predictions = classifier.predict(images, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=-1) == labels))
+
+
+def _source_only_copy(backbone):
+    """A copy of the backbone with its current weights, for the source-only baseline."""
+    import keras
+
+    copy = keras.models.clone_model(backbone)
+    copy.set_weights(backbone.get_weights())
+    return copy
+
+
+def _callbacks(args, resume, name):
+    import keras
+
+    callbacks = [keras.callbacks.BackupAndRestore(str(resume / name), delete_checkpoint=False, double_checkpoint=True)]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(Path(args.tensorboard) / name)))
+    return callbacks
 
 
 def _run(recipe_module, args):
     import inspect
-    import json
+    import shutil
 
     import keras
 
     import domadapt as da
-    from domadapt.datasets import read_images, read_labeled_folder
 
     out = Path(args.out)
-    names = ("classifier.keras", "summary.json", "training.png")
-    existing = [name for name in names if (out / name).exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{out} already holds {existing}; pass --overwrite to replace them.")
-    size = (args.image_size, args.image_size)
-    source_x, source_y, classes = read_labeled_folder(args.source, size, args.max_images)
-    target_x = read_images(args.target, size, args.max_images, seed=1)
-    labeled = None
+    recipe_name = getattr(recipe_module, "__file__", None) or recipe_module.__name__
+    (source_x, source_y, classes), source_skipped = read_labeled(args.source, args, args.max_images)
+    target_x, target_skipped = read_unlabeled(args.target, args, args.max_images, seed=1)
+    labeled, labeled_skipped = None, []
     if args.target_labeled:
-        labeled_x, labeled_y, _ = read_labeled_folder(args.target_labeled, size, args.max_images, class_names=classes)
+        (labeled_x, labeled_y, _), labeled_skipped = read_labeled(args.target_labeled, args, args.max_images, classes)
         labeled = (labeled_x, labeled_y)
+    evaluation, eval_skipped = None, []
+    if args.eval:
+        (eval_x, eval_y, _), eval_skipped = read_labeled(args.eval, args, args.max_images, classes)
+        evaluation = (eval_x, eval_y)
+    skipped = [*source_skipped, *target_skipped, *labeled_skipped, *eval_skipped]
+    if args.strict and skipped:
+        raise CommandError(f"--strict: {len(skipped)} files could not be read: "
+                           + ", ".join(path for path, _ in skipped))
+    resume = _prepare_out(args, recipe_name)
+    if skipped:
+        write_atomically(out / "skipped.txt", lambda temporary: temporary.write_text(_skipped_text(skipped)))
+        _report_skipped(skipped, "the input folders", out)
     print(f"{len(source_x)} source images in {len(classes)} classes, {len(target_x)} target images"
-          + (f", {len(labeled[0])} labeled target images" if labeled else ""))
+          + (f", {len(labeled[0])} labeled target images" if labeled else "")
+          + (f", {len(evaluation[0])} evaluation images" if evaluation else ""))
     backbone, pretrained = _load_run_backbone(args, source_x.shape[1:])
+    baseline_backbone = _source_only_copy(backbone) if evaluation else None
 
     def gap(model):
         sample = min(500, len(source_x), len(target_x))
@@ -148,33 +388,66 @@ def _run(recipe_module, args):
     strategies = recipe_module.recipe(**{k: v for k, v in offered.items() if k in accepted})
     adapter = da.DomainAdapter(backbone, num_classes=len(classes), strategies=strategies)
     adapter.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+    verbose = progress_verbosity()
     history = adapter.fit(source=(source_x, source_y), target=target_x, target_labeled=labeled, epochs=args.epochs,
-                          batch_size=args.batch_size, verbose=1)
+                          batch_size=args.batch_size, verbose=verbose, callbacks=_callbacks(args, resume, "adapted"))
     after = gap(adapter)
-    out.mkdir(parents=True, exist_ok=True)
-    adapter.classifier.save(out / "classifier.keras")
+    accuracies = {"source": {"adapted": accuracy(adapter.classifier, source_x, source_y)}}
+    baseline = None
+    if evaluation:
+        print(f"Training the source-only baseline ({args.epochs} epochs) ...")
+        baseline = da.DomainAdapter(baseline_backbone, num_classes=len(classes), strategies=[])
+        baseline.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
+        baseline.fit(source=(source_x, source_y), epochs=args.epochs, batch_size=args.batch_size, verbose=verbose,
+                     callbacks=_callbacks(args, resume, "source_only"))
+        accuracies["source"]["source_only"] = accuracy(baseline.classifier, source_x, source_y)
+        accuracies["target"] = {"adapted": accuracy(adapter.classifier, *evaluation),
+                                "source_only": accuracy(baseline.classifier, *evaluation)}
+    chance = 1.0 / len(classes)
+    learned = accuracies["source"]["adapted"] >= chance + 0.2 * (1 - chance)
+    if not learned:
+        print(
+            f"warning: training did not learn: source accuracy {accuracies['source']['adapted']:.1%} is near chance "
+            f"({chance:.1%} for {len(classes)} classes). Train longer (--epochs), use pretrained weights "
+            "(--weights imagenet or a weights file), or check that the source folders hold the right classes.",
+            file=sys.stderr)
+    write_atomically(out / "classifier.keras", lambda temporary: adapter.classifier.save(temporary))
+    if baseline is not None:
+        write_atomically(out / "source_only.keras", lambda temporary: baseline.classifier.save(temporary))
     summary = {
-        "recipe": getattr(recipe_module, "__file__", None), "strategies": [type(s).__name__ for s in adapter.strategies],
+        "recipe": recipe_name, "strategies": [type(s).__name__ for s in adapter.strategies],
         "classes": classes, "backbone": args.backbone, "epochs": args.epochs,
+        "data": {"source": str(Path(args.source).resolve()), "target": str(Path(args.target).resolve()),
+                 "eval": str(Path(args.eval).resolve()) if args.eval else None, "image_size": args.image_size,
+                 "resize": args.resize, "max_images": args.max_images},
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
-        "gap_before": before, "gap_after": after,
+        "gap_before": before, "gap_after": after, "accuracy": accuracies, "learned": learned,
+        "skipped": {"count": len(skipped), "source": len(source_skipped), "target": len(target_skipped),
+                    "target_labeled": len(labeled_skipped), "eval": len(eval_skipped)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    picture = _plot_run(summary, out / "training.png")
-    print(f"gap before -> after: " + ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before))
-    print(f"Wrote {out / 'classifier.keras'}, {out / 'summary.json'}" + (f", {picture}" if picture else ""))
+    write_json(out / "summary.json", summary)
+    picture = write_atomically(out / "training.png", lambda temporary: _plot_run(summary, temporary))
+    shutil.rmtree(resume, ignore_errors=True)  # the run is complete: its backups are ours to remove
+    print("gap before -> after: " + ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before))
+    line = f"source accuracy {accuracies['source']['adapted']:.1%}"
+    if evaluation:
+        target = accuracies["target"]
+        line += (f"; target accuracy: adapted {target['adapted']:.1%}, source-only {target['source_only']:.1%} "
+                 f"({target['adapted'] - target['source_only']:+.1%})")
+    print(line)
+    print(f"Wrote {out / 'classifier.keras'}, {out / 'summary.json'}, {picture}")
     return 0
 
 
 def _plot_run(summary, path):
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = summary["accuracy"].get("target")
+    figure, axes = plt.subplots(1, 3 if target else 2, figsize=(15 if target else 11, 4), layout="constrained")
+    curves, bars = axes[0], axes[1]
     for name, values in summary["history"].items():
         if name.endswith("loss") or name.endswith("acc") or name == "accuracy":
             curves.plot(range(1, len(values) + 1), values, marker="o", label=name)
@@ -191,54 +464,163 @@ def _plot_run(summary, path):
     bars.set_xticks(list(positions), metrics)
     bars.set_title("domain gap on backbone features (scaled to the larger)")
     bars.legend()
-    figure.savefig(path, dpi=100)
+    if target:
+        names = ["source_only", "adapted"]
+        axes[2].bar(names, [target[n] for n in names], color=["tab:gray", "tab:blue"])
+        for i, name in enumerate(names):
+            axes[2].text(i, target[name], f"{target[name]:.1%}", ha="center", va="bottom")
+        axes[2].set_ylim(0, 1.05)
+        axes[2].set_title("target accuracy (--eval)")
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
     return path
 
 
+# --- compare ---------------------------------------------------------------------------------------------------------------
+
+def _compare(args):
+    import keras
+
+    import domadapt as da
+
+    runs = {}
+    summaries = {}
+    for folder in args.runs:
+        folder = Path(folder)
+        if not (folder / "classifier.keras").is_file():
+            raise CommandError(f"{folder} holds no classifier.keras (expected a folder written by `domadapt run`).")
+        name = folder.resolve().name
+        while name in runs:
+            name += "'"
+        runs[name] = folder
+        summary_path = folder / "summary.json"
+        summaries[name] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    recorded = [s.get("data") or {} for s in summaries.values()]
+
+    def chosen(key, given):
+        if given is not None:
+            return given
+        values = {r.get(key) for r in recorded}
+        if len(values) != 1 or None in values:
+            raise CommandError(f"the runs do not record one common {key} ({sorted(map(str, values))}); "
+                               f"pass --{key.replace('_', '-')}.")
+        return values.pop()
+
+    args.image_size = chosen("image_size", args.image_size)
+    source_path, target_path = chosen("source", args.source), chosen("target", args.target)
+    if args.resize is None:
+        args.resize = {r.get("resize") for r in recorded}.pop() if len({r.get("resize") for r in recorded}) == 1 else None
+    (source_x, source_y, classes), source_skipped = read_labeled(source_path, args, args.max_images)
+    target_x, target_skipped = read_unlabeled(target_path, args, args.max_images, seed=1)
+    _report_skipped([*source_skipped, *target_skipped], f"{source_path} and {target_path}")
+    for name, summary in summaries.items():
+        if summary.get("classes") not in (None, classes):
+            raise CommandError(f"run {name} was trained on classes {summary['classes']}, but {source_path} holds {classes}.")
+    models = {name: keras.saving.load_model(folder / "classifier.keras") for name, folder in runs.items()}
+    print(f"Scoring {len(models)} runs on {len(source_x)} source images ({source_path}) and "
+          f"{len(target_x)} target images ({target_path}) ...")
+    table = da.compare(models, source=(source_x, source_y), target=target_x)
+    print(table)
+    if args.json:
+        print(f"Wrote {write_json(_writable(args.json, args.overwrite), table.to_dict())}")
+    return 0
+
+
+# --- entry points --------------------------------------------------------------------------------------------------------
+
+def _quiet_tensorflow(verbose):
+    """Keep TensorFlow's C++ start-up lines (oneDNN, CUDA) out of the output; must run before its first import."""
+    if not verbose and "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+_INPUT_ERRORS = (CommandError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, ImportError)
+
+
 def recipe_main(recipe_path, argv=None):
     """Command line of a recipe file: ``python recipes/NAME.py --source DIR --target DIR ...``."""
-    parser = argparse.ArgumentParser(prog=f"python {recipe_path}", description=(load_recipe(recipe_path).__doc__ or "").split("\n\n")[0])
+    recipe = load_recipe(recipe_path)
+    parser = argparse.ArgumentParser(prog=f"python {recipe_path}", description=(recipe.__doc__ or "").split("\n\n")[0])
     _add_run_arguments(parser)
     args = parser.parse_args(argv)
+    _check_run_arguments(parser, args)
+    _quiet_tensorflow(args.verbose)
     try:
-        sys.exit(_run(load_recipe(recipe_path), args))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        sys.exit(_run(recipe, args))
+    except _INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
-def main(argv=None):
-    from domadapt.gap.report import DEFAULT_METRICS, METRICS
+def _check_run_arguments(parser, args):
+    if args.image_size < 8:
+        parser.error("--image-size must be >= 8")
+    if args.epochs < 1 or args.batch_size < 1:
+        parser.error("--epochs and --batch-size must be >= 1")
+    if args.max_images is not None and args.max_images < 1:
+        parser.error("--max-images must be >= 1")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --out; --overwrite starts a new one: pass only one")
 
+
+def build_parser():
+    """The ``domadapt`` argument parser (built without importing TensorFlow)."""
     parser = argparse.ArgumentParser(prog="domadapt", description="Domain adaptation for Keras models.")
     commands = parser.add_subparsers(dest="command", required=True)
-    gap_parser = commands.add_parser("gap", help="measure the gap between two image sets",
-                                     description="Measure the domain gap between two image sets, per layer.")
+    gap_parser = commands.add_parser("gap", help="measure the gap between two image sets and test for a shift",
+                                     description="Measure the domain gap between two image sets, per layer, and test "
+                                                 "whether they differ (MMD permutation test on the output features).")
     gap_parser.add_argument("source", help="folder of images (searched recursively), .npy or .npz")
     gap_parser.add_argument("target", help="folder of images (searched recursively), .npy or .npz")
     gap_parser.add_argument("--backbone", default="mobilenetv3small",
                             help="keras.applications name, path to a .keras model, or 'pixels' (default mobilenetv3small)")
     gap_parser.add_argument("--weights", default="auto",
                             help="'imagenet', a local weights file, 'none', or 'auto' (ImageNet when available)")
-    gap_parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), choices=sorted(METRICS))
+    gap_parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_GAP_METRICS), choices=GAP_METRICS)
     gap_parser.add_argument("--layers", default="auto", choices=["auto", "output"])
     gap_parser.add_argument("--image-size", type=int, default=96, help="side images are resized to (folders only)")
+    gap_parser.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                            help="how images of another shape are resized: stretch, crop (centre) or pad")
     gap_parser.add_argument("--max-samples", type=int, default=1000, help="images per domain (random subset)")
-    gap_parser.add_argument("--json", help="write the table as JSON here")
+    gap_parser.add_argument("--permutations", type=int, default=1000,
+                            help="permutations of the MMD shift test (default 1000: p down to 0.001)")
+    gap_parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
+    gap_parser.add_argument("--json", help="write the table, the test and the verdict as JSON here")
     gap_parser.add_argument("--plot", help="write the profile plot (PNG) here")
     gap_parser.add_argument("--overwrite", action="store_true", help="replace existing --json/--plot files")
+    _add_verbose(gap_parser)
     run_parser = commands.add_parser("run", help="run a recipe on image folders",
                                      description="Train a recipe on image folders and write the classifier, "
                                                  "a JSON summary and a plot to --out.")
     run_parser.add_argument("recipe", help="a recipe name (built-in: see `domadapt recipes`; ./recipes/NAME.py first) "
                                            "or a path to a .py file")
     _add_run_arguments(run_parser)
+    compare_parser = commands.add_parser(
+        "compare", help="rank several runs with the unsupervised validators",
+        description="Score the classifiers of several `domadapt run` folders with the validators on the same "
+                    "source and target images (by default the folders recorded in their summary.json), and "
+                    "recommend one.")
+    compare_parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `domadapt run`")
+    compare_parser.add_argument("--source", help="labeled source folder (default: the one the runs recorded)")
+    compare_parser.add_argument("--target", help="unlabeled target folder (default: the one the runs recorded)")
+    compare_parser.add_argument("--image-size", type=int, default=None, help="default: the runs' image size")
+    compare_parser.add_argument("--resize", choices=RESIZE_POLICIES, default=None)
+    compare_parser.add_argument("--max-images", type=int, default=None, help="images read per folder (random subset)")
+    compare_parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
+    compare_parser.add_argument("--json", help="write the table and the recommendation as JSON here")
+    compare_parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    _add_verbose(compare_parser)
     commands.add_parser("recipes", help="list the built-in recipes", description="List the built-in recipes.")
     commands.add_parser("demo", help="run the offline sunny-to-rainy demo (options: domadapt demo --help)",
                         add_help=False)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
+        _quiet_tensorflow(verbose=False)
         from domadapt import demo
 
         return demo.main(rest)
@@ -248,17 +630,25 @@ def main(argv=None):
         for name, summary in built_in_recipes().items():
             print(f"{name:<18} {summary}")
         return 0
-    if args.image_size < 8:
-        parser.error("--image-size must be >= 8")
-    try:
-        if args.command == "run":
-            if args.epochs < 1 or args.batch_size < 1:
-                parser.error("--epochs and --batch-size must be >= 1")
-            return _run(load_recipe(args.recipe), args)
+    if args.command == "run":
+        _check_run_arguments(parser, args)
+    elif args.command == "gap":
+        if args.image_size < 8:
+            parser.error("--image-size must be >= 8")
         if args.max_samples < 2:
             parser.error("--max-samples must be >= 2")
+        if args.permutations < 1:
+            parser.error("--permutations must be >= 1")
+    elif args.image_size is not None and args.image_size < 8:
+        parser.error("--image-size must be >= 8")
+    _quiet_tensorflow(args.verbose)
+    try:
+        if args.command == "run":
+            return _run(load_recipe(args.recipe), args)
+        if args.command == "compare":
+            return _compare(args)
         return _gap(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+    except _INPUT_ERRORS as error:
         print(f"domadapt {args.command}: error: {error}", file=sys.stderr)
         return 2
 
