@@ -20,10 +20,11 @@ from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization
 from domadapt.validators.mmd import FeatureMMD
 from domadapt.validators.reverse import ReverseValidation
+from domadapt.validators.select import Selection, select
 from domadapt.validators.snd import SoftNeighborhoodDensity
 from domadapt.validators.source_accuracy import SourceAccuracy
 
 __all__ = [
     "ComparisonTable", "DeepEmbeddedValidation", "Entropy", "FeatureMMD", "InformationMaximization", "ReverseValidation",
-    "SoftNeighborhoodDensity", "SourceAccuracy", "Validator", "compare", "validate",
+    "Selection", "SoftNeighborhoodDensity", "SourceAccuracy", "Validator", "compare", "select", "validate",
 ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from domadapt.health import prediction_collapse_reason
 from domadapt.validators.base import Validator, entropies, images_of, labeled, outputs
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
@@ -34,6 +35,8 @@ DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", 
 # reverse validation correlated best with target accuracy (Spearman +0.66 to +0.94);
 # SND rewarded collapsed models and DEV was weak there.
 RECOMMENDING = ("information_maximization", "reverse")
+SOURCE_DROP = 0.15
+COLLAPSE_THRESHOLD = 0.01
 
 
 def resolve_validators(validators):
@@ -191,35 +194,79 @@ def collapse_reason(probabilities, threshold=0.01, single_class_share=0.99):
     ```
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    num_classes = max(probabilities.shape[1], 2)
-    mean_entropy = float(np.mean(entropies(probabilities)))
-    information = float(entropies(probabilities.mean(axis=0, keepdims=True))[0]) - mean_entropy
-    normalised = information / np.log(num_classes)
-    if normalised < threshold:
-        kind = "near-uniform" if mean_entropy > 0.99 * np.log(num_classes) else "the same for every image"
-        return (f"its target predictions collapse: outputs {kind}, information I(image; class) = "
-                f"{normalised:.3g} log K < {threshold} log K")
-    share = float(np.max(np.bincount(np.argmax(probabilities, axis=1), minlength=num_classes))) / len(probabilities)
-    if share >= single_class_share:
-        return f"its target predictions collapse onto one class ({share:.1%} of target images)"
-    return None
+    share = float(np.max(np.bincount(np.argmax(probabilities, axis=1), minlength=probabilities.shape[1]))) / len(probabilities)
+    # One rule, shared with the collapse guard of training (da.callbacks.CollapseGuard).
+    return prediction_collapse_reason(probabilities.mean(axis=0), float(np.mean(entropies(probabilities))), share,
+                                      threshold, single_class_share)
+
+
+def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=()):
+    """The recommendation rule of :func:`compare` and :func:`select`, as plain arithmetic.
+
+    Candidates whose source accuracy is more than ``source_drop`` below the best
+    candidate's are set aside (``None``: no such guard), then the ``collapsed`` ones;
+    if a step would leave nobody, it is skipped. Among the rest, the pick has the best
+    mean rank over the validators ``by`` (those present; all of them when none is):
+    rank 1 is the best score, ties share the average rank, ties in mean rank go to
+    the candidate listed first.
+
+    Args:
+        oriented: ``{validator: {candidate: score}}`` oriented so that larger is
+            better (``Validator.ranking_score``); every validator scores every candidate.
+        by: names of the validators whose ranks are averaged.
+        source_drop: largest tolerated drop of ``source_accuracy`` below the best
+            candidate's (a fraction), or ``None``.
+        collapsed: names of candidates whose target predictions collapse.
+
+    Returns:
+        ``(recommended, mean_rank, excluded)``: the pick, ``{eligible candidate: mean
+        rank}`` and ``{candidate: "source accuracy drop" | "collapsed"}`` for those set aside.
+
+    Example:
+
+    ```python
+    from domadapt.validators.compare import recommend
+    oriented = {"source_accuracy": {"a": 0.90, "b": 0.88, "c": 0.50},
+                "information_maximization": {"a": 1.2, "b": 1.9, "c": 2.2}}
+    print(recommend(oriented, by=("information_maximization",), source_drop=0.15)[0])  # b
+    ```
+    """
+    candidates = list(next(iter(oriented.values())))
+    excluded = {}
+    eligible = candidates
+    if source_drop is not None and "source_accuracy" in oriented:
+        best_source = max(oriented["source_accuracy"][c] for c in candidates)
+        kept = [c for c in candidates if oriented["source_accuracy"][c] >= best_source - source_drop]
+        excluded.update({c: "source accuracy drop" for c in candidates if c not in kept})
+        eligible = kept or candidates
+    kept = [c for c in eligible if c not in set(collapsed)]
+    excluded.update({c: "collapsed" for c in eligible if c not in kept})
+    eligible = kept or eligible
+    deciding = [n for n in by if n in oriented] or list(oriented)
+    ranks = [stats.rankdata([-oriented[n][c] for c in eligible]) for n in deciding]
+    mean_rank = {c: float(np.mean([r[i] for r in ranks])) for i, c in enumerate(eligible)}
+    recommended = min(eligible, key=mean_rank.get)
+    return recommended, mean_rank, {c: why for c, why in excluded.items() if c not in eligible}
 
 
 def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS, *, target_labels=None,
-            source_drop=0.15, collapse_threshold=0.01, collapse_samples=2000):
+            recommend_by=RECOMMENDING, source_drop=SOURCE_DROP, collapse_threshold=COLLAPSE_THRESHOLD,
+            collapse_samples=2000):
     """Score several trained candidates, rank them, and recommend one.
 
-    The recommendation is the best mean rank over IM and reverse validation (those present),
-    excluding candidates whose source accuracy is more than ``source_drop`` below
-    the best candidate's, and candidates whose target predictions collapse (see
-    :func:`collapse_reason`: the information between image and predicted class
-    below ``collapse_threshold * log(num_classes)`` — identical or uniform outputs —
-    or one class for >= 99% of the first ``collapse_samples`` target images; an
-    accurate model on an imbalanced target is not excluded). Each warning (excluded
-    candidates, validators whose top pick differs from the recommendation) is issued
-    once, as a Python ``UserWarning``, and kept in ``table.warnings``.
-    With ``target_labels`` (for your own labeled slice), the table adds true target
-    accuracy and each validator's Spearman correlation with it.
+    The recommendation (:func:`recommend`) is the best mean rank over the validators
+    ``recommend_by`` (those present), excluding candidates whose source accuracy is
+    more than ``source_drop`` below the best candidate's (``None``: no guard), and
+    candidates whose target predictions collapse (see :func:`collapse_reason`: the
+    information between image and predicted class below ``collapse_threshold *
+    log(num_classes)`` — identical or uniform outputs — or one class for >= 99% of
+    the first ``collapse_samples`` target images; an accurate model on an imbalanced
+    target is not excluded; ``collapse_threshold=None`` turns the filter off). The
+    defaults are the rule chosen on the multi-shift suite (see ``RECOMMENDING``).
+    Each warning (excluded candidates, validators whose top pick differs from the
+    recommendation) is issued once, as a Python ``UserWarning``, and kept in
+    ``table.warnings``. With ``target_labels`` (for your own labeled slice), the
+    table adds true target accuracy and each validator's Spearman correlation with it.
 
     Example:
 
@@ -230,44 +277,41 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     """
     if not isinstance(candidates, dict) or len(candidates) < 1:
         raise TypeError("Argument `candidates` must be a dict {name: trained model} with at least one entry.")
+    if isinstance(recommend_by, str) or not all(isinstance(n, str) for n in recommend_by):
+        raise TypeError(f"Argument `recommend_by` must be a tuple of validator names; received {recommend_by!r}.")
+    if source_drop is not None and not (isinstance(source_drop, (int, float)) and 0 <= source_drop <= 1):
+        raise ValueError(f"Argument `source_drop` must be a fraction in [0, 1] or None; received {source_drop!r}.")
     resolved = resolve_validators(validators)
     scores = {name: validate(model, source, target, resolved) for name, model in candidates.items()}
     directions = {v.name: "higher" if v.higher_is_better else "lower" for v in resolved}
     oriented = {v.name: {c: v.ranking_score(scores[c][v.name]) for c in scores} for v in resolved}
 
-    eligible = list(scores)
+    # A model that puts (nearly) every target image in one class scores well on
+    # density validators (SND: identical outputs are all close neighbours) yet is useless.
+    collapse_reasons = {}
+    if target is not None and collapse_threshold is not None:
+        target_images = images_of(target, "target")
+        for c in candidates:
+            probabilities, _ = outputs(candidates[c], target_images[:collapse_samples])
+            reason = collapse_reason(probabilities, collapse_threshold)
+            if reason is not None:
+                collapse_reasons[c] = reason
+    recommended, mean_rank, excluded = recommend(oriented, by=recommend_by, source_drop=source_drop,
+                                                 collapsed=collapse_reasons)
     table_warnings = []
-    excluded = {}
-    if "source_accuracy" in directions:
-        best_source = max(scores[c]["source_accuracy"] for c in scores)
-        dropped = [c for c in scores if scores[c]["source_accuracy"] < best_source - source_drop]
-        for c in dropped:
-            excluded[c] = "source accuracy drop"
+    for c, why in excluded.items():
+        if why == "collapsed":
+            table_warnings.append(f"{c}: {collapse_reasons[c]}; it is not recommended")
+        else:
+            best_source = max(scores[x]["source_accuracy"] for x in scores)
             table_warnings.append(
                 f"{c}: source accuracy {scores[c]['source_accuracy']:.3f} is more than {source_drop:.0%} below the "
                 f"best ({best_source:.3f}); it is not recommended"
             )
-        eligible = [c for c in scores if c not in dropped] or list(scores)
-    # A model that puts (nearly) every target image in one class scores well on
-    # density validators (SND: identical outputs are all close neighbours) yet is useless.
-    target_images = images_of(target, "target") if target is not None else None
-    if target_images is not None:
-        collapsed = []
-        for c in eligible:
-            probabilities, _ = outputs(candidates[c], target_images[:collapse_samples])
-            reason = collapse_reason(probabilities, collapse_threshold)
-            if reason is not None:
-                collapsed.append(c)
-                excluded[c] = "collapsed"
-                table_warnings.append(f"{c}: {reason}; it is not recommended")
-        eligible = [c for c in eligible if c not in collapsed] or eligible
-    deciding = [n for n in RECOMMENDING if n in directions] or list(directions)
-    mean_rank = {c: np.mean([stats.rankdata([-oriented[n][x] for x in eligible])[eligible.index(c)] for n in deciding])
-                 for c in eligible}
-    recommended = min(mean_rank, key=mean_rank.get)
+    deciding = [n for n in recommend_by if n in directions] or list(directions)
     reasons = [f"best mean rank ({mean_rank[recommended]:.1f}) over {', '.join(deciding)}"]
     for name in directions:
-        top = max(eligible, key=lambda c: oriented[name][c])
+        top = max(mean_rank, key=lambda c: oriented[name][c])
         if top != recommended:
             table_warnings.append(f"validators disagree: {name} prefers {top}")
 
@@ -283,7 +327,6 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
             for name in directions:
                 rho = stats.spearmanr([oriented[name][c] for c in scores], accuracies).statistic
                 correlations[name] = float(rho)
-    excluded = {c: why for c, why in excluded.items() if c not in eligible}
     table = ComparisonTable(scores, directions, recommended, reasons, table_warnings, target_accuracy, correlations,
                             excluded)
     for message in table_warnings:
@@ -291,4 +334,4 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     return table
 
 
-__all__ = ["ComparisonTable", "VALIDATORS", "collapse_reason", "compare", "labeled", "validate"]
+__all__ = ["ComparisonTable", "VALIDATORS", "collapse_reason", "compare", "labeled", "recommend", "validate"]

@@ -1,0 +1,282 @@
+"""Choose the recommendation rule of ``da.compare`` / ``da.select`` by leave-one-shift-out.
+
+    .venv/bin/python benchmarks/selection.py                 # reads results/shifts.json
+    .venv/bin/python benchmarks/selection.py --backbone batchnorm
+
+Reads the rows of ``benchmarks/shifts.py`` (one per shift x method x seed x backbone, with
+target accuracy and the unsupervised validator scores measured without target labels) and
+writes ``results/selection.md`` and ``results/selection.json``.
+
+For each shift and seed the candidates are that seed's runs of every method except the
+oracle (source-only included, so a rule may pick "do not adapt"). A rule picks one candidate
+per (shift, seed) from validator scores alone (``domadapt.validators.compare.recommend``, the
+very function ``da.compare`` uses). The family of rules: every validator alone and the mean
+rank over every pair and triple of validators, each with and without a source-accuracy-drop
+guard (several thresholds) and with and without the collapse filter. For each held-out
+shift, the rule with the best mean target accuracy of its picks over the OTHER shifts is
+chosen and applied to the held-out shift; that held-out number is what the report leads with.
+The rule chosen on all shifts (in-sample, labelled so) is the library's default.
+
+Only rows that carry ``validators`` are used; for each shift, only seeds whose runs cover every
+method that shift has validator scores for (a partly run seed is left out, and counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from domadapt.validators.compare import COLLAPSE_THRESHOLD, VALIDATORS, recommend
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NUM_CLASSES = 10  # every shift of benchmarks/shifts.py has 10 classes
+# compare's second collapse test: one class for at least this share of the target images.
+SINGLE_CLASS_SHARE = 0.99
+SOURCE_DROPS = (None, 0.02, 0.05, 0.10, 0.15)
+TODAY = ("information_maximization", "reverse")  # the rule before this benchmark: IM + reverse, 15% drop, filter
+EXCLUDED_METHODS = ("oracle",)  # trained on target labels: not a candidate a user without them could train
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Mean rank over ``by``, after the source-accuracy guard and the collapse filter."""
+
+    by: tuple
+    source_drop: float | None
+    collapse_filter: bool
+
+    def __str__(self):
+        guard = "no drop guard" if self.source_drop is None else f"drop ≤ {self.source_drop:.0%}"
+        return f"mean rank({' + '.join(self.by)}), {guard}, {'collapse filter' if self.collapse_filter else 'no filter'}"
+
+    def pick(self, candidates):
+        """The candidate this rule picks from ``{name: {"validators": {...}, "collapsed": bool}}``."""
+        names = list(candidates)
+        present = set.intersection(*(set(candidates[c]["validators"]) for c in names))
+        oriented = {v: {c: _oriented(v, candidates[c]["validators"][v]) for c in names}
+                    for v in sorted(present, key=_validator_order)}
+        collapsed = [c for c in names if candidates[c]["collapsed"]] if self.collapse_filter else []
+        return recommend(oriented, by=self.by, source_drop=self.source_drop, collapsed=collapsed)[0]
+
+
+def _validator_order(name):
+    names = list(VALIDATORS)
+    return names.index(name) if name in names else len(names)
+
+
+def _oriented(validator, value):
+    higher = VALIDATORS[validator].higher_is_better if validator in VALIDATORS else True
+    return value if higher else -value
+
+
+def rule_family(validators, max_size=3):
+    """Simplest first (fewer validators, no guard, no filter), so ties go to the simpler rule."""
+    validators = sorted(validators, key=_validator_order)
+    rules = []
+    for size in range(1, max_size + 1):
+        for by in itertools.combinations(validators, size):
+            for collapse_filter in (False, True):
+                for drop in SOURCE_DROPS:
+                    rules.append(Rule(by, drop, collapse_filter))
+    return rules
+
+
+def unsupervised_collapse(row):
+    """compare's collapse filter from what a row records: IM < threshold log K, or one class for 99%+.
+
+    (The suite measures the top-class share on the target test images and IM on the
+    target training images; neither reads a label.)
+    """
+    information = row["validators"].get("information_maximization")
+    if information is not None and information / math.log(NUM_CLASSES) < COLLAPSE_THRESHOLD:
+        return True
+    return row.get("target_top_class_share", 0.0) >= SINGLE_CLASS_SHARE
+
+
+def candidate_groups(rows, backbone="groupnorm"):
+    """``({shift: [{method: candidate} per seed]}, {shift: [seeds]}, {shift: [left-out seeds]}, rows used)``."""
+    by_shift_seed = {}
+    for row in rows:
+        if row["backbone"] != backbone or row["method"] in EXCLUDED_METHODS or not row.get("validators"):
+            continue
+        by_shift_seed.setdefault(row["shift"], {}).setdefault(row["seed"], {})[row["method"]] = row
+    groups, seeds, left_out, used = {}, {}, {}, 0
+    for shift, per_seed in by_shift_seed.items():
+        methods = set().union(*(set(m) for m in per_seed.values()))
+        complete = sorted(s for s, m in per_seed.items() if set(m) == methods and "source_only" in m)
+        left_out[shift] = sorted(set(per_seed) - set(complete))
+        if not complete or len(methods) < 2:
+            continue
+        seeds[shift] = complete
+        groups[shift] = [{m: {"validators": r["validators"], "collapsed": unsupervised_collapse(r),
+                              "target_accuracy": r["target_accuracy"]} for m, r in sorted(per_seed[s].items())}
+                         for s in complete]
+        used += sum(len(per_seed[s]) for s in complete)
+    return groups, seeds, left_out, used
+
+
+def pick_accuracies(rule, seed_groups):
+    return [group[rule.pick(group)]["target_accuracy"] for group in seed_groups]
+
+
+def mean_pick_accuracies(rules, groups):
+    """``{rule: {shift: mean over seeds of the target accuracy of the rule's pick}}``."""
+    return {rule: {shift: float(np.mean(pick_accuracies(rule, seed_groups))) for shift, seed_groups in groups.items()}
+            for rule in rules}
+
+
+def choose_rule(rules, accuracies, shifts):
+    """The first of ``rules`` with the best mean over ``shifts`` of ``accuracies[rule][shift]``."""
+    scores = [np.mean([accuracies[rule][s] for s in shifts]) for rule in rules]
+    return rules[int(np.argmax(scores))]
+
+
+def leave_one_shift_out(rules, groups):
+    """``{held-out shift: rule chosen on the other shifts}`` (needs at least two shifts)."""
+    shifts = list(groups)
+    if len(shifts) < 2:
+        raise ValueError(f"leave-one-shift-out needs at least 2 shifts with validator scores; have {shifts}.")
+    accuracies = mean_pick_accuracies(rules, groups)
+    return {held: choose_rule(rules, accuracies, [s for s in shifts if s != held]) for held in shifts}
+
+
+# =========================================================================== report
+
+def _mean_std(values):
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def shift_summary(shift, rule, groups, oracle_accuracy):
+    accuracies = pick_accuracies(rule, groups[shift])
+    picks = [rule.pick(group) for group in groups[shift]]
+    methods = list(groups[shift][0])
+    method_means = {m: float(np.mean([g[m]["target_accuracy"] for g in groups[shift]])) for m in methods}
+    best = max(method_means, key=method_means.get)
+    pick_mean, pick_std = _mean_std(accuracies)
+    source_only = method_means["source_only"]
+    gap = (pick_mean - source_only) / (oracle_accuracy - source_only) if oracle_accuracy - source_only > 0 else float("nan")
+    return {"shift": shift, "rule": str(rule), "picks": picks, "pick_mean": pick_mean, "pick_std": pick_std,
+            "best_candidate": best, "best_mean": method_means[best], "source_only": source_only,
+            "oracle": oracle_accuracy, "gap_closed": gap, "num_seeds": len(accuracies)}
+
+
+def goals(summaries):
+    gaps = [s["gap_closed"] for s in summaries if not math.isnan(s["gap_closed"])]
+    vs_source = [s["pick_mean"] - s["source_only"] for s in summaries]
+    vs_best = [s["best_mean"] - s["pick_mean"] for s in summaries]
+    return {"mean_gap_closed": float(np.mean(gaps)) if gaps else float("nan"),
+            "worst_vs_source_only": float(min(vs_source)), "mean_below_best": float(np.mean(vs_best)),
+            "meets_gap_goal": bool(gaps) and float(np.mean(gaps)) >= 0.5,
+            "meets_source_only_goal": float(min(vs_source)) >= -0.01,
+            "meets_best_goal": float(np.mean(vs_best)) <= 0.03}
+
+
+def oracle_accuracies(rows, backbone, seeds):
+    result = {}
+    for shift, kept in seeds.items():
+        values = [r["target_accuracy"] for r in rows if r["backbone"] == backbone and r["shift"] == shift
+                  and r["method"] == "oracle" and r["seed"] in kept]
+        values = values or [r["target_accuracy"] for r in rows
+                            if r["backbone"] == backbone and r["shift"] == shift and r["method"] == "oracle"]
+        result[shift] = float(np.mean(values)) if values else float("nan")
+    return result
+
+
+def _table(summaries, title):
+    lines = [f"\n### {title}\n", "| shift | rule | picks per seed | pick target acc | best candidate | source-only | oracle "
+             "| gap closed |", "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['shift']} | {s['rule']} | {', '.join(s['picks'])} | {s['pick_mean']:.1%} ± {s['pick_std']:.1%} "
+                     f"(n={s['num_seeds']}) | {s['best_candidate']} {s['best_mean']:.1%} | {s['source_only']:.1%} "
+                     f"| {s['oracle']:.1%} | {s['gap_closed']:+.0%} |")
+    g = goals(summaries)
+    lines.append(f"\nMean gap closed {g['mean_gap_closed']:+.0%} (goal ≥ 50%: "
+                 f"{'met' if g['meets_gap_goal'] else 'short by ' + format(0.5 - g['mean_gap_closed'], '.0%')}); "
+                 f"worst shift vs source-only {100 * g['worst_vs_source_only']:+.1f} points (goal ≥ −1: "
+                 f"{'met' if g['meets_source_only_goal'] else 'short by ' + format(-1 - 100 * g['worst_vs_source_only'], '.1f') + ' points'}); "
+                 f"mean {100 * g['mean_below_best']:.1f} points below the best candidate (goal ≤ 3: "
+                 f"{'met' if g['meets_best_goal'] else 'short by ' + format(100 * g['mean_below_best'] - 3, '.1f') + ' points'}).")
+    return lines, g
+
+
+def evaluate(rows, backbone="groupnorm"):
+    groups, seeds, left_out, used = candidate_groups(rows, backbone)
+    if not groups:
+        raise SystemExit(f"No {backbone} rows with validator scores and a source-only candidate yet.")
+    validators = sorted(set.intersection(*(set(c["validators"]) for gs in groups.values() for g in gs
+                                            for c in g.values())), key=_validator_order)
+    rules = rule_family(validators)
+    oracle = oracle_accuracies(rows, backbone, seeds)
+    shifts = list(groups)
+    chosen_on_all = choose_rule(rules, mean_pick_accuracies(rules, groups), shifts)
+    today = Rule(TODAY, 0.15, True)
+    report = {"backbone": backbone, "rows_used": used, "shifts": shifts, "seeds": seeds,
+              "seeds_left_out_partial": {s: v for s, v in left_out.items() if v},
+              "methods": list(next(iter(groups.values()))[0]), "validators": validators, "num_rules": len(rules),
+              "chosen_on_all_shifts": {"by": list(chosen_on_all.by), "source_drop": chosen_on_all.source_drop,
+                                       "collapse_filter": chosen_on_all.collapse_filter, "text": str(chosen_on_all)}}
+    sections = {}
+    if len(shifts) >= 2:
+        held_rules = leave_one_shift_out(rules, groups)
+        sections["held_out"] = [shift_summary(s, held_rules[s], groups, oracle[s]) for s in shifts]
+    sections["in_sample"] = [shift_summary(s, chosen_on_all, groups, oracle[s]) for s in shifts]
+    sections["today"] = [shift_summary(s, today, groups, oracle[s]) for s in shifts]
+    report.update(sections)
+    report["goals"] = {name: goals(summaries) for name, summaries in sections.items()}
+    return report
+
+
+def render_markdown(report):
+    lines = ["# Selecting an adaptation without target labels: the rule, chosen by leave-one-shift-out\n",
+             "Generated by `benchmarks/selection.py` from `shifts.json` (do not edit by hand). Candidates per "
+             "(shift, seed): every method of `benchmarks/shifts.py` with its defaults, source-only included, the "
+             "oracle excluded. A rule sees only validator scores (no target label) and picks one candidate per seed; "
+             "the pick's target accuracy is then read. Gap closed = (pick − source-only) / (oracle − source-only) on "
+             "means over seeds.\n",
+             f"Data: {report['rows_used']} runs ({report['backbone']} backbone), shifts {', '.join(report['shifts'])}; "
+             "seeds per shift: " + "; ".join(f"{s}: {v}" for s, v in report["seeds"].items())
+             + (f"; partly run seeds left out: {report['seeds_left_out_partial']}" if report["seeds_left_out_partial"] else "")
+             + f". Candidates: {', '.join(report['methods'])}. {report['num_rules']} rules (each of "
+             f"{len(report['validators'])} validators alone, mean rank over every pair and triple; source-accuracy "
+             f"guard none / 2 / 5 / 10 / 15%; collapse filter on / off).\n"]
+    if "held_out" in report:
+        text, _ = _table(report["held_out"], "Held out: the rule chosen on the other shifts, applied to this one")
+        lines += text
+    else:
+        lines.append("\nOnly one shift has validator scores: no leave-one-shift-out number yet.\n")
+    text, _ = _table(report["in_sample"], f"In-sample (rule chosen on all shifts, evaluated on the same): "
+                                          f"{report['chosen_on_all_shifts']['text']}")
+    lines += text
+    lines.append("\nThis in-sample rule is the default of `da.compare` / `da.select`; the held-out table is the "
+                 "estimate of how it does on a new shift.")
+    text, _ = _table(report["today"], "For reference: the previous default (IM + reverse, drop ≤ 15%, collapse filter), "
+                                      "chosen elsewhere")
+    lines += text
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR / "shifts.json")
+    parser.add_argument("--backbone", default="groupnorm")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    rows = json.loads(args.results.read_text())["rows"]
+    report = evaluate(rows, args.backbone)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "selection.json").write_text(json.dumps(report, indent=1) + "\n")
+    markdown = render_markdown(report)
+    (args.out / "selection.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
