@@ -267,12 +267,20 @@ def _at_least_one(value):
     return max(value, 1.0) if isinstance(value, (int, float, np.number)) else ops.maximum(value, 1.0)
 
 
-def _linear_time_mmd(source, target, kernel, bandwidths, center):
+def _linear_time_mmd(source, target, kernel, bandwidths, center, source_weights=None):
     pairs = ops.minimum(ops.shape(source)[0], ops.shape(target)[0]) // 2
     d = ops.shape(source)[1]
     s = ops.reshape(source[: 2 * pairs], (-1, 2, d))
     t = ops.reshape(target[: 2 * pairs], (-1, 2, d))
     s1, s2, t1, t2 = s[:, 0], s[:, 1], t[:, 0], t[:, 1]
+    if source_weights is not None:
+        # Weighted means of each term over the pairs; uniform weights give mean(h) below.
+        w = ops.reshape(source_weights[: 2 * pairs], (-1, 2))
+        w1, w2 = w[:, 0], w[:, 1]
+        within = ops.sum(w1 * w2 * paired_kernel(s1, s2, kernel, bandwidths, center)) / ops.maximum(ops.sum(w1 * w2), 1e-12)
+        across = (ops.sum(w1 * paired_kernel(s1, t2, kernel, bandwidths, center))
+                  + ops.sum(w2 * paired_kernel(s2, t1, kernel, bandwidths, center))) / ops.maximum(ops.sum(w1 + w2), 1e-12)
+        return within + ops.mean(paired_kernel(t1, t2, kernel, bandwidths, center)) - 2.0 * across
     h = (
         paired_kernel(s1, s2, kernel, bandwidths, center)
         + paired_kernel(t1, t2, kernel, bandwidths, center)
@@ -282,12 +290,19 @@ def _linear_time_mmd(source, target, kernel, bandwidths, center):
     return ops.mean(h)
 
 
-def mmd(source, target, kernel="rbf", bandwidth="multi", estimator="biased"):
+def mmd(source, target, kernel="rbf", bandwidth="multi", estimator="biased", source_weights=None):
     """Squared maximum mean discrepancy between two batches of features (float32 scalar).
 
     MMD^2 = E k(s, s') + E k(t, t') - 2 E k(s, t) (Gretton et al. 2012), with the
     kernel, bandwidth and estimator options of this module's docstring. The loss
     of ``da.MMD``; ``da.gap.mmd`` computes the same number block by block.
+
+    ``source_weights`` (n,), non-negative: the source expectations become weighted
+    means, a_i = w_i / sum w: E k(s, s') = sum_ij a_i a_j k(s_i, s_j) (unbiased: the
+    i = j terms removed and divided by 1 - sum a_i^2), E k(s, t) = sum_i a_i mean_j
+    k(s_i, t_j): the MMD to a source re-weighted to the target's class mix (class
+    weights, importance-weighted MMD). Uniform weights give the unweighted value;
+    bandwidths are computed unweighted.
 
     Example:
 
@@ -302,13 +317,29 @@ def mmd(source, target, kernel="rbf", bandwidth="multi", estimator="biased"):
     source, target = _float32(source), _float32(target)
     center = pooled_center(source, target, kernel)
     bandwidths = rbf_bandwidths(ops.concatenate([source, target], axis=0), bandwidth) if kernel == "rbf" else None
+    if source_weights is not None:
+        source_weights = _float32(source_weights)
+        source_weights = source_weights / ops.maximum(ops.sum(source_weights), 1e-12)
     if estimator == "linear":
-        return _linear_time_mmd(source, target, kernel, bandwidths, center)
+        return _linear_time_mmd(source, target, kernel, bandwidths, center, source_weights)
     pooled = ops.concatenate([source, target], axis=0)
     matrix = kernel_matrix(pooled, pooled, kernel, bandwidths, center)
     ns = ops.shape(source)[0]
     n = ops.cast(ns, "float32")
     m = ops.cast(ops.shape(target)[0], "float32")
+    if source_weights is not None:
+        a = source_weights
+        ss = ops.sum(a[:, None] * matrix[:ns, :ns] * a[None, :])
+        st = ops.sum(a[:, None] * matrix[:ns, ns:]) / m
+        tt = ops.sum(matrix[ns:, ns:])
+        if estimator == "unbiased":
+            squares = ops.sum(ops.square(a))
+            ss = (ss - ops.sum(ops.square(a) * paired_kernel(source, source, kernel, bandwidths, center))) / ops.maximum(
+                1.0 - squares, 1e-12)
+            tt = (tt - ops.sum(paired_kernel(target, target, kernel, bandwidths, center))) / ops.maximum(m * (m - 1.0), 1.0)
+        else:
+            tt = tt / (m * m)
+        return ss + tt - 2.0 * st
     return mmd_from_sums(
         ops.sum(matrix[:ns, :ns]), ops.sum(matrix[ns:, ns:]), ops.sum(matrix[:ns, ns:]), n, m,
         ops.sum(paired_kernel(source, source, kernel, bandwidths, center)),
@@ -317,8 +348,12 @@ def mmd(source, target, kernel="rbf", bandwidth="multi", estimator="biased"):
     )
 
 
-def covariance(features):
+def covariance(features, weights=None):
     """Unbiased covariance matrix of ``(n, d)`` features, ``(d, d)`` float32.
+
+    With ``weights`` (n,), non-negative, a_i = w_i / sum w: mean mu = sum a_i x_i and
+    C = sum a_i (x_i - mu)(x_i - mu)^T / (1 - sum a_i^2) (unbiased for reliability
+    weights; uniform weights give the unweighted matrix).
 
     Example:
 
@@ -329,6 +364,12 @@ def covariance(features):
     ```
     """
     features = _float32(features)
+    if weights is not None:
+        a = _float32(weights)
+        a = a / ops.maximum(ops.sum(a), 1e-12)
+        centred = features - ops.sum(a[:, None] * features, axis=0, keepdims=True)
+        scatter = ops.matmul(ops.transpose(centred * a[:, None]), centred)
+        return scatter / ops.maximum(1.0 - ops.sum(ops.square(a)), 1e-6)
     n = ops.cast(ops.shape(features)[0], "float32")
     centred = features - ops.mean(features, axis=0, keepdims=True)
     return ops.matmul(ops.transpose(centred), centred) / ops.maximum(n - 1.0, 1.0)
@@ -345,11 +386,12 @@ def coral_from_covariances(source_covariance, target_covariance):
     return ops.sum(ops.square(difference)) / (4.0 * d * d)
 
 
-def coral(source, target):
+def coral(source, target, source_weights=None):
     """Deep CORAL distance ||Cov_s - Cov_t||_F^2 / (4 d^2) (Sun & Saenko 2016), float32 scalar.
 
     Covariances are unbiased (n - 1); means are ignored. The loss of ``da.CORAL``;
     ``da.gap.coral`` computes the same number with float64 block-wise moments.
+    ``source_weights`` (n,): Cov_s is the weighted covariance (see :func:`covariance`).
 
     Example:
 
@@ -360,7 +402,7 @@ def coral(source, target):
     print(ops.coral(rng.normal(size=(64, 4)), 2 * rng.normal(size=(64, 4))))
     ```
     """
-    return coral_from_covariances(covariance(source), covariance(target))
+    return coral_from_covariances(covariance(source, source_weights), covariance(target))
 
 
 def entropy(probabilities, axis=-1):

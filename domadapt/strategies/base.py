@@ -15,6 +15,7 @@ from keras import ops
 
 from domadapt import _distribute
 from domadapt.layers.gradient_reversal import GradientReversal as ReversalLayer
+from domadapt.strategies._class_weights import ClassWeightedAlignment
 from domadapt.strategies._schedule import (
     check_schedule,
     check_weight,
@@ -87,7 +88,7 @@ def _default_discriminator(hidden_units, dropout, name):
     return keras.Sequential(layers, name=name)
 
 
-class AdversarialStrategy(Strategy):
+class AdversarialStrategy(ClassWeightedAlignment, Strategy):
     """A domain discriminator trained through a gradient reversal layer (Ganin et al. 2016).
 
     The discriminator D learns to tell source (domain 0) from target (domain 1)
@@ -95,6 +96,11 @@ class AdversarialStrategy(Strategy):
     multiplies the gradient by -lambda, so the backbone learns to fool D:
 
         loss = mean_i w_i BCE(D(R_lambda(z_i)), domain_i)
+
+    With ``class_weights``, each source example's w_i is multiplied by gamma[y_i]
+    (its class's weight) and the source weights rescaled to their unweighted total,
+    so target classes are aligned with the source restricted to them (PADA, Cao et
+    al. 2018) and both domains keep their share of the loss.
 
     Subclasses define :meth:`discriminator_inputs` (the z of each domain) and,
     optionally, :meth:`discriminator_input_dim` and :meth:`example_weights` (w).
@@ -109,6 +115,12 @@ class AdversarialStrategy(Strategy):
         discriminator: a Keras layer/model mapping ``(batch, width)`` to one logit;
             default: an MLP with ``hidden_units`` ReLU layers and ``dropout``.
         hidden_units, dropout: shape of the default discriminator.
+        class_weights: per-class weights of the source examples, for a target whose
+            class mix differs (some classes rare or absent): ``None`` (default, all
+            1), ``"auto"`` (estimated during training from the mean target prediction,
+            an exponential moving average over about one epoch, normalised by its
+            maximum; PADA) or one weight per class (e.g.
+            ``da.gap.label_shift(...).importance_weights``).
 
     Example:
 
@@ -134,8 +146,10 @@ class AdversarialStrategy(Strategy):
     accuracy_name = "domain_acc"
     lambda_name = "grl_lambda"
 
-    def __init__(self, weight=1.0, schedule="ganin", discriminator=None, hidden_units=(1024, 1024), dropout=0.5, **kwargs):
+    def __init__(self, weight=1.0, schedule="ganin", discriminator=None, hidden_units=(1024, 1024), dropout=0.5,
+                 class_weights=None, **kwargs):
         super().__init__(**kwargs)
+        self.init_class_weights(class_weights)
         self.weight = check_weight(weight)
         check_schedule(schedule)
         if discriminator is not None and not isinstance(discriminator, keras.layers.Layer):
@@ -159,6 +173,7 @@ class AdversarialStrategy(Strategy):
         return adapter.feature_dim
 
     def setup(self, adapter):
+        self.setup_class_weights(adapter)
         if self.discriminator is None:
             self.discriminator = _default_discriminator(self.hidden_units, self.dropout, f"{self.name}_discriminator")
         width = self.discriminator_input_dim(adapter)
@@ -186,7 +201,7 @@ class AdversarialStrategy(Strategy):
             [ops.zeros_like(source_inputs[:, 0]), ops.ones_like(target_inputs[:, 0])], axis=0
         )
         per_example = ops.binary_crossentropy(domain, logits, from_logits=True)
-        weights = self.example_weights(step)
+        weights = self._with_class_weights(self.example_weights(step), source_inputs, target_inputs, step)
         if weights is None:
             domain_loss = ops.mean(per_example)
         else:
@@ -200,9 +215,23 @@ class AdversarialStrategy(Strategy):
         step.report(self.lambda_name, lam)
         return {self.loss_name: domain_loss}
 
+    def _with_class_weights(self, weights, source_inputs, target_inputs, step):
+        class_weights = self.source_class_weights(step)
+        if class_weights is None:
+            return weights
+        if weights is None:
+            weights = (ops.ones_like(source_inputs[:, 0]), ops.ones_like(target_inputs[:, 0]))
+        source_weights, target_weights = (ops.cast(w, "float32") for w in weights)
+        weighted = source_weights * class_weights
+        # The source keeps its share of the loss: its weights are rescaled to their unweighted (global) total.
+        scale = _distribute.replica_sum(ops.sum(source_weights)) / ops.maximum(
+            _distribute.replica_sum(ops.sum(weighted)), 1e-12)
+        return weighted * scale, target_weights
+
     def get_config(self):
         return {
             **super().get_config(),
+            **self.class_weights_config(),
             "weight": self.weight,
             "schedule": serialize_schedule(self.schedule),
             "discriminator": keras.saving.serialize_keras_object(self.discriminator),

@@ -30,8 +30,8 @@ class CDAN(AdversarialStrategy):
     Reports ``cdan_loss``, ``cdan_acc`` and ``cdan_lambda``.
 
     Args:
-        weight, schedule, discriminator, hidden_units, dropout: as in
-            :class:`~domadapt.DANN`.
+        weight, schedule, discriminator, hidden_units, dropout, class_weights: as in
+            :class:`~domadapt.DANN` (class weights multiply the entropy weights).
         entropy_conditioning: CDAN+E weighting.
         random_dim: output width of the randomised multilinear map.
 

@@ -30,6 +30,14 @@ class DANN(AdversarialStrategy):
         discriminator: a Keras model mapping ``(batch, feature_dim)`` to one logit;
             default: an MLP with ``hidden_units`` ReLU layers and ``dropout``.
         hidden_units, dropout: shape of the default discriminator.
+        class_weights: for a target whose class mix differs (classes rare or absent:
+            plain DANN then pulls target images onto source classes the target lacks).
+            ``None`` (default): every source example counts 1; ``"auto"``: source
+            example i counts gamma[y_i], gamma the mean target prediction (moving
+            average over about one epoch, in the train step) divided by its maximum
+            (PADA, Cao et al. 2018); or one weight per class, e.g.
+            ``da.gap.label_shift(...).importance_weights``. The source's share of the
+            loss is kept.
 
     Example:
 
@@ -37,6 +45,7 @@ class DANN(AdversarialStrategy):
     import keras, domadapt as da
     backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, activation="relu")])
     adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.DANN(hidden_units=(32,), dropout=0.0)])
+    partial = da.DANN(hidden_units=(32,), class_weights="auto")  # target lacking some classes
     ```
     """
 

@@ -7,6 +7,7 @@ import warnings
 import keras
 
 from domadapt import _distribute, ops
+from domadapt.strategies._class_weights import ClassWeightedAlignment
 from domadapt.strategies.base import WeightedStrategy
 
 # The 0.1 argument `kernels=` and the options it stands for.
@@ -14,7 +15,7 @@ _OLD_KERNELS = {"multi": ("rbf", "multi"), "rbf": ("rbf", "mean"), "linear": ("l
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
-class MMD(WeightedStrategy):
+class MMD(ClassWeightedAlignment, WeightedStrategy):
     """Minimise the squared MMD between source and target features of each batch.
 
     MMD^2 = E k(s, s') + E k(t, t') - 2 E k(s, t) (Gretton et al. 2012), computed by
@@ -36,6 +37,11 @@ class MMD(WeightedStrategy):
         bandwidth: ``"multi"`` (default), ``"mean"``, ``"median"``, a positive number or a
             list of them (rbf only; see :mod:`domadapt.ops`).
         estimator: ``"biased"`` (default), ``"unbiased"`` or ``"linear"`` (linear time).
+        class_weights: per-class weights of the source examples for a target whose
+            class mix differs: ``None`` (default), ``"auto"`` (estimated during
+            training, PADA) or one weight per class; the source kernel means become
+            weighted means (see :func:`domadapt.ops.mmd` ``source_weights`` and
+            :class:`~domadapt.DANN`).
         kernels: deprecated (0.1): ``"multi"`` is ``bandwidth="multi"``, ``"rbf"`` is
             ``bandwidth="mean"``, ``"linear"`` is ``kernel="linear"``.
 
@@ -52,8 +58,9 @@ class MMD(WeightedStrategy):
     default_schedule = "ganin"
 
     def __init__(self, weight=1.0, schedule=None, *, kernel="rbf", bandwidth="multi", estimator="biased",
-                 kernels=None, **kwargs):
+                 class_weights=None, kernels=None, **kwargs):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
+        self.init_class_weights(class_weights)
         if kernels is not None:
             if kernels not in _OLD_KERNELS:
                 raise ValueError(
@@ -70,14 +77,20 @@ class MMD(WeightedStrategy):
         self.bandwidth = bandwidth if isinstance(bandwidth, str) else list(bandwidth)
         self.estimator = estimator
 
+    def setup(self, adapter):
+        self.setup_class_weights(adapter)
+
     def loss(self, step):
         # The global batch under tf.distribute; each replica then holds the same loss,
         # which the train step divides by the number of replicas.
         source = _distribute.gather_replicas(step.source_features)
         target = _distribute.gather_replicas(step.target_features)
-        value = ops.mmd(source, target, self.kernel, self.bandwidth, self.estimator)
+        weights = self.source_class_weights(step)
+        if weights is not None:
+            weights = _distribute.gather_replicas(weights)
+        value = ops.mmd(source, target, self.kernel, self.bandwidth, self.estimator, source_weights=weights)
         return {"mmd_loss": self.current_weight(step) * value}
 
     def get_config(self):
-        return {**super().get_config(), "kernel": self.kernel, "bandwidth": self.bandwidth,
+        return {**super().get_config(), **self.class_weights_config(), "kernel": self.kernel, "bandwidth": self.bandwidth,
                 "estimator": self.estimator}
