@@ -31,6 +31,12 @@ def pooled_model(backbone):
 
 def as_images(images, name, image_shape):
     if isinstance(images, tf.data.Dataset):
+        # Datasets of (images, labels, ...) give their images; unbatched ones
+        # (e.g. da.datasets.image_folder(...).dataset) are batched here.
+        if isinstance(images.element_spec, tuple):
+            images = images.map(lambda *element: element[0])
+        if images.element_spec.shape.rank == len(image_shape):
+            images = images.batch(256)
         return images
     if hasattr(images, "numpy") and not isinstance(images, np.ndarray):
         images = images.numpy()
