@@ -76,3 +76,12 @@ def train_and_score(backbone, strategies, source_x, source_y, target_x, target_y
     )
     accuracy = adapter.evaluate(target_x, target_y, verbose=0)[1]
     return accuracy, history, adapter
+
+
+@pytest.fixture
+def pathological_folder(tmp_path):
+    """A labeled photo folder with every pathology (broken files, odd formats, hidden entries, a symlink loop):
+    a ``PathologicalFolder`` with ``root``, ``class_names``, ``used``/``skipped`` (paths relative to ``root``)."""
+    from pathological_folder import write_pathological_folder
+
+    return write_pathological_folder(tmp_path)
