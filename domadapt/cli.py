@@ -83,49 +83,31 @@ def _skipped_text(skipped):
 
 # --- reading folders -------------------------------------------------------------------------------------------------
 
-def _reader_options(function, args):
-    """``resize=``/``strict=`` for the readers that take them; a clear error when a reader cannot honour them."""
-    import inspect
-
-    accepted = inspect.signature(function).parameters
-    options = {}
-    for name, value, default in (("resize", getattr(args, "resize", None), None),
-                                 ("strict", getattr(args, "strict", False), False)):
-        if name in accepted:
-            if value is not None:
-                options[name] = value
-        elif value not in (None, default):
-            raise CommandError(f"--{name} is not supported by this version of domadapt.datasets.{function.__name__}.")
-    return options
+def _reader_options(args):
+    return {"resize": getattr(args, "resize", None) or "stretch", "strict": bool(getattr(args, "strict", False)),
+            "return_skipped": True}
 
 
-def _unpack(result, labeled):
-    """``(arrays, skipped)`` from a reader's result: arrays, or an object with ``.skipped`` beside them."""
-    skipped = [(str(path), str(reason)) for path, reason in getattr(result, "skipped", None) or []]
-    if hasattr(result, "images"):
-        arrays = (result.images, result.labels, list(result.class_names)) if labeled else result.images
-        return arrays, skipped
-    if labeled and isinstance(result, tuple) and len(result) == 4:  # (images, labels, class_names, skipped)
-        return result[:3], [(str(p), str(r)) for p, r in result[3]]
-    return result, skipped
+def _as_pairs(skipped):
+    return [(str(path), str(reason)) for path, reason in skipped]
 
 
 def read_unlabeled(path, args, max_images, seed):
     """``(images, skipped)`` of a folder (searched recursively), a ``.npy`` or a ``.npz``."""
     from domadapt.datasets import read_images
 
-    size = (args.image_size, args.image_size)
-    return _unpack(read_images(path, size, max_images, seed=seed, **_reader_options(read_images, args)), False)
+    images, skipped = read_images(path, (args.image_size, args.image_size), max_images, seed=seed,
+                                  **_reader_options(args))
+    return images, _as_pairs(skipped)
 
 
 def read_labeled(path, args, max_images, class_names=None):
     """``((images, labels, class_names), skipped)`` of a folder with one sub-folder per class."""
     from domadapt.datasets import read_labeled_folder
 
-    size = (args.image_size, args.image_size)
-    result = read_labeled_folder(path, size, max_images, class_names=class_names,
-                                 **_reader_options(read_labeled_folder, args))
-    return _unpack(result, True)
+    images, labels, names, skipped = read_labeled_folder(path, (args.image_size, args.image_size), max_images,
+                                                         class_names=class_names, **_reader_options(args))
+    return (images, labels, list(names)), _as_pairs(skipped)
 
 
 # --- gap ---------------------------------------------------------------------------------------------------------------
@@ -152,9 +134,6 @@ def _gap(args):
                                                           read_unlabeled(args.target, args, args.max_samples, 1))
     skipped = [*source_skipped, *target_skipped]
     _report_skipped(skipped, f"{args.source} and {args.target}")
-    if args.strict and skipped:
-        raise CommandError(f"--strict: {len(skipped)} files could not be read: "
-                           + ", ".join(path for path, _ in skipped))
     if source.shape[1:] != target.shape[1:]:
         raise CommandError(f"source images are {source.shape[1:]} but target images are {target.shape[1:]}.")
     if args.backbone == "pixels":
@@ -363,9 +342,6 @@ def _run(recipe_module, args):
         (eval_x, eval_y, _), eval_skipped = read_labeled(args.eval, args, args.max_images, classes)
         evaluation = (eval_x, eval_y)
     skipped = [*source_skipped, *target_skipped, *labeled_skipped, *eval_skipped]
-    if args.strict and skipped:
-        raise CommandError(f"--strict: {len(skipped)} files could not be read: "
-                           + ", ".join(path for path, _ in skipped))
     resume = _prepare_out(args, recipe_name)
     if skipped:
         write_atomically(out / "skipped.txt", lambda temporary: temporary.write_text(_skipped_text(skipped)))

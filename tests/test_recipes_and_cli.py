@@ -160,9 +160,9 @@ def test_cli_run_reports_a_missing_folder_and_an_empty_class(tmp_path, tiny, cap
     write_folders(tmp_path, tiny, empty_class=True)
     common = ["--target", str(tmp_path / "target"), "--backbone", "pixels-not-a-model", "--out", str(tmp_path / "o")]
     assert cli_main(["run", "few_labels", "--source", str(tmp_path / "missing"), *common]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     assert cli_main(["run", "few_labels", "--source", str(tmp_path / "source"), *common]) == 2
-    assert "class folder 'class_1' holds no images" in capsys.readouterr().err
+    assert "class_1 holds no readable image" in capsys.readouterr().err
     assert cli_main(["run", "no_such_recipe", "--source", str(tmp_path / "source"), *common]) == 2
     assert "not found" in capsys.readouterr().err
 
