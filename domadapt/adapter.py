@@ -3,18 +3,25 @@ and unlabeled target data, with pluggable adaptation strategies."""
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from domadapt import _construction, _distribute, _training, data
+from domadapt.batchnorm import batchnorm_layers, reestimate, warn_if_few
+from domadapt.health import TrainingHealth
 from domadapt.nonfinite import NonFiniteGuard
 from domadapt.strategy import (
     AdapterView, FitContext, Step, call_on_fit_start, check_requirements, flatten_strategies, loss_terms_of,
 )
 
 __all__ = ["DomainAdapter"]
+
+# Images of each domain the batch-norm statistics are re-estimated on at the end of fit (bn_mode="domain").
+REESTIMATION_IMAGES = 4096
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -42,9 +49,19 @@ class DomainAdapter(keras.Model):
         preprocess: optional layer (or callable, wrapped in a Lambda layer) applied
             to images inside the model, e.g. ``keras.layers.Rescaling(1 / 255)``, so
             the exported classifier takes raw images.
-        bn_mode: ``"joint"`` (default): source and target batches go through the
-            backbone in one concatenated pass (batch norm sees the mixed batch);
-            ``"separate"``: one pass per domain (per-domain batch-norm statistics).
+        bn_mode: how BatchNormalization layers see the two domains.
+            ``"domain"`` (default): each domain goes through the backbone on its own
+            and keeps its own moving statistics (domain-specific batch norm, Chang et
+            al. 2019): the model's track the target, the source's are kept in adapter
+            weights. When ``fit`` ends, both are re-estimated with the final weights
+            (:func:`domadapt.reestimate_batchnorm_statistics`, on up to
+            ``REESTIMATION_IMAGES`` images each): ``classifier`` then carries the
+            target's statistics (AdaBN, Li et al. 2016) and ``source_classifier`` the
+            source's. Without ``fit(target=)`` the model keeps source statistics.
+            ``"joint"`` (before 0.2): one concatenated pass, statistics of the mixed
+            batch, no re-estimation. ``"separate"``: one pass per domain through the
+            same moving statistics, no re-estimation. Backbones without batch norm
+            (GroupNorm, LayerNorm) behave the same in every mode.
         input_shape: image shape, needed only when the backbone does not define one.
 
     Example:
@@ -60,7 +77,7 @@ class DomainAdapter(keras.Model):
     ```
     """
 
-    def __init__(self, backbone, num_classes=None, strategies=None, *, head=None, preprocess=None, bn_mode="joint",
+    def __init__(self, backbone, num_classes=None, strategies=None, *, head=None, preprocess=None, bn_mode="domain",
                  input_shape=None, name="domain_adapter", **kwargs):
         super().__init__(name=name, **kwargs)
         _construction.check_arguments(backbone, num_classes, head, preprocess, bn_mode)
@@ -89,6 +106,17 @@ class DomainAdapter(keras.Model):
             feature_extractor=keras.Model(images, features, name="feature_extractor"),
             classifier=keras.Model(images, probabilities, name="classifier"),
         )
+        self._batchnorm = _construction.Untracked(layers=batchnorm_layers(self._functional.classifier))
+        # Per-domain statistics: the source's moving mean and variance of every BN layer (saved with the adapter).
+        self.source_batchnorm_statistics = []
+        if bn_mode == "domain":
+            for index, layer in enumerate(self._batchnorm.layers):
+                for statistic in (layer.moving_mean, layer.moving_variance):
+                    variable = self.add_weight(shape=statistic.shape, initializer="zeros", trainable=False,
+                                               dtype="float32", aggregation="mean",
+                                               name=f"source_{statistic.name}_{index}")
+                    variable.assign(ops.cast(statistic, "float32"))
+                    self.source_batchnorm_statistics.append(variable)
 
         # === Strategies ===
         self.strategies = flatten_strategies(strategies)
@@ -105,6 +133,7 @@ class DomainAdapter(keras.Model):
         self.planned_steps = self.add_weight(initializer="ones", name="planned_steps", **scalar)
         self.schedule_start = self.add_weight(initializer="zeros", name="schedule_start", **scalar)
         self.nonfinite_guard = NonFiniteGuard()
+        self.health = TrainingHealth(self.num_classes)  # collapse statistics + adaptation_scale (da.health)
         self._log_names = _training.log_names_of(self.strategies)
         self._trackers = {name: (_training.LastValue(name=name) if kind == "last" else keras.metrics.Mean(name=name))
                           for name, kind in self._log_names["kinds"].items()}
@@ -117,6 +146,54 @@ class DomainAdapter(keras.Model):
     def classifier(self):
         """The deployable model: images -> class probabilities (a plain functional keras.Model)."""
         return self._functional.classifier
+
+    @property
+    def source_classifier(self):
+        """The classifier with the source domain's batch-norm statistics (``bn_mode="domain"``).
+
+        A new functional ``keras.Model`` on each access: it shares the adapter's layers
+        except the BatchNormalization ones, which are copies carrying the source's
+        moving statistics. Without separate source statistics (another ``bn_mode``, or
+        no batch norm in the model) this is ``classifier`` itself.
+        """
+        if not self.source_batchnorm_statistics:
+            return self.classifier
+        originals = {id(layer) for layer in self._batchnorm.layers}
+
+        def copy_batchnorm(layer):
+            if id(layer) in originals:
+                return layer.__class__.from_config(layer.get_config())
+            return layer
+
+        copy = keras.models.clone_model(self.classifier, clone_function=copy_batchnorm, recursive=True)
+        copies = {layer.name: layer for layer in batchnorm_layers(copy) if id(layer) not in originals}
+        if sorted(copies) != sorted(layer.name for layer in self._batchnorm.layers):
+            raise RuntimeError("source_classifier: the batch-norm layers could not be copied (one sits inside a "
+                               "subclassed model, or two share a name); use a functional backbone"
+                               " with unique layer names.")
+        with self._source_statistics():
+            for original in self._batchnorm.layers:
+                copies[original.name].set_weights(original.get_weights())
+        return copy
+
+    @contextlib.contextmanager
+    def _source_statistics(self):
+        """Within the block, the model's batch-norm layers carry the source statistics (validators use it)."""
+        if not self.source_batchnorm_statistics:
+            yield
+            return
+        model_statistics = self._batchnorm_statistics()
+        saved = [tf.identity(variable.value) for variable in model_statistics]
+        try:
+            for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
+                variable.assign(ops.cast(source, variable.dtype))
+            yield
+        finally:
+            for variable, value in zip(model_statistics, saved):
+                variable.assign(value)
+
+    def _batchnorm_statistics(self):
+        return [s for layer in self._batchnorm.layers for s in (layer.moving_mean, layer.moving_variance)]
 
     @property
     def feature_extractor(self):
@@ -188,9 +265,28 @@ class DomainAdapter(keras.Model):
         return self.classifier(inputs, training=training)
 
     def _features_and_logits(self, batches, training):
-        """Pooled features and logits for each batch, in one backbone pass if bn_mode='joint'."""
+        """Pooled features and logits for each batch (source first), in one backbone pass if bn_mode='joint'.
+
+        With bn_mode='domain' in training, the source batch is normalised by its own
+        statistics and updates the source's moving statistics; the model's own track
+        the target batches. Stateful ops on one variable run in program order in a
+        tf.function (also under XLA), so the swaps below are ordered.
+        """
         batches = [ops.cast(b, "float32") for b in batches]
-        if self.bn_mode == "joint" and len(batches) > 1:
+        if self.bn_mode == "domain" and training and len(batches) > 1 and self.source_batchnorm_statistics:
+            model_statistics = self._batchnorm_statistics()
+            target_statistics = [tf.identity(variable.value) for variable in model_statistics]
+            for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
+                variable.assign(source)
+            source_features = self.feature_extractor(batches[0], training=training)
+            source_logits = self.head(source_features, training=training)
+            for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
+                source.assign(variable)
+            for variable, value in zip(model_statistics, target_statistics):
+                variable.assign(value)
+            features = [source_features] + [self.feature_extractor(b, training=training) for b in batches[1:]]
+            logits = [source_logits] + [self.head(f, training=training) for f in features[1:]]
+        elif self.bn_mode == "joint" and len(batches) > 1:
             sizes = [ops.shape(b)[0] for b in batches]
             features = self.feature_extractor(ops.concatenate(batches, axis=0), training=training)
             logits = self.head(features, training=training)
@@ -231,11 +327,14 @@ class DomainAdapter(keras.Model):
             terms["target_cls_loss"] = self._target_labeled_weight * _training.classification_loss(self._classification_loss, 
                 step.target_labeled_labels, step.target_labeled_logits
             )
-        reports = {}
+        reports, strategy_names = {}, []
         for strategy, mapping in zip(self.strategies, self._log_names["per_strategy"]):
             strategy_terms, strategy_reports = loss_terms_of(strategy, step, mapping)
-            terms.update(strategy_terms)
+            # adaptation_scale (1 unless da.callbacks.CollapseGuard backed off) scales every strategy term.
+            terms.update({name: self.health.adaptation_scale * value for name, value in strategy_terms.items()})
+            strategy_names.extend(strategy_terms)
             reports.update(strategy_reports)
+        self.health.term_names = tuple(strategy_names)
         return terms, reports
 
     # ------------------------------------------------------------------ steps
@@ -257,6 +356,7 @@ class DomainAdapter(keras.Model):
                 self.optimizer.apply(gradients, variables)
             else:
                 self._parameter_groups.apply(self.optimizer, gradients, variables)
+        self.health.update(step)
         return self._update_metrics(total, {**terms, **reports}, step.source_labels, step.source_logits)
 
     def _update_metrics(self, total, values, labels, logits):
@@ -280,7 +380,8 @@ class DomainAdapter(keras.Model):
     # ------------------------------------------------------------------ fit
     def fit(self, source=None, target=None, *, target_labeled=None, epochs=1, batch_size=None, target_batch_size=None,
             steps_per_epoch=None, validation_data=None, callbacks=None, verbose="auto", initial_epoch=0, shuffle=True,
-            seed=None, shuffle_buffer=10_000, target_labeled_weight=1.0, stop_on_nonfinite=True, **kwargs):
+            seed=None, shuffle_buffer=10_000, target_labeled_weight=1.0, stop_on_nonfinite=True, collapse_guard=True,
+            **kwargs):
         """Train on labeled source data and unlabeled target data with Keras' own ``fit``.
 
         The data are paired by :func:`domadapt.data.pair` (see there for ``source``,
@@ -303,6 +404,12 @@ class DomainAdapter(keras.Model):
                 labeled target slice): reported as ``val_loss`` and ``val_<metric>``.
             stop_on_nonfinite: stop with ``da.callbacks.NonFiniteLossError`` naming the
                 term and step when a loss term becomes NaN or inf.
+            collapse_guard: ``True`` (default): a ``da.callbacks.CollapseGuard()`` watches
+                for collapse (target predictions on one class or uninformative, vanishing
+                features, source accuracy at chance) when a strategy adds a loss term,
+                warns naming the terms, restores the last healthy weights and halves
+                the adaptation terms (``adaptation_scale`` in the History); ``False``:
+                off; or your own ``CollapseGuard`` (other thresholds).
             **kwargs: passed to ``keras.Model.fit`` (``validation_freq``, ...).
 
         Returns:
@@ -332,14 +439,36 @@ class DomainAdapter(keras.Model):
         if structure != self._structure_key:  # other streams, variables or groups: a new train function
             self.train_function, self._structure_key = None, structure
         callbacks = _training.fit_callbacks(self, callbacks, epochs * paired.steps_per_epoch,
-                                            start_epoch * paired.steps_per_epoch, stop_on_nonfinite=stop_on_nonfinite)
+                                            start_epoch * paired.steps_per_epoch, stop_on_nonfinite=stop_on_nonfinite,
+                                            collapse_guard=collapse_guard)
         try:
-            return super().fit(dataset, epochs=epochs, steps_per_epoch=paired.steps_per_epoch,
-                               validation_data=validation_data, callbacks=callbacks, verbose=verbose,
-                               initial_epoch=initial_epoch, shuffle=False, **kwargs)  # the streams shuffle themselves
+            history = super().fit(dataset, epochs=epochs, steps_per_epoch=paired.steps_per_epoch,
+                                  validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+                                  initial_epoch=initial_epoch, shuffle=False, **kwargs)  # the streams shuffle themselves
         except tf.errors.InvalidArgumentError as error:
             data.raise_input_error(error)
             raise
+        self._reestimate_batchnorm(source, paired.target_images)
+        return history
+
+    def _reestimate_batchnorm(self, source, target_images):
+        """bn_mode='domain', after training (and callbacks restoring weights): statistics of the final weights.
+
+        Source statistics are re-estimated on source images (frozen BN layers keep the
+        statistics they trained with) and stored in ``source_batchnorm_statistics``;
+        then the model's are re-estimated on the target images, every BN layer included.
+        """
+        if not self.source_batchnorm_statistics:
+            return
+        classifier = self.classifier
+        source_images = source.map(lambda *element: element[0]) if isinstance(source, tf.data.Dataset) else source[0]
+        trained = [layer for layer in self._batchnorm.layers if layer.trainable]
+        reestimate(classifier, trained, source_images, max_images=REESTIMATION_IMAGES)
+        for source_statistic, variable in zip(self.source_batchnorm_statistics, self._batchnorm_statistics()):
+            source_statistic.assign(ops.cast(variable, "float32"))
+        if target_images is not None:
+            used = reestimate(classifier, self._batchnorm.layers, target_images, max_images=REESTIMATION_IMAGES)
+            warn_if_few(used, "target images at the end of fit")
 
     def _start_strategies(self, paired, epochs, start_epoch, target_labeled_weight):
         """Give each strategy its FitContext; build the optimizer on every variable that may train."""

@@ -3,6 +3,8 @@ and features on some images."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -73,15 +75,23 @@ def labeled(value, argument):
     return images, labels
 
 
-def outputs(model, images, feature_extractor=None, batch_size=256):
+def outputs(model, images, feature_extractor=None, batch_size=256, *, domain="target"):
     """``(probabilities, features)``: a DomainAdapter gives both; a plain classifier gives
-    probabilities, and features from ``feature_extractor`` (else the probabilities)."""
+    probabilities, and features from ``feature_extractor`` (else the probabilities).
+
+    ``domain="source"`` scores the images with the source's batch-norm statistics
+    when ``model`` is a DomainAdapter that keeps them (``bn_mode="domain"``); its
+    classifier carries the target's."""
+    if domain not in ("source", "target"):
+        raise ValueError(f"Argument `domain` must be 'source' or 'target'; received domain={domain!r}.")
     classifier = getattr(model, "classifier", model)
     extractor = getattr(model, "feature_extractor", feature_extractor)
-    probabilities = np.asarray(classifier.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
-    if extractor is None:
-        return probabilities, probabilities
-    features = np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    statistics = getattr(model, "_source_statistics", None) if domain == "source" else None
+    with statistics() if statistics is not None else contextlib.nullcontext():
+        probabilities = np.asarray(classifier.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+        if extractor is None:
+            return probabilities, probabilities
+        features = np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
     return probabilities, features.reshape(len(features), -1)
 
 

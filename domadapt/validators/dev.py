@@ -29,7 +29,7 @@ class DeepEmbeddedValidation(Validator):
         rng = np.random.default_rng(self.seed)
         if len(target_images) > self.max_samples:
             target_images = target_images[rng.choice(len(target_images), self.max_samples, replace=False)]
-        source_probabilities, source_features = outputs(model, source_images, feature_extractor)
+        source_probabilities, source_features = outputs(model, source_images, feature_extractor, domain="source")
         _, target_features = outputs(model, target_images, feature_extractor)
         losses = -np.log(np.clip(source_probabilities[np.arange(len(source_labels)), source_labels], 1e-12, 1.0))
 

@@ -37,6 +37,6 @@ class FeatureMMD(Validator):
             images = images_of(value, argument)
             if len(images) > self.max_samples:
                 images = images[rng.choice(len(images), self.max_samples, replace=False)]
-            sampled.append(outputs(model, images, feature_extractor)[1])
+            sampled.append(outputs(model, images, feature_extractor, domain=argument)[1])
         return float(mmd(*sampled, kernel=self.kernel, bandwidth=self.bandwidth, estimator=self.estimator,
                          seed=self.seed))

@@ -44,7 +44,7 @@ class ReverseValidation(Validator):
             chosen = np.random.default_rng(self.seed).choice(len(target_images), self.max_samples, replace=False)
             target_images = target_images[chosen]
         target_probabilities, target_features = outputs(model, target_images, feature_extractor)
-        _, source_features = outputs(model, source_images, feature_extractor)
+        _, source_features = outputs(model, source_images, feature_extractor, domain="source")
         pseudo_labels = np.argmax(target_probabilities, axis=1)
         mean, scale = target_features.mean(axis=0), target_features.std(axis=0)
         scale[scale == 0] = 1.0

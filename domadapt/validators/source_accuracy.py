@@ -17,5 +17,5 @@ class SourceAccuracy(Validator):
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         images, labels = labeled(source, "source")
-        probabilities, _ = outputs(model, images)
+        probabilities, _ = outputs(model, images, domain="source")
         return float(np.mean(np.argmax(probabilities, axis=1) == labels))
