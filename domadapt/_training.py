@@ -13,6 +13,8 @@ from keras import ops
 
 from domadapt import data
 from domadapt.callbacks import StopOnNonFinite
+from domadapt.health import CollapseGuard
+from domadapt.strategy import Strategy
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -116,9 +118,23 @@ class ScheduleClock(keras.callbacks.Callback):
         self.adapter.planned_steps.assign(float(self.planned_steps))
 
 
-def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite):
-    """The user's callbacks, then the schedule clock, StopOnNonFinite (unless given or off) and the strategies' own."""
-    callbacks = [*callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
+def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite, collapse_guard=True):
+    """The collapse guard, the user's callbacks, the schedule clock, StopOnNonFinite (unless given or off), the strategies' own.
+
+    The collapse guard (``collapse_guard``: True, False or a CollapseGuard; one in
+    ``callbacks`` is used instead) comes first, so the user's callbacks see the
+    restored weights and its ``adaptation_scale`` log at each epoch end. It is left
+    out when no strategy adds a loss term: there is nothing to back off from.
+    """
+    if not isinstance(collapse_guard, (bool, CollapseGuard)):
+        raise TypeError("Argument `collapse_guard` must be True, False or a da.callbacks.CollapseGuard; received "
+                        f"{collapse_guard!r} of type {type(collapse_guard).__name__}.")
+    given = [c for c in callbacks if isinstance(c, CollapseGuard)]
+    callbacks = [c for c in callbacks if not isinstance(c, CollapseGuard)]
+    guard = given[0] if given else (collapse_guard if isinstance(collapse_guard, CollapseGuard) else None)
+    if guard is None and collapse_guard is True and any(type(s).loss is not Strategy.loss for s in adapter.strategies):
+        guard = CollapseGuard()
+    callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
     if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
         callbacks.append(StopOnNonFinite())
     for strategy in adapter.strategies:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from domadapt.health import CollapseGuard, CollapseWarning  # noqa: F401  (da.callbacks.CollapseGuard)
 from domadapt.validators.compare import resolve_validators
 
 

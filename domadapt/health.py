@@ -1,0 +1,426 @@
+"""Collapse detection for DomainAdapter training: statistics kept in the graph, judged by a callback.
+
+A strategy can destroy a model without any loss becoming NaN: every target image
+lands in one class, the pooled features shrink to a point, source accuracy falls
+back to chance. :class:`TrainingHealth` (``adapter.health``) accumulates, inside the
+compiled train step and without host synchronisation, what is needed to see it:
+
+* target predictions: the sum of the probabilities, of their entropies and the
+  count of each predicted class (for :func:`prediction_collapse_reason`, the rule
+  ``da.compare`` applies to trained candidates);
+* pooled features (source and target): the mean over batches of the per-dimension
+  batch variance;
+* source batches: correct predictions and label counts (accuracy and chance level).
+
+It also holds ``adaptation_scale``, a non-trainable scalar that multiplies every
+strategy loss term in ``DomainAdapter.compute_loss_terms`` (1 by default), so the
+guard can ramp the adaptation down without retracing the step.
+``da.callbacks.CollapseGuard`` reads and resets the statistics at each epoch end
+(or every ``check_every`` batches) and acts on a collapse.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from domadapt import ops as da_ops
+
+__all__ = ["CollapseGuard", "CollapseWarning", "TrainingHealth", "prediction_collapse_reason"]
+
+
+def prediction_collapse_reason(mean_probabilities, mean_entropy, top_class_share, threshold=0.01,
+                               single_class_share=0.99):
+    """Why target predictions count as collapsed, from their summary statistics, or ``None``.
+
+    Collapse is a property of the outputs, not of the class balance: a collapsed
+    model gives (nearly) the same output whatever the image. Two rules:
+
+    * **uninformative outputs**: the mutual information between image and predicted
+      class, I = H(mean_x p) - mean_x H(p) (the IM validator's score), is below
+      ``threshold * log(num_classes)``. I = 0 for identical outputs on every image,
+      confident or not, and for exactly uniform outputs. I is bounded by H(mean p),
+      not by the class balance, so an accurate, confident model on an imbalanced
+      target keeps it high (90/10, 95% confident: I = 0.30 log 2).
+    * **one class for (almost) every image**: the argmax falls on one class for at
+      least ``single_class_share`` of the images even though the outputs still vary.
+      A target that truly holds >= 99% of one class cannot be told from this without
+      labels; pass ``single_class_share=1.01`` to turn it off.
+
+    ``da.compare`` (``collapse_reason``, on predicted probabilities) and
+    ``da.callbacks.CollapseGuard`` (on statistics accumulated during training) both
+    decide with this function.
+
+    Args:
+        mean_probabilities: ``(num_classes,)`` mean predicted probabilities.
+        mean_entropy: mean entropy H(p) of the predictions, in nats.
+        top_class_share: share of images whose argmax is the most frequent class.
+        threshold: minimum I as a fraction of log(num_classes).
+        single_class_share: maximum share of images predicted as one class.
+
+    Returns:
+        A sentence saying why, or ``None``.
+
+    Example:
+
+    ```python
+    from domadapt.health import prediction_collapse_reason
+    print(prediction_collapse_reason([0.5, 0.5], mean_entropy=0.693, top_class_share=0.5))  # uniform
+    print(prediction_collapse_reason([0.86, 0.14], mean_entropy=0.199, top_class_share=0.9))  # None
+    ```
+    """
+    mean_probabilities = np.asarray(mean_probabilities, dtype=np.float64)
+    num_classes = max(mean_probabilities.shape[-1], 2)
+    clipped = np.clip(mean_probabilities, 1e-12, 1.0)
+    information = float(-np.sum(mean_probabilities * np.log(clipped))) - float(mean_entropy)
+    normalised = information / math.log(num_classes)
+    if normalised < threshold:
+        kind = "near-uniform" if mean_entropy > 0.99 * math.log(num_classes) else "the same for every image"
+        return (f"its target predictions collapse: outputs {kind}, information I(image; class) = "
+                f"{normalised:.3g} log K < {threshold} log K")
+    if top_class_share >= single_class_share:
+        return f"its target predictions collapse onto one class ({top_class_share:.1%} of target images)"
+    return None
+
+
+class TrainingHealth(keras.layers.Layer):
+    """In-graph statistics of the train step for collapse detection, and the adaptation scale.
+
+    ``DomainAdapter`` owns one (``adapter.health``): its train step calls
+    :meth:`update` once per step and multiplies every strategy loss term by
+    ``adaptation_scale``. Under ``tf.distribute`` the sums add over replicas.
+
+    Attributes:
+        adaptation_scale: float32 scalar multiplying every strategy loss term (1: as
+            configured; 0: strategies off).
+        num_classes: length of the class-count vectors.
+
+    Example:
+
+    ```python
+    import numpy as np, domadapt as da
+    from domadapt.strategy import Step
+    health = da.health.TrainingHealth(num_classes=3)
+    logits = np.array([[4.0, 0, 0], [0, 4.0, 0]], "float32")
+    health.update(Step(source_labels=np.array([0, 0]), source_logits=logits, source_features=logits,
+                       target_logits=logits, target_features=logits))
+    print(health.read())  # source accuracy 0.5, two predicted classes, ...
+    ```
+    """
+
+    def __init__(self, num_classes, name="training_health", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.adaptation_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="adaptation_scale",
+                                                aggregation="only_first_replica")
+        vector = dict(shape=(self.num_classes,), initializer="zeros", trainable=False, aggregation="sum")
+        scalar = dict(shape=(), initializer="zeros", trainable=False, aggregation="sum")
+        self.target_probability_sum = self.add_weight(name="target_probability_sum", **vector)
+        self.target_predicted_counts = self.add_weight(name="target_predicted_counts", **vector)
+        self.source_label_counts = self.add_weight(name="source_label_counts", **vector)
+        self.target_entropy_sum = self.add_weight(name="target_entropy_sum", **scalar)
+        self.target_count = self.add_weight(name="target_count", **scalar)
+        self.source_correct = self.add_weight(name="source_correct", **scalar)
+        self.source_count = self.add_weight(name="source_count", **scalar)
+        self.feature_variance_sum = self.add_weight(name="feature_variance_sum", **scalar)
+        self.feature_batches = self.add_weight(name="feature_batches", **scalar)
+        self.term_names = ()  # the strategy loss terms of the step (set at trace time)
+        self.built = True
+
+    @property
+    def statistics(self):
+        """The accumulators (every variable but ``adaptation_scale``)."""
+        return [v for v in self.weights if v is not self.adaptation_scale]
+
+    def update(self, step):
+        """Add one step's statistics (a :class:`domadapt.strategy.Step`); no gradient, no host sync."""
+        k = self.num_classes
+        logits = ops.stop_gradient(ops.cast(step.source_logits, "float32"))
+        labels = ops.cast(ops.reshape(step.source_labels, (-1,)), "int32")
+        self.source_correct.assign_add(ops.sum(ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32")))
+        self.source_count.assign_add(ops.cast(ops.shape(labels)[0], "float32"))
+        self.source_label_counts.assign_add(ops.sum(ops.one_hot(labels, k), axis=0))
+        features = [step.source_features]
+        if step.target_logits is not None:
+            probabilities = ops.softmax(ops.stop_gradient(ops.cast(step.target_logits, "float32")), axis=-1)
+            self.target_probability_sum.assign_add(ops.sum(probabilities, axis=0))
+            self.target_predicted_counts.assign_add(ops.sum(ops.one_hot(ops.argmax(probabilities, axis=-1), k), axis=0))
+            self.target_entropy_sum.assign_add(ops.sum(da_ops.entropy(probabilities)))
+            self.target_count.assign_add(ops.cast(ops.shape(probabilities)[0], "float32"))
+            features.append(step.target_features)
+        features = ops.stop_gradient(ops.cast(ops.concatenate([f for f in features if f is not None], axis=0), "float32"))
+        # Per-batch variance (centred on the batch), averaged: stable where sum/sum-of-squares would cancel.
+        self.feature_variance_sum.assign_add(ops.mean(ops.var(features, axis=0)))
+        self.feature_batches.assign_add(1.0)
+
+    def read(self):
+        """The statistics since the last :meth:`reset`, as Python numbers (one small device-to-host read).
+
+        Returns ``{"source_accuracy", "source_chance", "feature_std", "target_mean_probabilities",
+        "target_mean_entropy", "target_top_class_share", "num_source", "num_target"}`` (``None``
+        where nothing was counted).
+        """
+        values = {v.name: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64) for v in self.statistics}
+        num_source, num_target = float(values["source_count"]), float(values["target_count"])
+        batches = float(values["feature_batches"])
+        return {
+            "num_source": num_source, "num_target": num_target,
+            "source_accuracy": float(values["source_correct"]) / num_source if num_source else None,
+            "source_chance": float(values["source_label_counts"].max()) / num_source if num_source else None,
+            "feature_std": math.sqrt(max(float(values["feature_variance_sum"]) / batches, 0.0)) if batches else None,
+            "target_mean_probabilities": values["target_probability_sum"] / num_target if num_target else None,
+            "target_mean_entropy": float(values["target_entropy_sum"]) / num_target if num_target else None,
+            "target_top_class_share": float(values["target_predicted_counts"].max()) / num_target if num_target else None,
+        }
+
+    def reset(self):
+        """Zero the statistics (not the scale)."""
+        for variable in self.statistics:
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
+
+    def call(self, *args, **kwargs):
+        raise NotImplementedError("TrainingHealth is used through update(), not called on tensors.")
+
+
+class CollapseWarning(UserWarning):
+    """Training collapsed (see :class:`CollapseGuard`)."""
+
+
+class CollapseGuard(keras.callbacks.Callback):
+    """Detect a collapse during ``DomainAdapter.fit``, name the adaptation terms, and back off.
+
+    ``DomainAdapter.fit`` adds one by default (``collapse_guard=True``) whenever a
+    strategy adds a loss term. At each epoch end (and every ``check_every`` batches
+    if given) it reads the statistics the train step accumulated in the graph
+    (:class:`TrainingHealth`: one small device-to-host read, no per-step sync) and
+    calls the period collapsed when
+
+    * the target predictions collapse (:func:`prediction_collapse_reason`: image-class
+      information I < ``information_threshold`` log K, exactly uniform outputs
+      included, or one class for >= ``single_class_share`` of the target images);
+    * the pooled features' standard deviation over the batch (source and target,
+      averaged over dimensions) falls below ``feature_std_ratio`` times the largest
+      seen in this fit, or below 1e-6;
+    * source training accuracy is still within 2 points of chance (the majority
+      class share) after the second epoch, or has lost more than ``source_drop``
+      of its best gain over chance (and at least 5 points).
+
+    Nothing is judged during the first ``warmup_steps`` steps of a ``fit`` (an
+    untrained model's outputs are uninformative and its accuracy is chance; on
+    data it cannot learn it stays so, and that is no strategy's doing), but the
+    references (largest feature std, best source accuracy) include them.
+
+    On a collapse it warns (:class:`CollapseWarning`) with the reasons and the
+    strategy loss terms and their mean values over the period, and, when
+    ``back_off`` is on, restores the weights and optimizer state of the last healthy
+    epoch end (kept in host memory; the weights ``fit`` started from before the first
+    healthy epoch) and halves ``adapter.health.adaptation_scale``, the factor of
+    every strategy term; the ``max_collapses``-th collapse sets it to 0 and says the
+    strategies are off for the rest of this ``fit``. Each ``fit`` starts at scale 1.
+    The scale in effect after each epoch's check is logged as ``adaptation_scale``
+    (it appears in the ``History``); ``events`` lists every collapse caught.
+    Validation metrics of an epoch are computed before the check, on the weights
+    before any restore.
+
+    The thresholds were chosen on Fashion-MNIST -> rendered rain (GroupNorm CNN,
+    3 seeds, see tests/test_health.py and the note of issue #13): no healthy run of
+    any default strategy came near them; collapsed runs were far past them.
+
+    Args:
+        back_off: restore and ramp down (default) or only warn.
+        max_collapses: the collapse that switches the strategies off (scale 0).
+        check_every: also check every this many batches (``None``: at epoch ends only).
+        warmup_steps: optimizer steps of a fit before the first judgement.
+        information_threshold, single_class_share: the target-prediction rule.
+        feature_std_ratio: the feature rule, relative to the largest std seen.
+        source_drop: the share of its best gain over chance source accuracy may lose.
+
+    Attributes:
+        events: one dict per collapse caught: ``epoch``, ``batch`` (``None`` at an
+            epoch end), ``reasons``, ``terms`` ({name: mean value}), ``scale`` (after).
+
+    Example:
+
+    ```python
+    import numpy as np, keras, domadapt as da
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8, activation="relu")])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD()])
+    adapter.compile(optimizer="adam")
+    guard = da.callbacks.CollapseGuard(max_collapses=2)
+    xs, ys = np.random.rand(64, 2), np.random.randint(0, 2, 64)
+    history = adapter.fit(source=(xs, ys), target=np.random.rand(64, 2), epochs=2, verbose=0, collapse_guard=guard)
+    print(history.history["adaptation_scale"], guard.events)
+    ```
+    """
+
+    def __init__(self, back_off=True, max_collapses=3, check_every=None, *, warmup_steps=50,
+                 information_threshold=0.01, single_class_share=0.99, feature_std_ratio=0.01, source_drop=0.5):
+        super().__init__()
+        if not isinstance(back_off, bool):
+            raise TypeError(f"Argument `back_off` must be True or False; received {back_off!r}.")
+        for name, value, low in (("max_collapses", max_collapses, 1), ("check_every", check_every, 1),
+                                 ("warmup_steps", warmup_steps, 0)):
+            if name == "check_every" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                kind = "a positive" if low else "a non-negative"
+                raise ValueError(f"Argument `{name}` must be {kind} integer; received {name}={value!r}.")
+        for name, value in (("information_threshold", information_threshold), ("feature_std_ratio", feature_std_ratio),
+                            ("source_drop", source_drop)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"Argument `{name}` must be a number in [0, 1]; received {name}={value!r}.")
+        if isinstance(single_class_share, bool) or not isinstance(single_class_share, (int, float)) or not (
+                0 < single_class_share):
+            raise ValueError("Argument `single_class_share` must be a positive number (above 1 turns the rule off); "
+                             f"received single_class_share={single_class_share!r}.")
+        self.back_off, self.max_collapses, self.check_every = back_off, max_collapses, check_every
+        self.warmup_steps = warmup_steps
+        self.information_threshold, self.single_class_share = float(information_threshold), float(single_class_share)
+        self.feature_std_ratio, self.source_drop = float(feature_std_ratio), float(source_drop)
+        self.events = []
+        self._reset_run()
+
+    def get_config(self):
+        return {"back_off": self.back_off, "max_collapses": self.max_collapses, "check_every": self.check_every,
+                "warmup_steps": self.warmup_steps,
+                "information_threshold": self.information_threshold, "single_class_share": self.single_class_share,
+                "feature_std_ratio": self.feature_std_ratio, "source_drop": self.source_drop}
+
+    def _reset_run(self):
+        self._healthy = None  # (epoch, model values, optimizer values) of the last healthy epoch end
+        self._largest_feature_std = 0.0
+        self._best_source_accuracy = None
+        self._epochs_done = 0
+        self._epoch = 0
+        self._steps = 0
+
+    # ------------------------------------------------------------------ callback hooks
+    def on_train_begin(self, logs=None):
+        health = getattr(self.model, "health", None)
+        if not isinstance(health, TrainingHealth):
+            raise TypeError("CollapseGuard watches a da.DomainAdapter's train step; received a model without "
+                            "`health` (a plain keras.Model has no strategies to back off from).")
+        self.events = []
+        self._reset_run()
+        health.reset()
+        health.adaptation_scale.assign(1.0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self._healthy is None:  # after every on_train_begin, so a BackupAndRestore backup is loaded
+            self._healthy = (None, *self._snapshot())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self.check_every is not None and (batch + 1) % self.check_every == 0:
+            self._check(self._epoch, batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        healthy = self._check(epoch, None, logs)
+        self._epochs_done += 1
+        if healthy and self.back_off and self._scale() > 0 and self._steps >= self.warmup_steps:
+            self._healthy = (epoch, *self._snapshot())
+        if logs is not None:
+            logs["adaptation_scale"] = self._scale()
+
+    # ------------------------------------------------------------------ rules
+    def collapse_reasons(self, statistics, epochs_done):
+        """The reasons (sentences) why the period of ``statistics`` (``TrainingHealth.read()``) collapsed; [] if none.
+
+        ``epochs_done``: completed epochs of this fit before this period's end.
+        Updates the running references (largest feature std, best source accuracy).
+        """
+        reasons = []
+        if statistics["num_target"]:
+            reason = prediction_collapse_reason(statistics["target_mean_probabilities"],
+                                                statistics["target_mean_entropy"], statistics["target_top_class_share"],
+                                                self.information_threshold, self.single_class_share)
+            if reason is not None:
+                reasons.append(reason.replace("its target predictions", "target predictions"))
+        feature_std = statistics["feature_std"]
+        if feature_std is not None:
+            self._largest_feature_std = max(self._largest_feature_std, feature_std)
+            if feature_std < max(self.feature_std_ratio * self._largest_feature_std, 1e-6):
+                reasons.append(f"pooled features vanish: std {feature_std:.2g} against {self._largest_feature_std:.2g} "
+                               "earlier in this fit")
+        accuracy, chance = statistics["source_accuracy"], statistics["source_chance"]
+        if accuracy is not None:
+            best = accuracy if self._best_source_accuracy is None else max(self._best_source_accuracy, accuracy)
+            self._best_source_accuracy = best
+            if epochs_done >= 1 and best <= chance + 0.02:
+                reasons.append(f"source training accuracy {accuracy:.1%} never rose above chance ({chance:.1%})")
+            elif best - accuracy > max(self.source_drop * (best - chance), 0.05):
+                reasons.append(f"source training accuracy fell to {accuracy:.1%} from {best:.1%} (chance {chance:.1%})")
+        return reasons
+
+    def _check(self, epoch, batch, logs):
+        """Judge the period since the last check; act on a collapse. Returns True when healthy."""
+        health = self.model.health
+        statistics = health.read()
+        health.reset()
+        if not statistics["num_source"] or self._scale() == 0:
+            return True
+        reasons = self.collapse_reasons(statistics, self._epochs_done)
+        if not reasons or self._steps < self.warmup_steps:  # the references still follow the warm-up
+            return True
+        terms = {name: float(logs[name]) for name in health.term_names if logs is not None and name in logs}
+        terms = dict(sorted(terms.items(), key=lambda item: -abs(item[1])))
+        where = f"epoch {epoch + 1}" + ("" if batch is None else f", batch {batch + 1}")
+        named = ", ".join(f"{name} = {value:.4g}" for name, value in terms.items()) or "none reported"
+        message = (f"CollapseGuard: training collapsed at {where}: {'; '.join(reasons)}. Adaptation loss terms "
+                   f"(mean this epoch, largest first): {named}")
+        if "cls_loss" in (logs or {}):
+            message += f"; cls_loss = {float(logs['cls_loss']):.4g}"
+        scale = self._scale()
+        if self.back_off:
+            healthy_epoch, model_values, optimizer_values = self._healthy
+            self._restore(model_values, optimizer_values)
+            collapses = len(self.events) + 1
+            scale = 0.0 if collapses >= self.max_collapses else scale / 2
+            health.adaptation_scale.assign(scale)
+            restored = "the weights fit started from" if healthy_epoch is None else f"the weights of epoch {healthy_epoch + 1}"
+            if scale == 0:
+                message += (f". Collapse {collapses} of {self.max_collapses}: restored {restored} and switched the "
+                            "adaptation terms off (adaptation_scale = 0): the rest of this fit trains source-only.")
+            else:
+                message += (f". Restored {restored} and halved every adaptation term (adaptation_scale = {scale:g}; "
+                            f"collapse {collapses} of {self.max_collapses} before they are switched off).")
+        else:
+            message += ". back_off=False: nothing changed."
+        self.events.append({"epoch": epoch, "batch": batch, "reasons": reasons, "terms": terms, "scale": scale})
+        warnings.warn(message, CollapseWarning, stacklevel=2)
+        return False
+
+    # ------------------------------------------------------------------ state
+    def _scale(self):
+        return float(keras.ops.convert_to_numpy(self.model.health.adaptation_scale))
+
+    def _guarded_variables(self):
+        """Model variables to restore (not the guards' own records nor the schedule clock) and optimizer slots."""
+        model = self.model
+        skip = {id(v) for v in model.health.weights}
+        skip.update(id(v) for v in getattr(getattr(model, "nonfinite_guard", None), "weights", []))
+        skip.update(id(getattr(model, name)) for name in ("planned_steps", "schedule_start") if hasattr(model, name))
+        model_variables = [v for v in model.weights if id(v) not in skip]
+        optimizer = model.optimizer
+        optimizer_skip = {id(optimizer.iterations), id(getattr(optimizer, "_learning_rate", None))}
+        optimizer_variables = [v for v in optimizer.variables if id(v) not in optimizer_skip]
+        return model_variables, optimizer_variables
+
+    def _snapshot(self):
+        model_variables, optimizer_variables = self._guarded_variables()
+        return ([keras.ops.convert_to_numpy(v) for v in model_variables],
+                [keras.ops.convert_to_numpy(v) for v in optimizer_variables])
+
+    def _restore(self, model_values, optimizer_values):
+        model_variables, optimizer_variables = self._guarded_variables()
+        if len(model_variables) != len(model_values) or len(optimizer_variables) != len(optimizer_values):
+            warnings.warn("CollapseGuard: the model's variables changed since the last healthy epoch; weights not "
+                          "restored.", CollapseWarning, stacklevel=3)
+            return
+        for variable, value in zip(model_variables + optimizer_variables, model_values + optimizer_values):
+            variable.assign(value)

@@ -1,0 +1,139 @@
+"""Collapse-proof training: da.callbacks.CollapseGuard, domadapt.health, and the MMD bandwidth fix."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import domadapt as da
+from conftest import mlp_backbone, train_and_score
+from domadapt.health import CollapseWarning, TrainingHealth, prediction_collapse_reason
+from domadapt.strategies.base import WeightedStrategy
+from domadapt.strategy import Step
+from domadapt.validators.compare import collapse_reason
+
+
+class PushToOneClass(WeightedStrategy):
+    """A deliberately destructive strategy: cross-entropy of every target image towards class 0."""
+
+    log_names = ("push_loss",)
+    default_schedule = "ganin"
+
+    def loss(self, step):
+        return {"push_loss": self.current_weight(step) * ops.mean(-ops.log_softmax(step.target_logits, axis=-1)[:, 0])}
+
+
+@pytest.fixture(scope="module")
+def flat_digits(digits):
+    return {key: value.reshape(len(value), -1) if key.endswith("_x") else value for key, value in digits.items()}
+
+
+def fit_digits(data, strategies, guard, seed=0, epochs=8):
+    """(target accuracy, target top-class share, history, CollapseWarning messages) of one run on digits."""
+    keras.utils.set_random_seed(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        accuracy, history, adapter = train_and_score(
+            mlp_backbone(64), strategies, data["source_x"], data["source_y"], data["target_x"], data["target_y"],
+            epochs=epochs, num_classes=10, seed=seed, collapse_guard=guard)
+    predictions = adapter.predict(data["target_x"], verbose=0).argmax(axis=1)
+    share = np.bincount(predictions, minlength=10).max() / len(predictions)
+    return accuracy, share, history, [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
+
+
+# ------------------------------------------------------------------ the rule, shared with da.compare
+def test_prediction_rule_is_the_one_compare_uses():
+    uniform = np.full((50, 3), 1 / 3)
+    identical = np.tile([[0.7, 0.2, 0.1]], (50, 1))
+    one_class = np.eye(3)[np.zeros(200, int)] + np.random.default_rng(0).random((200, 3)) * 0.8
+    one_class /= one_class.sum(axis=1, keepdims=True)  # varied outputs, argmax class 0 on every row
+    imbalanced = np.eye(2)[np.r_[np.zeros(90, int), np.ones(10, int)]] * 0.9 + 0.05  # accurate on a 90/10 target
+    reasons = []
+    for probabilities in (uniform, identical, one_class, imbalanced):
+        share = np.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]).max() / len(probabilities)
+        entropy = float(np.mean(-np.sum(probabilities * np.log(probabilities), axis=1)))
+        reasons.append(prediction_collapse_reason(probabilities.mean(0), entropy, share))
+        expected = collapse_reason(probabilities)
+        assert (reasons[-1] is None) == (expected is None)
+        assert reasons[-1] is None or reasons[-1].split("=")[0] == expected.split("=")[0]
+    assert "near-uniform" in reasons[0] and "the same for every image" in reasons[1]
+    assert "onto one class (100.0%" in reasons[2] and reasons[3] is None
+
+
+def test_training_health_accumulates_the_step_statistics():
+    health = TrainingHealth(num_classes=3)
+    logits = np.array([[4.0, 0, 0], [0, 4.0, 0], [0, 4.0, 0], [0, 0, 4.0]], "float32")
+    features = np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0], [2.0, 3.0]], "float32")
+    step = Step(source_labels=np.array([0, 0, 0, 2]), source_logits=logits, source_features=features,
+                target_logits=logits, target_features=features)
+    health.update(step)
+    health.update(step)
+    stats = health.read()
+    assert stats["num_source"] == 8 and stats["num_target"] == 8
+    assert stats["source_accuracy"] == pytest.approx(0.5) and stats["source_chance"] == pytest.approx(0.75)
+    assert stats["target_top_class_share"] == pytest.approx(0.5)
+    # batch variance of the 8 pooled rows: 1 in each dimension
+    assert stats["feature_std"] == pytest.approx(1.0, rel=1e-5)
+    p = np.exp(4) / (np.exp(4) + 2)
+    assert stats["target_mean_probabilities"][1] == pytest.approx((2 * p + 2 * (1 - p) / 2) / 4, rel=1e-5)
+    health.reset()
+    assert health.read()["num_source"] == 0
+
+
+def test_guard_arguments_are_checked():
+    with pytest.raises(ValueError, match="max_collapses"):
+        da.callbacks.CollapseGuard(max_collapses=0)
+    with pytest.raises(ValueError, match="feature_std_ratio"):
+        da.callbacks.CollapseGuard(feature_std_ratio=2.0)
+    with pytest.raises(TypeError, match="back_off"):
+        da.callbacks.CollapseGuard(back_off="yes")
+    adapter = da.DomainAdapter(mlp_backbone(2), num_classes=2, strategies=[da.MMD()])
+    adapter.compile(optimizer="adam")
+    x = np.zeros((8, 2), "float32")
+    with pytest.raises(TypeError, match="collapse_guard"):
+        adapter.fit(source=(x, np.zeros(8, int)), target=x, collapse_guard="on", verbose=0)
+
+
+# ------------------------------------------------------------------ behaviour in fit
+def test_collapsing_strategy_is_caught_named_and_rolled_back(flat_digits):
+    source_only, _, history, caught = fit_digits(flat_digits, [], True)
+    assert "adaptation_scale" not in history.history and not caught  # nothing to back off from: no guard
+
+    unguarded, unguarded_share, history, caught = fit_digits(flat_digits, [PushToOneClass(20.0)], False)
+    assert unguarded_share > 0.99 and unguarded < 0.15 and not caught  # measured: 100%, 10.5%
+
+    guard = da.callbacks.CollapseGuard(warmup_steps=20)
+    guarded, guarded_share, history, caught = fit_digits(flat_digits, [PushToOneClass(20.0)], guard)
+    # measured (seed 0): source-only 55.0%, guarded 62.7%; scale 1 -> 0.5 -> 0.25 -> 0
+    assert guarded > source_only - 0.1 and guarded_share < 0.6
+    assert caught and "push_loss" in caught[0] and "Restored" in caught[0]
+    assert guard.events[0]["scale"] == 0.5 and "push_loss" in guard.events[0]["terms"]
+    scales = history.history["adaptation_scale"]
+    assert scales[0] == 1.0 and 0.5 in scales and scales[-1] == 0.0
+    assert "switched the adaptation terms off" in caught[-1] and len(guard.events) == 3
+
+
+def test_warn_only_guard_changes_nothing(flat_digits):
+    guard = da.callbacks.CollapseGuard(back_off=False, warmup_steps=20)
+    accuracy, share, history, caught = fit_digits(flat_digits, [PushToOneClass(20.0)], guard, epochs=4)
+    assert caught and "nothing changed" in caught[0] and share > 0.99
+    assert set(history.history["adaptation_scale"]) == {1.0}
+
+
+def test_healthy_adaptation_is_never_flagged(flat_digits):
+    accuracy, share, history, caught = fit_digits(flat_digits, [da.MMD(), da.EntropyMinimization()], True)
+    assert not caught and set(history.history["adaptation_scale"]) == {1.0}
+    assert accuracy > 0.7  # measured 89.7% (source-only 55.0%)
+
+
+def test_accurate_model_on_an_imbalanced_target_is_not_flagged(flat_digits):
+    # Held-out source-domain images, 95% of them zeros: an accurate model predicts one class for 95% of them.
+    x, y = flat_digits["source_test_x"], flat_digits["source_test_y"]
+    zeros, others = np.flatnonzero(y == 0), np.flatnonzero(y != 0)
+    keep = np.r_[np.tile(zeros, 19), others[: len(zeros)]]
+    data = {**flat_digits, "target_x": x[keep], "target_y": y[keep]}
+    guard = da.callbacks.CollapseGuard(warmup_steps=20)
+    accuracy, share, history, caught = fit_digits(data, [da.EntropyMinimization()], guard)
+    assert share > 0.9 and accuracy > 0.9 and not caught and not guard.events
