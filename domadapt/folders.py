@@ -68,7 +68,21 @@ _WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
 class SkippedFile(NamedTuple):
-    """A file left out of a folder, and why (``"empty file"``, ``"truncated image"``, ...)."""
+    """A file left out of a folder, and why (``"empty file"``, ``"truncated image"``, ...).
+
+    Example:
+
+    ```python
+    import tempfile, pathlib
+    from PIL import Image
+    from domadapt.folders import read_images
+    root = pathlib.Path(tempfile.mkdtemp())
+    Image.new("RGB", (8, 8)).save(root / "ok.png")
+    (root / "empty.png").write_bytes(b"")
+    images, skipped = read_images(root, (8, 8), return_skipped=True)
+    print(len(images), skipped[0].reason)  # 1 empty file
+    ```
+    """
 
     path: str
     reason: str
@@ -422,6 +436,20 @@ class ImageFolder:
         skipped: ``[SkippedFile(path, reason), ...]``, the files left out.
         count: the number of images used, ``len(files)``.
         image_size, resize: the size and resize policy of the images.
+
+    Example:
+
+    ```python
+    import tempfile, pathlib
+    from PIL import Image
+    import domadapt as da
+    root = pathlib.Path(tempfile.mkdtemp())
+    for index in range(3):
+        Image.new("RGB", (20, 10), (80 * index, 0, 0)).save(root / f"{index}.jpg")
+    folder = da.datasets.image_folder(root, labeled=False, image_size=(16, 16))
+    print(folder)  # ImageFolder('...', 3 images, unlabeled, image_size=(16, 16), resize='stretch', 0 skipped)
+    batch = next(iter(folder.dataset.batch(3)))  # uint8 (3, 16, 16, 3)
+    ```
     """
 
     def __init__(self, path, files, labels, class_names, skipped, image_size, resize, seed):
