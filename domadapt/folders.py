@@ -154,7 +154,8 @@ def _scan(root: Path, labeled: bool, class_names):
         elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES | set(_UNSUPPORTED_SUFFIXES):
             loose.append(SkippedFile(entry.path, "not inside a class sub-folder"))
     if not folders:
-        raise ValueError(f"{root} has no class sub-folders: put the images of each class in its own sub-folder.")
+        raise ValueError(f"{root} has no class sub-folders: put the images of each class in its own sub-folder "
+                         "(or read it as an unlabeled folder).")
     if class_names is not None:
         class_names = [str(name) for name in class_names]
         unknown = sorted(set(folders) - set(class_names))
@@ -532,9 +533,10 @@ def image_folder(path, *, labeled=True, image_size=(224, 224), resize="stretch",
 
     Use it when a folder does not fit in memory (50k photos at 224 px are 7.5 GB as
     uint8): pass ``folder.dataset`` to ``DomainAdapter.fit`` (``source=`` or
-    ``target=``) or to ``da.gap.features``. Files are checked cheaply first (header;
-    PNG/JPEG files that do not end properly are decoded in full), so ``skipped`` is
-    known before training. Scanning, skipping and pixel rules: see :mod:`domadapt.folders`.
+    ``target=``) or to ``da.gap.features``. Files are checked before training: PNG and
+    JPEG files by their header and their last bytes (those that do not end as they
+    should, e.g. interrupted copies, are decoded in full), other formats by a full
+    decode; so ``skipped`` is known before training. Scanning, skipping and pixel rules: see :mod:`domadapt.folders`.
 
     Args:
         path: the folder. Labeled: one sub-folder per class. Unlabeled: searched recursively.
