@@ -14,7 +14,6 @@ from domadapt.validators.base import images_of
 from domadapt.validators.compare import DEFAULT_VALIDATORS, ComparisonTable, compare
 
 SOURCE_ONLY = "source-only"
-_RESERVED_FIT_ARGUMENTS = ("source", "target")
 
 
 @dataclass
@@ -96,9 +95,6 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
     ```
     """
     recipes, notes = _checked_candidates(candidates, build_adapter)
-    for name in _RESERVED_FIT_ARGUMENTS:
-        if name in fit_kwargs:
-            raise TypeError(f"Argument `{name}` of fit is select's own `{name}`; do not pass it again in **fit_kwargs.")
     seed = fit_kwargs.get("seed")
     train_source, validation_source, split_note = _split_source(source, validation_source, validation_split, seed)
     notes += split_note
