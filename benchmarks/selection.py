@@ -216,13 +216,17 @@ def evaluate(rows, backbone="groupnorm"):
     rules = rule_family(validators)
     oracle = oracle_accuracies(rows, backbone, seeds)
     shifts = list(groups)
-    chosen_on_all = choose_rule(rules, mean_pick_accuracies(rules, groups), shifts)
+    accuracies = mean_pick_accuracies(rules, groups)
+    chosen_on_all = choose_rule(rules, accuracies, shifts)
+    ranked = sorted(rules, key=lambda r: -np.mean([accuracies[r][s] for s in shifts]))  # stable: ties keep family order
     today = Rule(TODAY, 0.15, True)
     report = {"backbone": backbone, "rows_used": used, "shifts": shifts, "seeds": seeds,
               "seeds_left_out_partial": {s: v for s, v in left_out.items() if v},
               "methods": list(next(iter(groups.values()))[0]), "validators": validators, "num_rules": len(rules),
               "chosen_on_all_shifts": {"by": list(chosen_on_all.by), "source_drop": chosen_on_all.source_drop,
-                                       "collapse_filter": chosen_on_all.collapse_filter, "text": str(chosen_on_all)}}
+                                       "collapse_filter": chosen_on_all.collapse_filter, "text": str(chosen_on_all)},
+              "top_rules_in_sample": [{"rule": str(r), "mean_pick_accuracy": float(np.mean([accuracies[r][s] for s in shifts])),
+                                       "per_shift": accuracies[r]} for r in ranked[:8]]}
     sections = {}
     if len(shifts) >= 2:
         held_rules = leave_one_shift_out(rules, groups)
@@ -255,6 +259,8 @@ def render_markdown(report):
     text, _ = _table(report["in_sample"], f"In-sample (rule chosen on all shifts, evaluated on the same): "
                                           f"{report['chosen_on_all_shifts']['text']}")
     lines += text
+    lines.append("\nTop rules on all shifts (in-sample mean pick accuracy; ties keep the simpler rule first): "
+                 + "; ".join(f"{t['rule']} {t['mean_pick_accuracy']:.1%}" for t in report["top_rules_in_sample"][:5]) + ".")
     lines.append("\nThis in-sample rule is the default of `da.compare` / `da.select`; the held-out table is the "
                  "estimate of how it does on a new shift.")
     text, _ = _table(report["today"], "For reference: the previous default (IM + reverse, drop ≤ 15%, collapse filter), "
