@@ -260,7 +260,7 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
     else:
         train = (data["source_x"], data["source_y"])
     started = time.perf_counter()
-    adapter.fit(
+    history = adapter.fit(
         # Source-only sees the unlabeled target too (it never enters a loss; a batch-norm
         # backbone's exported statistics may use it); the oracle trains on the target itself.
         source=train, target=None if method in TRAINED_ON_TARGET else data["target_x"],
@@ -297,6 +297,12 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
         "backbone_parameters": int(adapter.backbone.count_params()),
         "user_preset": shift.user_preset if method == "mimic_user_preset" else None,
         "validators": {name: float(value) for name, value in validator_scores.items()},
+        # The collapse guard (on by default since it landed): the adaptation scale after
+        # each epoch (1.0: never backed off) and how many back-offs it made.
+        "adaptation_scale": [float(v) for v in history.history.get("adaptation_scale", [])],
+        "guard_backoffs": int(sum(1 for before, after in zip([1.0] + history.history.get("adaptation_scale", []),
+                                                             history.history.get("adaptation_scale", []))
+                                  if after < before)),
     }
 
 
