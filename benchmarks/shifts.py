@@ -268,7 +268,9 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
     )
     train_seconds = time.perf_counter() - started
     target_probabilities = adapter.predict(data["target_test_x"], batch_size=512, verbose=0)
-    source_probabilities = adapter.predict(data["source_test_x"], batch_size=512, verbose=0)
+    # Source images are scored with the source's batch-norm statistics (bn_mode="domain"
+    # exports the target's); for other backbones source_classifier is the classifier.
+    source_probabilities = adapter.source_classifier.predict(data["source_test_x"], batch_size=512, verbose=0)
     target_predictions = target_probabilities.argmax(axis=1)
     target_accuracy = float((target_predictions == data["target_test_y"]).mean())
     source_accuracy = float((source_probabilities.argmax(axis=1) == data["source_test_y"]).mean())
