@@ -64,8 +64,25 @@ def check_arguments(backbone, num_classes, head, preprocess, bn_mode):
         raise TypeError(f"Argument `head` must be a Keras layer or model; received {head!r}.")
 
 
+def _ends_in_softmax(model):
+    """The name of ``model``'s last layer when it applies a softmax (a Dense/Activation/Softmax layer), else None."""
+    layer = model
+    while isinstance(layer, keras.Model) and layer.layers:  # the last layer of a Sequential/functional model
+        layer = layer.layers[-1]
+    if isinstance(layer, keras.layers.Softmax) or getattr(layer, "activation", None) is keras.activations.softmax:
+        return layer.name
+    return None
+
+
 def pooled_features(backbone, inputs, image_shape):
     """``(pooling layer or None, features)``: the backbone's output pooled to ``(batch, features)``."""
+    classifier_layer = _ends_in_softmax(backbone)
+    if classifier_layer is not None:
+        raise ValueError(
+            f"Argument `backbone` ends in a classifier (layer {classifier_layer!r} applies a softmax): its "
+            "outputs are class probabilities, not features. Build it without its top, e.g. "
+            "keras.applications.ResNet50(include_top=False, ...), or pass a model that ends before the classifier."
+        )
     try:
         feature_map = backbone(inputs)
     except Exception as error:
@@ -91,8 +108,12 @@ def pooled_features(backbone, inputs, image_shape):
 
 def checked_logits(head, features, num_classes):
     """The head's logits of ``features``, checked to be ``(batch, num_classes)`` logits."""
-    if getattr(head, "activation", None) is keras.activations.softmax:
-        raise ValueError("Argument `head` must output logits; remove its softmax activation.")
+    softmax_layer = _ends_in_softmax(head)
+    if softmax_layer is not None:
+        raise ValueError(
+            f"Argument `head` must output logits; its last layer {softmax_layer!r} applies a softmax, and "
+            "DomainAdapter applies its own (a double softmax trains badly). Remove that activation."
+        )
     logits = head(features)
     if not isinstance(logits, keras.KerasTensor) or len(logits.shape) != 2:
         raise ValueError(

@@ -38,6 +38,8 @@ class _Stream:
     user_num_batches: int | None = None
     # Float images of a dataset are checked for NaN/inf per batch as they stream.
     check_finite: bool = False
+    # A dataset's first element's images, for the cross-stream checks before training.
+    first_images: np.ndarray | None = None
 
 
 def describe(value) -> str:
@@ -234,7 +236,8 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _St
     if labeled:
         dataset = dataset.map(lambda images, labels: (images, _checked_labels(labels, num_classes, argument)))
     return _Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size,
-                  user_num_batches=num_batches, check_finite=image_spec.dtype.is_floating)
+                  user_num_batches=num_batches, check_finite=image_spec.dtype.is_floating,
+                  first_images=first_images)
 
 
 def _checked_images(images, argument):
@@ -254,6 +257,37 @@ def _checked_labels(labels, num_classes, argument):
         labels, num_classes, message=f"{_PIPELINE_ERROR_MARKER} `{argument}` has a label >= num_classes={num_classes}"
     )
     return labels
+
+
+def _check_streams_agree(streams, image_shape) -> None:
+    """Two silent mistakes, caught before training: domains scaled ~255x apart, images of different sizes.
+
+    Source pixels in [0, 255] with target pixels in [0, 1] train without an error and
+    the model sees the target as black images; with a ``(None, None, 3)`` backbone,
+    target images of another size fail only inside the compiled step.
+    """
+    samples = {s.argument: s.images[:256] if s.images is not None else s.first_images for s in streams}
+    samples = {argument: sample for argument, sample in samples.items() if sample is not None and sample.size}
+    if any(d is None for d in image_shape):
+        sizes = {argument: tuple(sample.shape[1:]) for argument, sample in samples.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                "Arguments " + ", ".join(f"`{a}`" for a in sizes) + ": images of one training step must share one "
+                "size, even with a backbone that accepts any size; received "
+                + ", ".join(f"`{a}` images of shape {shape}" for a, shape in sizes.items())
+                + ". Resize them to one size (e.g. image_size= of the folder readers)."
+            )
+    scales = {argument: float(np.max(np.abs(sample.astype(np.float64)))) for argument, sample in samples.items()}
+    scales = {argument: scale for argument, scale in scales.items() if scale > 0}
+    if len(scales) > 1:
+        small, large = min(scales, key=scales.get), max(scales, key=scales.get)
+        if scales[small] <= 1.5 and scales[large] > 10 and scales[large] >= 50 * scales[small]:
+            raise ValueError(
+                f"Arguments `{small}` and `{large}` are scaled differently: `{small}` values reach "
+                f"{scales[small]:.3g} (pixels in [0, 1]?) but `{large}` values reach {scales[large]:.3g} "
+                f"(pixels in [0, 255]?), about {scales[large] / scales[small]:.0f}x apart. The model would see "
+                f"one domain as nearly black images; scale both the same way (e.g. multiply `{small}` by 255)."
+            )
 
 
 def _batched_forever(stream: _Stream, batch_size: int, *, shuffle: bool, seed: int | None, shuffle_buffer: int):
@@ -368,6 +402,7 @@ def pair(source, target=None, target_labeled=None, *, image_shape, num_classes, 
     labeled_stream = None
     if target_labeled is not None:
         labeled_stream = _make_stream(target_labeled, argument="target_labeled", labeled=True, **shape)
+    _check_streams_agree([s for s in (source_stream, target_stream, labeled_stream) if s is not None], shape["image_shape"])
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True) or source_stream.user_batch_size or 32
     target_batch_size = check_positive_int(target_batch_size, "target_batch_size", allow_none=True) or batch_size
     steps_per_epoch = check_positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True)
