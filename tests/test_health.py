@@ -137,3 +137,23 @@ def test_accurate_model_on_an_imbalanced_target_is_not_flagged(flat_digits):
     guard = da.callbacks.CollapseGuard(warmup_steps=20)
     accuracy, share, history, caught = fit_digits(data, [da.EntropyMinimization()], guard)
     assert share > 0.9 and accuracy > 0.9 and not caught and not guard.events
+
+
+# ------------------------------------------------------------------ the MMD collapse: its cause and the fix
+def test_mmd_loss_is_scale_free_and_no_longer_rewards_shrinking_features():
+    import tensorflow as tf
+
+    from domadapt import ops as da_ops
+
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(128, 16)).astype("float32")
+    target = (0.5 * rng.normal(size=(128, 16)) + 0.2).astype("float32")  # the target spreads less
+    scale = tf.Variable(1.0)
+    with tf.GradientTape(persistent=True) as tape:
+        # the cause: a data-driven bandwidth without gradient makes d loss / d scale > 0
+        raw = da_ops.mmd(scale * source, scale * target)
+        step = Step(source_features=scale * source, target_features=scale * target, progress=tf.constant(1.0))
+        fixed = da.MMD(schedule="constant").loss(step)["mmd_loss"]
+    assert float(tape.gradient(raw, scale)) > 0.05 * float(raw)  # measured: relative derivative ~ 0.5
+    assert float(fixed) == pytest.approx(float(raw), rel=1e-5)  # the same value as da.gap.mmd
+    assert abs(float(tape.gradient(fixed, scale))) < 1e-5 * float(fixed)

@@ -14,6 +14,24 @@ from domadapt.strategies.base import WeightedStrategy
 _OLD_KERNELS = {"multi": ("rbf", "multi"), "rbf": ("rbf", "mean"), "linear": ("linear", "multi")}
 
 
+def scale_free(source, target):
+    """Source and target features divided by their pooled scale s = sqrt(mean_{i != j} ||x_i - x_j||^2), with gradient.
+
+    A data-driven bandwidth b is computed on the batch and carries no gradient (see
+    :func:`domadapt.ops.rbf_bandwidths`), so the loss's gradient sees exp(-d / b) with
+    b fixed: shrinking every feature towards the batch mean lowers most MMDs (source
+    and target that differ in spread, clusters), and the gradient grows like 1 / scale
+    as they shrink: a run whose pooled features start small can be pulled into a
+    collapse (measured: see tests/test_health.py). Dividing by s (kept in the graph)
+    gives the same value (the bandwidth is then computed on features whose mean
+    pairwise squared distance is 1) but a loss exactly invariant to the features'
+    scale: the MMD neither rewards nor punishes shrinking them.
+    """
+    pooled = keras.ops.concatenate([source, target], axis=0)
+    scale = keras.ops.sqrt(keras.ops.maximum(ops.mean_pairwise_squared_distance(pooled), 1e-12))
+    return source / scale, target / scale
+
+
 @keras.saving.register_keras_serializable(package="domadapt")
 class MMD(ClassWeightedAlignment, WeightedStrategy):
     """Minimise the squared MMD between source and target features of each batch.
@@ -23,8 +41,10 @@ class MMD(ClassWeightedAlignment, WeightedStrategy):
     options as ``da.gap.mmd``: with equal options the loss on a batch is
     ``da.gap.mmd`` of that batch's features. The default is DAN's multi-kernel MMD
     (Long et al. 2015): the mean of Gaussian kernels at 0.25x to 4x the batch's mean
-    pairwise squared distance, biased estimator (>= 0). Under ``tf.distribute`` the
-    global batch is used.
+    pairwise squared distance, biased estimator (>= 0). With a data-driven bandwidth
+    the loss is made invariant to the features' scale (:func:`scale_free`: same
+    value, no gradient that shrinks the features; before 0.2 it collapsed small
+    pooled features). Under ``tf.distribute`` the global batch is used.
 
     Reports ``mmd_loss`` (current weight * MMD^2).
 
@@ -88,6 +108,8 @@ class MMD(ClassWeightedAlignment, WeightedStrategy):
         weights = self.source_class_weights(step)
         if weights is not None:
             weights = _distribute.gather_replicas(weights)
+        if self.kernel == "rbf" and isinstance(self.bandwidth, str):
+            source, target = scale_free(source, target)
         value = ops.mmd(source, target, self.kernel, self.bandwidth, self.estimator, source_weights=weights)
         return {"mmd_loss": self.current_weight(step) * value}
 
