@@ -368,10 +368,17 @@ def _listing(skipped) -> str:
 
 
 def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images, seed, strict, decode):
-    """``(files, labels, class_names, skipped, images)``; ``images`` is a list of arrays when ``decode``."""
+    """``(files, labels, class_names, skipped, images)``.
+
+    ``images`` (when ``decode``) is one uint8 array filled as files are decoded (no
+    second copy), or a list of arrays when ``image_size`` is ``None``.
+    """
     groups, class_names, skipped = _scan(root, labeled, class_names)
     rng = np.random.default_rng(seed)
     files, labels, images = [], [], []
+    capacity = sum(len(c) if max_images is None else min(len(c), max_images) for c in groups)
+    buffer = np.empty((capacity, *image_size, 3), np.uint8) if decode and image_size is not None else None
+    filled = 0
     work = (lambda p: _decode(p, image_size, resize)) if decode else _check
     with ThreadPoolExecutor(_WORKERS) as pool:
         for label, candidates in enumerate(groups):
@@ -381,10 +388,11 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
             if max_images is not None and len(candidates) > max_images:
                 order = [int(i) for i in rng.permutation(len(candidates))]
             wanted = len(candidates) if max_images is None else max_images
-            chosen = []
+            chosen = []  # (index in candidates, decoded image or its row in buffer)
             position = 0
             while len(chosen) < wanted and position < len(order):
-                batch = order[position : position + max(wanted - len(chosen), 4 * _WORKERS)]
+                # Bounded batches: decoded images wait in at most 256 futures.
+                batch = order[position : position + min(256, max(wanted - len(chosen), 4 * _WORKERS))]
                 position += len(batch)
 
                 def attempt(index):
@@ -397,6 +405,9 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
                     if reason is not None:
                         skipped.append(SkippedFile(str(candidates[index]), reason))
                     elif len(chosen) < wanted:
+                        if buffer is not None:
+                            buffer[filled] = result
+                            result, filled = filled, filled + 1
                         chosen.append((index, result))
             if not chosen:
                 where = root / class_names[label] if labeled else root
@@ -405,12 +416,18 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
                     f"{where} holds no readable image ({found}; read: {', '.join(sorted(IMAGE_SUFFIXES))})."
                     + (f"\nSkipped:\n{_listing([s for s in skipped if s.path.startswith(str(where))])}" if candidates else "")
                 )
-            chosen.sort()
-            files += [candidates[index] for index, _ in chosen]
+            ranks = np.argsort([index for index, _ in chosen], kind="stable")
+            files += [candidates[chosen[r][0]] for r in ranks]
             labels += [label] * len(chosen)
-            images += [result for _, result in chosen] if decode else []
+            if buffer is not None and not np.array_equal(ranks, np.arange(len(ranks))):
+                rows = slice(filled - len(chosen), filled)
+                buffer[rows] = buffer[rows][ranks]  # file order within the class (a subset was drawn at random)
+            elif decode and buffer is None:
+                images += [chosen[r][1] for r in ranks]
     if strict and skipped:
         raise ValueError(f"{root}: {len(skipped)} files cannot be used (strict=True):\n{_listing(skipped)}")
+    if buffer is not None:
+        images = buffer[:filled]  # rows of skipped files stay unused at the end
     return files, np.asarray(labels, np.int32), class_names, skipped, images
 
 
@@ -430,7 +447,8 @@ class ImageFolder:
             parallel, shuffled anew every pass (seeded), prefetched. A file that fails
             only while streaming does not stop training: it is added to ``skipped``
             and replaced by the next readable file of its class, so a pass keeps
-            ``count`` elements.
+            ``count`` elements. Every pass decodes again; a folder that fits in
+            memory can be decoded once with ``folder.dataset.cache()``.
         files: the image files used (``pathlib.Path``), sorted per class.
         labels: int32 array, the label of each file (``None`` when unlabeled).
         class_names: class-folder names in label order (``None`` when unlabeled).
@@ -580,6 +598,8 @@ def image_folder(path, *, labeled=True, image_size=(224, 224), resize="stretch",
 
 
 def _stack(images, files, root):
+    if isinstance(images, np.ndarray):
+        return images
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
         first = images[0].shape

@@ -153,7 +153,9 @@ def test_max_images_draws_a_seeded_subset_of_readable_files(tmp_path):
     assert folder.count == 8 and all(f.stat().st_size > 0 for f in folder.files)
     assert image_folder(tmp_path, labeled=False, image_size=(8, 8), max_images=8, seed=3).files == folder.files
     images, skipped = read_images(tmp_path, (8, 8), max_images=8, seed=3, return_skipped=True)
-    assert len(images) == 8
+    # The same subset in memory, in file order: image i is file i's colour.
+    assert images[:, 0, 0, 0].tolist() == [int(f.stem) * 20 for f in folder.files]
+    assert images[:, 0, 0, 0].tolist() != [0, 20, 40, 60, 80, 100, 120, 140]  # a random subset, not the first 8
 
 
 def test_streamed_folders_train_and_measure(tmp_path):
