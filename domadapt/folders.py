@@ -245,8 +245,8 @@ def _decode(path, image_size, resize) -> np.ndarray:
 
     image = _open(path)
     try:
-        with image, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF/palette/bomb warnings: the file is used or skipped either way
+        # No warnings.catch_warnings() here: it is not thread-safe, and files are decoded in threads.
+        with image:
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             if image_size is not None and image.format == "JPEG":
