@@ -114,3 +114,21 @@ def test_rule_guard_and_collapse_filter_and_partial_seeds():
     rows.append({**rows[0], "seed": 2, "validators": None})
     groups, seeds, left_out, used = selection.candidate_groups(rows)
     assert seeds == {"s": [0]} and left_out == {"s": [1]} and used == 2 and list(groups["s"][0]) == ["dann", "source_only"]
+
+
+def test_recommend_is_compare_rule_and_compare_checks_the_rule_arguments():
+    from domadapt.validators.compare import recommend
+
+    oriented = {"source_accuracy": {"a": 0.90, "b": 0.88, "c": 0.50, "d": 0.89},
+                "information_maximization": {"a": 1.2, "b": 1.9, "c": 2.2, "d": 2.0},
+                "reverse": {"a": 0.9, "b": 0.8, "c": 0.1, "d": 0.7}}
+    pick, mean_rank, excluded = recommend(oriented, by=("information_maximization", "reverse"), source_drop=0.15,
+                                          collapsed=["d"])
+    assert (pick, excluded) == ("a", {"c": "source accuracy drop", "d": "collapsed"})
+    assert mean_rank == {"a": 1.5, "b": 1.5}  # a tie goes to the candidate listed first
+    assert recommend(oriented, by=("information_maximization",), source_drop=None)[0] == "c"
+    assert recommend(oriented, by=("information_maximization",), source_drop=0.15)[0] == "d"
+    with pytest.raises(TypeError, match="`recommend_by`"):
+        da.compare({"a": None}, recommend_by="reverse")
+    with pytest.raises(ValueError, match="`source_drop`"):
+        da.compare({"a": None}, source_drop=15)

@@ -107,7 +107,7 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
     for name, recipe in recipes.items():
         if seed is not None:
             keras.utils.set_random_seed(int(seed))
-        if callable(recipe) and not isinstance(recipe, Strategy):
+        if not _is_recipe(recipe):  # a factory
             adapter = _checked_adapter(recipe(), name, "its factory")
         else:
             adapter = _checked_adapter(build_adapter(_copied(recipe)), name, "build_adapter")
