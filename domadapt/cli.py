@@ -1,9 +1,8 @@
 """The ``domadapt`` command line: ``gap``, ``run``, ``compare``, ``recipes`` and ``demo``.
 
 TensorFlow is imported inside the commands, never at module level, so that
-``domadapt --help`` starts at once; ``main`` sets ``TF_CPP_MIN_LOG_LEVEL=2`` (unless
-``--verbose`` or already set) before TensorFlow's first import, which keeps its C++
-start-up lines out of the output.
+``domadapt --help`` starts at once; ``main`` imports TensorFlow with its C++ start-up lines silenced (unless
+``--verbose``), see ``_quiet_tensorflow``.
 """
 
 from __future__ import annotations
@@ -312,6 +311,14 @@ def _source_only_copy(backbone):
     return copy
 
 
+def _completed_epochs(backup):
+    """Epochs a keras.callbacks.BackupAndRestore folder holds (0 if none)."""
+    try:
+        return int(json.loads((Path(backup) / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def _callbacks(args, resume, name):
     import keras
 
@@ -343,6 +350,10 @@ def _run(recipe_module, args):
         evaluation = (eval_x, eval_y)
     skipped = [*source_skipped, *target_skipped, *labeled_skipped, *eval_skipped]
     resume = _prepare_out(args, recipe_name)
+    if args.resume:
+        print(f"Resuming the run in {out} from its last completed epoch "
+              f"({_completed_epochs(resume / 'adapted')} of {args.epochs} adapted"
+              + (f", {_completed_epochs(resume / 'source_only')} source-only)" if args.eval else ")"))
     if skipped:
         write_atomically(out / "skipped.txt", lambda temporary: temporary.write_text(_skipped_text(skipped)))
         _report_skipped(skipped, "the input folders", out)
@@ -458,6 +469,7 @@ def _compare(args):
     import keras
 
     import domadapt as da
+    import domadapt.backbones  # noqa: F401  registers ImageNetPreprocessing, which saved classifiers may hold
 
     runs = {}
     summaries = {}
@@ -505,9 +517,30 @@ def _compare(args):
 # --- entry points --------------------------------------------------------------------------------------------------------
 
 def _quiet_tensorflow(verbose):
-    """Keep TensorFlow's C++ start-up lines (oneDNN, CUDA) out of the output; must run before its first import."""
-    if not verbose and "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Keep TensorFlow's C++ start-up lines (oneDNN, CUDA drivers) out of the output; runs before its first import.
+
+    TF_CPP_MIN_LOG_LEVEL silences TensorFlow's own C++ logging, but TF 2.21 writes its
+    start-up lines through absl before reading it: those are silenced by importing
+    TensorFlow, and letting it look for devices, with the process's stderr (file
+    descriptor 2) sent to /dev/null meanwhile. Python errors are unaffected.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to protect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 _INPUT_ERRORS = (CommandError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, ImportError)
@@ -603,6 +636,7 @@ def main(argv=None):
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "recipes":
+        _quiet_tensorflow(verbose=False)
         for name, summary in built_in_recipes().items():
             print(f"{name:<18} {summary}")
         return 0

@@ -1,0 +1,254 @@
+"""The command line on real folders, through the installed `domadapt` entry point, and the backbones' preprocessing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from domadapt.backbones import APPLICATIONS, PREPROCESSING, ImageNetPreprocessing, load_backbone
+
+DOMADAPT = str(Path(sys.executable).parent / "domadapt")
+SIZE = 16
+
+
+def domadapt(*arguments, timeout=300, **environment):
+    """Run the entry point as a user would (not a terminal: stdout is a pipe)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"} | environment
+    return subprocess.run([DOMADAPT, *map(str, arguments)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def write_images(folder, images):
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{index}.png")
+
+
+def noise(count, low, high, seed):
+    return np.random.default_rng(seed).integers(low, high, (count, SIZE, SIZE, 3)).astype("uint8")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Learnable source (dark class vs bright class), a low-contrast target, a labeled target, a tiny backbone."""
+    root = tmp_path_factory.mktemp("real")
+    for domain, (spread, offset) in {"source": (1.0, 0), "eval": (0.4, 80)}.items():
+        for label, (low, high) in enumerate(((0, 100), (150, 256))):
+            images = (noise(12, low, high, seed=label + 10 * len(domain)) * spread + offset).astype("uint8")
+            write_images(root / domain / f"class_{label}", images)
+    target = np.concatenate([noise(10, 0, 100, 5), noise(10, 150, 256, 6)])
+    write_images(root / "target", (target * 0.4 + 80).astype("uint8"))
+    (root / "target" / "truncated.png").write_bytes((root / "target" / "0.png").read_bytes()[:40])
+    backbone = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
+                                 keras.layers.Conv2D(8, 3, activation="relu", name="conv")])
+    backbone.save(root / "backbone.keras")
+    return root
+
+
+def run_arguments(root, out, *extra, epochs=1):
+    return ["run", "sunny_to_rainy", "--source", root / "source", "--target", root / "target", "--backbone",
+            root / "backbone.keras", "--epochs", epochs, "--image-size", SIZE, "--batch-size", 8, "--out", out, *extra]
+
+
+def test_help_imports_no_tensorflow_and_takes_well_under_a_second():
+    for command in ([], ["gap"], ["run"], ["compare"]):
+        started = time.perf_counter()
+        result = domadapt(*command, "--help", PYTHONPROFILEIMPORTTIME="1")
+        elapsed = time.perf_counter() - started
+        assert result.returncode == 0 and "usage: domadapt" in result.stdout
+        imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+        assert "domadapt.cli" in imported and "tensorflow" not in imported and "keras" not in imported, command
+        assert elapsed < 3.0, (command, elapsed)  # TensorFlow alone takes 3-6 s to import here
+    assert "doubles the training time" in domadapt("run", "--help").stdout
+
+
+def test_gap_gives_a_verdict_skips_a_truncated_file_and_prints_no_tensorflow_log_lines(folders, tmp_path):
+    root = folders
+    shifted = domadapt("gap", root / "source", root / "target", "--backbone", root / "backbone.keras",
+                       "--image-size", SIZE, "--permutations", 200, "--json", tmp_path / "gap.json")
+    assert shifted.returncode == 0, shifted.stderr[-2000:]
+    assert "shift detected, p <= 0.005" in shifted.stdout  # 1/(1+200): no permutation beat the observed MMD
+    assert "Skipped 1 unreadable file in" in shifted.stdout and "truncated.png" in shifted.stdout
+    assert "oneDNN" not in shifted.stderr and "cuda" not in shifted.stderr.lower()
+    table = json.loads((tmp_path / "gap.json").read_text())
+    assert table["verdict"].startswith("shift detected") and table["mmd_test"]["p_value"] < 0.01
+    assert table["skipped"] == {"source": 0, "target": 1} and table["num_target"] == 20
+    same = domadapt("gap", root / "source", root / "source", "--backbone", root / "backbone.keras",
+                    "--image-size", SIZE, "--permutations", 200)
+    assert "no significant shift, p = 1" in same.stdout
+    strict = domadapt("gap", root / "source", root / "target", "--backbone", "pixels", "--image-size", SIZE, "--strict")
+    assert strict.returncode == 2 and "truncated.png" in strict.stderr and "Traceback" not in strict.stderr
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(folders):
+    out = folders / "run_eval"
+    result = domadapt(*run_arguments(folders, out, "--eval", folders / "eval", "--tensorboard", folders / "tb"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_run_with_eval_reports_adapted_and_source_only_target_accuracy(evaluated_run):
+    out, result = evaluated_run
+    summary = json.loads((out / "summary.json").read_text())
+    target = summary["accuracy"]["target"]
+    assert set(target) == {"adapted", "source_only"} and all(0 <= v <= 1 for v in target.values())
+    assert f"target accuracy: adapted {target['adapted']:.1%}, source-only {target['source_only']:.1%}" in result.stdout
+    # Both classifiers are saved, and the printed accuracy is what the saved model scores.
+    (images, labels), = [_read_eval(out, summary)]
+    for name, file in (("adapted", "classifier.keras"), ("source_only", "source_only.keras")):
+        predictions = keras.saving.load_model(out / file).predict(images, verbose=0).argmax(-1)
+        assert np.mean(predictions == labels) == pytest.approx(target[name])
+    assert summary["skipped"]["target"] == 1 and "truncated.png" in (out / "skipped.txt").read_text()
+    assert summary["data"]["source"].endswith("source")
+    # Not a terminal: one line per epoch, no progress bar redrawn with carriage returns.
+    assert "\r" not in result.stdout and "━" not in result.stdout
+    assert not (out / ".domadapt-resume").exists()
+
+
+def _read_eval(out, summary):
+    from domadapt.datasets import read_labeled_folder
+
+    images, labels, _ = read_labeled_folder(summary["data"]["eval"], (SIZE, SIZE))
+    return images, labels
+
+
+def test_tensorboard_logs_every_loss_term(evaluated_run, folders):
+    import tensorflow as tf
+
+    out, _ = evaluated_run
+    history = json.loads((out / "summary.json").read_text())["history"]
+    tags = set()
+    for file in (folders / "tb" / "adapted" / "train").glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(file)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            tags |= {value.tag for value in event.summary.value}
+    losses = {name for name in history if name.endswith("loss")}
+    assert {"cls_loss", "domain_loss"} <= losses
+    assert {f"epoch_{name}" for name in losses} <= tags
+
+
+def test_compare_ranks_runs_on_the_data_they_recorded(evaluated_run, folders, tmp_path):
+    out, _ = evaluated_run
+    import shutil
+
+    other = tmp_path / "copy_of_run"
+    shutil.copytree(out, other)
+    result = domadapt("compare", out, other, "--json", tmp_path / "compare.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = json.loads((tmp_path / "compare.json").read_text())
+    assert table["recommended"] in {"run_eval", "copy_of_run"} and set(table["scores"]) == {"run_eval", "copy_of_run"}
+    assert "recommended" in result.stdout and "Scoring 2 runs on 24 source images" in result.stdout
+    missing = domadapt("compare", out, tmp_path / "nothing")
+    assert missing.returncode == 2 and "holds no classifier.keras" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_run_that_did_not_learn_says_so(folders, tmp_path):
+    # Four classes of the same noise: nothing to learn, source accuracy stays near chance (25%).
+    for label in range(4):
+        write_images(tmp_path / "source" / f"class_{label}", noise(6, 0, 256, seed=100 + label))
+    (tmp_path / "target").symlink_to(folders / "target")
+    result = domadapt("run", "few_labels", "--source", tmp_path / "source", "--target", tmp_path / "target",
+                      "--backbone", folders / "backbone.keras", "--epochs", 1, "--image-size", SIZE, "--out",
+                      tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["learned"] is False
+    assert "warning: training did not learn" in result.stderr and "chance (25.0% for 4 classes)" in result.stderr
+
+
+def test_run_killed_while_writing_leaves_only_complete_files_then_resumes(folders, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    process = subprocess.Popen([DOMADAPT, *map(str, run_arguments(folders, out, epochs=2))], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    # Kill it the moment the classifier is being written (its hidden partial file exists).
+    while process.poll() is None and time.monotonic() < deadline:
+        if any(out.glob(".classifier.keras.*.partial*")):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
+    _assert_every_file_complete(out)
+    assert not (out / "classifier.keras").exists()  # it was being written: absent, not half there
+
+    refused = domadapt(*run_arguments(folders, out, epochs=2))
+    assert refused.returncode == 2 and "--resume" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    resumed = domadapt(*run_arguments(folders, out, "--resume", epochs=2))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming the run" in resumed.stdout and "(2 of 2 adapted)" in resumed.stdout
+    _assert_every_file_complete(out)
+    assert {p.name for p in out.iterdir()} == {"notes.txt", "classifier.keras", "summary.json", "training.png",
+                                               "skipped.txt"}
+    again = domadapt(*run_arguments(folders, out, "--overwrite"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "notes.txt").read_text() == "mine"  # never deletes what it did not write
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1
+
+
+def _assert_every_file_complete(out):
+    for path in out.rglob("*"):
+        if path.is_dir() or ".domadapt-resume" in path.parts or path.name == "notes.txt":
+            continue  # the resume backups: Keras' BackupAndRestore keeps a previous copy of each (double_checkpoint)
+        assert ".partial" not in path.name or path.name.startswith("."), path
+        if ".partial" in path.name:
+            continue  # hidden, named as unfinished: never mistaken for an output
+        if path.suffix == ".keras":
+            keras.saving.load_model(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".png":
+            with Image.open(path) as image:
+                image.load()
+        elif path.suffix == ".txt":
+            assert path.read_text().endswith("\n")
+
+
+# --- backbones: the family's preprocessing inside the model ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(set(APPLICATIONS.values())))
+def test_each_family_preprocessing_is_its_own_preprocess_input(family):
+    module = sys.modules[getattr(keras.applications, family).__module__]
+    probe = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    expected = module.preprocess_input(probe.copy())
+    mode = PREPROCESSING[family]
+    if mode is None:  # the model rescales its own input: preprocess_input is the identity
+        np.testing.assert_array_equal(expected, probe)
+    else:
+        np.testing.assert_allclose(ImageNetPreprocessing(mode)(probe), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "resnet50v2", "mobilenetv2", "mobilenetv3small", "efficientnetb0",
+                                  "densenet121"])
+def test_a_backbone_with_a_local_weights_file_sees_preprocessed_pixels(name, tmp_path):
+    constructor = getattr(keras.applications, APPLICATIONS[name])
+    keras.utils.set_random_seed(0)
+    plain = constructor(include_top=False, weights=None, input_shape=(32, 32, 3))
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    backbone = load_backbone(name, weights=tmp_path / "plain.weights.h5", input_shape=(32, 32, 3))
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    expected = plain.predict(sys.modules[constructor.__module__].preprocess_input(pixels.copy()), verbose=0)
+    np.testing.assert_allclose(backbone.predict(pixels, verbose=0), expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+    backbone.save(tmp_path / "backbone.keras")  # the preprocessing layer saves and loads with the model
+    reloaded = keras.saving.load_model(tmp_path / "backbone.keras")
+    np.testing.assert_allclose(reloaded.predict(pixels, verbose=0), backbone.predict(pixels, verbose=0), rtol=1e-6)
+
+
+def test_a_weights_file_of_another_architecture_is_a_clear_error(tmp_path):
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(tmp_path / "other.weights.h5")
+    with pytest.raises(ValueError, match="Could not load the weights file .* into a headless MobileNetV2"):
+        load_backbone("mobilenetv2", weights=tmp_path / "other.weights.h5", input_shape=(32, 32, 3))
