@@ -1,0 +1,166 @@
+"""bn_mode="domain" (the default): per-domain batch-norm statistics, the target's in the exported classifier."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import domadapt as da
+from domadapt.batchnorm import batchnorm_layers
+
+
+def foggy_digits(seed=0):
+    """Clean 8x8 digits (source) and the other half through a foggy, low-contrast, noisy camera (target)."""
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(digits.images))
+    images = (digits.images[order] / 16.0).astype("float32")[..., None]
+    labels = digits.target[order].astype("int64")
+    half = len(images) // 2
+    target = 0.35 * images[half:] + 0.55 + rng.normal(0.0, 0.06, images[half:].shape)
+    return (images[:half], labels[:half]), (target.astype("float32"), labels[half:])
+
+
+def bn_cnn():
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same"), keras.layers.BatchNormalization(name="bn_0"), keras.layers.ReLU(),
+        keras.layers.Conv2D(32, 3, strides=2, padding="same"), keras.layers.BatchNormalization(name="bn_1"),
+        keras.layers.ReLU(),
+    ])
+
+
+def accuracy(model, images, labels):
+    return float(np.mean(model.predict(images, verbose=0).argmax(axis=1) == labels))
+
+
+def statistics(model):
+    return {layer.name: (layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
+            for layer in batchnorm_layers(model)}
+
+
+def trained(bn_mode, seed, source, target_images, epochs=8):
+    keras.utils.set_random_seed(seed)
+    adapter = da.DomainAdapter(bn_cnn(), num_classes=10, bn_mode=bn_mode)
+    adapter.compile(optimizer=keras.optimizers.Adam(3e-3))
+    adapter.fit(source=source, target=target_images, epochs=epochs, batch_size=64, verbose=0, seed=seed)
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def foggy_runs():
+    source, (target_images, target_labels) = foggy_digits()
+    return source, (target_images, target_labels), {
+        (bn_mode, seed): trained(bn_mode, seed, source, target_images) for bn_mode in ("joint", "domain") for seed in (0, 1)
+    }
+
+
+def test_exported_classifier_beats_the_old_default_on_a_foggy_camera(foggy_runs):
+    # Measured (source-only, 8 epochs, seeds 0-2): joint 9.1/10.5/10.5%, domain 55.1/64.5/56.6% on the target.
+    _, (target_images, target_labels), runs = foggy_runs
+    scores = {key: accuracy(adapter.classifier, target_images, target_labels) for key, adapter in runs.items()}
+    joint = np.mean([scores["joint", seed] for seed in (0, 1)])
+    domain = np.mean([scores["domain", seed] for seed in (0, 1)])
+    assert domain >= 0.45, scores
+    assert domain - joint >= 0.3, scores
+
+
+def test_a_second_reestimation_on_the_target_changes_nothing(foggy_runs):
+    _, (target_images, target_labels), runs = foggy_runs
+    for seed in (0, 1):
+        classifier = runs["domain", seed].classifier
+        before_accuracy, before = accuracy(classifier, target_images, target_labels), statistics(classifier)
+        copy = keras.models.clone_model(classifier)
+        copy.set_weights(classifier.get_weights())
+        assert da.reestimate_batchnorm_statistics(copy, target_images) == len(target_images)
+        assert abs(accuracy(copy, target_images, target_labels) - before_accuracy) <= 0.01
+        for name, (mean, variance) in statistics(copy).items():  # the model's statistics are the final weights'
+            np.testing.assert_allclose(mean, before[name][0], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(variance, before[name][1], rtol=1e-4, atol=1e-4)
+
+
+def test_source_classifier_carries_the_source_statistics_and_save_load_keeps_both(foggy_runs, tmp_path):
+    (source_images, source_labels), (target_images, target_labels), runs = foggy_runs
+    adapter = runs["domain", 0]
+    source_classifier = adapter.source_classifier
+    copy = keras.models.clone_model(adapter.classifier)
+    copy.set_weights(adapter.classifier.get_weights())
+    da.reestimate_batchnorm_statistics(copy, source_images)
+    expected = statistics(copy)
+    for name, (mean, variance) in statistics(source_classifier).items():
+        np.testing.assert_allclose(mean, expected[name][0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(variance, expected[name][1], rtol=1e-4, atol=1e-4)
+    # Each domain is best scored with its own statistics.
+    assert accuracy(source_classifier, source_images, source_labels) > accuracy(adapter.classifier, source_images,
+                                                                                 source_labels) + 0.2
+    assert accuracy(adapter.classifier, target_images, target_labels) > accuracy(source_classifier, target_images,
+                                                                                 target_labels) + 0.2
+    assert da.validators.SourceAccuracy()(adapter, (source_images, source_labels)) == pytest.approx(
+        accuracy(source_classifier, source_images, source_labels))
+    adapter.save(tmp_path / "adapter.keras")
+    restored = keras.saving.load_model(tmp_path / "adapter.keras")
+    for model in ("classifier", "source_classifier"):
+        np.testing.assert_allclose(getattr(restored, model).predict(target_images[:64], verbose=0),
+                                   getattr(adapter, model).predict(target_images[:64], verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile,policy", [(False, "float32"), (True, "mixed_float16")])
+def test_in_training_the_model_statistics_track_the_target_and_the_source_keeps_its_own(jit_compile, policy):
+    rng = np.random.default_rng(0)
+    source = (rng.normal(size=(64, 3)).astype("float32"), rng.integers(0, 2, 64))
+    target = rng.normal(size=(64, 3)).astype("float32") + 5.0
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((self.model._batchnorm.layers[0].moving_mean.numpy().copy(),
+                         self.model.source_batchnorm_statistics[0].numpy().copy()))
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        backbone = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.0),
+                                     keras.layers.Dense(4)])
+        adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD()])
+        adapter.compile(optimizer="sgd", jit_compile=jit_compile)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 64 target images: the few-images warning
+            adapter.fit(source=source, target=target, epochs=1, batch_size=32, verbose=0, callbacks=[Record()])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    (model_mean, source_mean), _ = seen  # momentum 0: each is the last batch's mean of its own domain
+    assert np.all(np.abs(model_mean - 5.0) < 0.6) and np.all(np.abs(source_mean) < 0.6)
+    # After fit: re-estimated on all images of each domain.
+    np.testing.assert_allclose(backbone.layers[0].moving_mean.numpy(), target.mean(axis=0), atol=1e-3)
+    np.testing.assert_allclose(adapter.source_batchnorm_statistics[0].numpy(), source[0].mean(axis=0), atol=1e-3)
+
+
+def test_nested_keras_applications_batchnorm_gets_the_target_statistics():
+    backbone = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), include_top=False, weights=None,
+                                                   include_preprocessing=False, minimalistic=True)
+    rng = np.random.default_rng(0)
+    source = (rng.uniform(size=(64, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 64))
+    target = rng.uniform(size=(64, 32, 32, 3)).astype("float32") * 0.3 + 0.6
+    adapter = da.DomainAdapter(backbone, num_classes=3, strategies=[da.FineTune("all", verbose=False)])
+    adapter.compile(optimizer="adam")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapter.fit(source=source, target=target, epochs=1, batch_size=32, verbose=0)
+    first = backbone.get_layer("conv_bn")  # the first BN layer the images reach (frozen by FineTune)
+    inputs = keras.Model(backbone.inputs, backbone.get_layer("conv").output).predict(target, verbose=0)
+    np.testing.assert_allclose(first.moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-3)
+    assert not first.trainable  # the flags FineTune set are kept
+
+
+def test_few_target_images_warn_once_and_bad_arguments_are_clear_errors():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
+    with pytest.warns(UserWarning, match="re-estimated on 40 images; below 256"):
+        assert da.reestimate_batchnorm_statistics(model, np.ones((40, 4)), batch_size=16) == 40
+    assert da.reestimate_batchnorm_statistics(model, np.ones((1000, 4)), max_images=300) == 300
+    with pytest.raises(ValueError, match="`max_images` must be None or a positive integer; received max_images=0"):
+        da.reestimate_batchnorm_statistics(model, np.ones((8, 4)), max_images=0)
+    with pytest.raises(ValueError, match="`bn_mode` must be one of"):
+        da.DomainAdapter(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), num_classes=2, bn_mode="target")
+    with pytest.raises(ValueError, match="no BatchNormalization"):
+        da.reestimate_batchnorm_statistics(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), np.ones((4, 4)))
