@@ -253,7 +253,7 @@ def _decode(path, image_size, resize) -> np.ndarray:
                 side = max(image_size)  # decode big JPEGs at a reduced scale, never below the target size
                 image.draft(image.mode, (side, side))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
             array = _to_rgb_array(image)
     except _Unreadable:
         raise
