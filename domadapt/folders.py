@@ -157,7 +157,11 @@ def _scan(root: Path, labeled: bool, class_names):
         raise ValueError(f"{root} has no class sub-folders: put the images of each class in its own sub-folder "
                          "(or read it as an unlabeled folder).")
     if class_names is not None:
-        class_names = [str(name) for name in class_names]
+        if isinstance(class_names, (str, bytes)) or not all(isinstance(name, str) for name in class_names):
+            raise TypeError(f"Argument `class_names` must be a list of folder names (str); received {class_names!r}.")
+        class_names = list(class_names)
+        if len(set(class_names)) != len(class_names):
+            raise ValueError(f"Argument `class_names` names a class twice: {class_names}.")
         unknown = sorted(set(folders) - set(class_names))
         if unknown:
             raise ValueError(f"{root}: class folders {unknown} are not among the expected classes {class_names}.")

@@ -142,6 +142,8 @@ def test_errors_name_the_folder_and_the_argument(tmp_path):
         image_folder(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=r"class folders \['broken', 'full'\] are not among"):
         image_folder(tmp_path, image_size=(8, 8), class_names=["cat"])
+    with pytest.raises(TypeError, match="`class_names` must be a list"):
+        image_folder(tmp_path, image_size=(8, 8), class_names="full")
 
 
 def test_max_images_draws_a_seeded_subset_of_readable_files(tmp_path):
