@@ -570,6 +570,11 @@ def _check_run_arguments(parser, args):
         parser.error("--max-images must be >= 1")
     if args.resume and args.overwrite:
         parser.error("--resume continues the run in --out; --overwrite starts a new one: pass only one")
+    if args.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            parser.error("--tensorboard needs the tensorboard package: pip install 'domadapt[tensorboard]'")
 
 
 def build_parser():
