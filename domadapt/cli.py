@@ -20,6 +20,8 @@ _BUILT_IN = "domadapt.recipes"
 GAP_METRICS = ("coral", "domain_classifier_auc", "frechet", "kid", "mmd", "proxy_a_distance")
 DEFAULT_GAP_METRICS = ("mmd", "frechet", "coral", "proxy_a_distance")
 RESIZE_POLICIES = ("stretch", "crop", "pad")
+# domadapt.validators.compare.DEFAULT_VALIDATORS, here so that the parser needs no TensorFlow.
+COMPARE_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd", "reverse")
 # What `run` writes into --out: the only files it ever replaces or deletes there.
 RUN_OUTPUTS = ("classifier.keras", "source_only.keras", "summary.json", "training.png", "skipped.txt")
 RESUME_FOLDER = ".domadapt-resume"
@@ -263,26 +265,35 @@ _RESUME_KEYS = ("recipe", "source", "target", "target_labeled", "eval", "backbon
                 "image_size", "resize", "max_images")
 
 
+def check_out(args):
+    """Refuse, before anything is read or trained, an --out that holds a run without --overwrite/--resume."""
+    out = Path(args.out)
+    resume = out / RESUME_FOLDER
+    if args.resume:
+        if not (resume / "arguments.json").is_file():
+            raise CommandError(f"--resume: {out} holds no interrupted run to continue.")
+        return
+    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if resume.exists():
+        existing.append(f"{RESUME_FOLDER} (an interrupted run: pass --resume to continue it)")
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{out} already holds {existing}; pass --overwrite to replace them.")
+
+
 def _prepare_out(args, recipe_name):
-    """Check --out for --overwrite/--resume; returns the resume folder."""
+    """Check --out for --overwrite/--resume, clear what an earlier run of ours left; returns the resume folder."""
+    check_out(args)
     out = Path(args.out)
     resume = out / RESUME_FOLDER
     recorded = {key: getattr(args, key, None) for key in _RESUME_KEYS}
     recorded["recipe"] = recipe_name
     if args.resume:
-        if not (resume / "arguments.json").is_file():
-            raise CommandError(f"--resume: {out} holds no interrupted run to continue.")
         before = json.loads((resume / "arguments.json").read_text())
         changed = {k: (before.get(k), recorded[k]) for k in _RESUME_KEYS if before.get(k) != recorded[k]}
         if changed:
             raise CommandError("--resume: the arguments differ from the interrupted run's: " + ", ".join(
                 f"{k} was {old!r}, now {new!r}" for k, (old, new) in changed.items()))
     else:
-        existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
-        if resume.exists():
-            existing.append(f"{RESUME_FOLDER} (an interrupted run: pass --resume to continue it)")
-        if existing and not args.overwrite:
-            raise FileExistsError(f"{out} already holds {existing}; pass --overwrite to replace them.")
         if resume.exists():
             import shutil
 
@@ -507,7 +518,7 @@ def _compare(args):
     models = {name: keras.saving.load_model(folder / "classifier.keras") for name, folder in runs.items()}
     print(f"Scoring {len(models)} runs on {len(source_x)} source images ({source_path}) and "
           f"{len(target_x)} target images ({target_path}) ...")
-    table = da.compare(models, source=(source_x, source_y), target=target_x)
+    table = da.compare(models, source=(source_x, source_y), target=target_x, validators=args.validators)
     print(table)
     if args.json:
         print(f"Wrote {write_json(_writable(args.json, args.overwrite), table.to_dict())}")
@@ -621,6 +632,9 @@ def build_parser():
     compare_parser.add_argument("--resize", choices=RESIZE_POLICIES, default=None)
     compare_parser.add_argument("--max-images", type=int, default=None, help="images read per folder (random subset)")
     compare_parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
+    compare_parser.add_argument("--validators", nargs="+", default=list(COMPARE_VALIDATORS),
+                                help="validators to score with (default: all of da.validators' defaults; "
+                                     "'reverse' trains a model per run and is the slowest)")
     compare_parser.add_argument("--json", help="write the table and the recommendation as JSON here")
     compare_parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     _add_verbose(compare_parser)
@@ -656,8 +670,10 @@ def main(argv=None):
             parser.error("--permutations must be >= 1")
     elif args.image_size is not None and args.image_size < 8:
         parser.error("--image-size must be >= 8")
-    _quiet_tensorflow(args.verbose)
     try:
+        if args.command == "run":
+            check_out(args)  # a refusal needs no TensorFlow
+        _quiet_tensorflow(args.verbose)
         if args.command == "run":
             return _run(load_recipe(args.recipe), args)
         if args.command == "compare":
