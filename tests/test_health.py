@@ -157,3 +157,31 @@ def test_mmd_loss_is_scale_free_and_no_longer_rewards_shrinking_features():
     assert float(tape.gradient(raw, scale)) > 0.05 * float(raw)  # measured: relative derivative ~ 0.5
     assert float(fixed) == pytest.approx(float(raw), rel=1e-5)  # the same value as da.gap.mmd
     assert abs(float(tape.gradient(fixed, scale))) < 1e-5 * float(fixed)
+
+
+class RawFeatureMMD(da.MMD):
+    """da.MMD as it was before the fix: the same value, on the raw features (data-driven bandwidth, no gradient)."""
+
+    def loss(self, step):
+        from domadapt import ops as da_ops
+
+        return {"mmd_loss": self.current_weight(step) * da_ops.mmd(step.source_features, step.target_features)}
+
+
+def test_mmd_no_longer_collapses_features_that_start_small(flat_digits):
+    # The reported collapse, small: pooled features that start small (x 0.01), Adam, MMD with its defaults.
+    def run(strategy, seed):
+        keras.utils.set_random_seed(seed)
+        backbone = keras.Sequential([mlp_backbone(64), keras.layers.Rescaling(0.01)])
+        _, history, adapter = train_and_score(
+            backbone, [strategy], flat_digits["source_x"], flat_digits["source_y"], flat_digits["target_x"],
+            flat_digits["target_y"], epochs=6, num_classes=10, seed=seed, collapse_guard=False)
+        features = adapter.feature_extractor.predict(flat_digits["target_x"], verbose=0)
+        return features.std(axis=0).mean(), history.history["accuracy"][-1]
+
+    before = np.array([run(RawFeatureMMD(), seed) for seed in (0, 1)])
+    after = np.array([run(da.MMD(), seed) for seed in (0, 1)])
+    # measured, seeds 0, 1: before: feature std 2.6e-6, 4.4e-5, source accuracy 11%, 10% (chance);
+    # after: 0.019, 0.013, 45%, 42% (source-only at 6 epochs: 45%, 43%)
+    assert before[:, 0].max() < 5e-4 and before[:, 1].mean() < 0.15
+    assert after[:, 0].min() > 5e-3 and after[:, 1].mean() > 0.3

@@ -15,21 +15,18 @@ _OLD_KERNELS = {"multi": ("rbf", "multi"), "rbf": ("rbf", "mean"), "linear": ("l
 
 
 def scale_free(source, target):
-    """Source and target features divided by their pooled scale s = sqrt(mean_{i != j} ||x_i - x_j||^2), with gradient.
+    """``(source / sigma, target / sigma, sigma)``: features divided by their pooled spread, with gradient.
 
-    A data-driven bandwidth b is computed on the batch and carries no gradient (see
-    :func:`domadapt.ops.rbf_bandwidths`), so the loss's gradient sees exp(-d / b) with
-    b fixed: shrinking every feature towards the batch mean lowers most MMDs (source
-    and target that differ in spread, clusters), and the gradient grows like 1 / scale
-    as they shrink: a run whose pooled features start small can be pulled into a
-    collapse (measured: see tests/test_health.py). Dividing by s (kept in the graph)
-    gives the same value (the bandwidth is then computed on features whose mean
-    pairwise squared distance is 1) but a loss exactly invariant to the features'
-    scale: the MMD neither rewards nor punishes shrinking them.
+    sigma = sqrt(mean_{i != j} ||x_i - x_j||^2 / (2 d)), the root-mean-square
+    per-dimension standard deviation of source and target pooled. :class:`MMD`
+    computes its data-driven bandwidths on the result, so the loss value is
+    unchanged (equal to ``da.gap.mmd``) and exactly invariant to the features'
+    scale: it no longer rewards shrinking them (see ``MMD.loss``).
     """
     pooled = keras.ops.concatenate([source, target], axis=0)
-    scale = keras.ops.sqrt(keras.ops.maximum(ops.mean_pairwise_squared_distance(pooled), 1e-12))
-    return source / scale, target / scale
+    dimensions = keras.ops.cast(keras.ops.shape(pooled)[-1], "float32")
+    sigma = keras.ops.sqrt(keras.ops.maximum(ops.mean_pairwise_squared_distance(pooled) / (2.0 * dimensions), 1e-12))
+    return source / sigma, target / sigma, sigma
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -42,9 +39,9 @@ class MMD(ClassWeightedAlignment, WeightedStrategy):
     ``da.gap.mmd`` of that batch's features. The default is DAN's multi-kernel MMD
     (Long et al. 2015): the mean of Gaussian kernels at 0.25x to 4x the batch's mean
     pairwise squared distance, biased estimator (>= 0). With a data-driven bandwidth
-    the loss is made invariant to the features' scale (:func:`scale_free`: same
-    value, no gradient that shrinks the features; before 0.2 it collapsed small
-    pooled features). Under ``tf.distribute`` the global batch is used.
+    the loss is invariant to the features' scale and its gradient does not grow as
+    they shrink (:func:`scale_free`; the value is unchanged): before 0.2 it collapsed
+    pooled features that started small. Under ``tf.distribute`` the global batch is used.
 
     Reports ``mmd_loss`` (current weight * MMD^2).
 
@@ -108,9 +105,21 @@ class MMD(ClassWeightedAlignment, WeightedStrategy):
         weights = self.source_class_weights(step)
         if weights is not None:
             weights = _distribute.gather_replicas(weights)
-        if self.kernel == "rbf" and isinstance(self.bandwidth, str):
-            source, target = scale_free(source, target)
+        if self.kernel != "rbf" or not isinstance(self.bandwidth, str):
+            value = ops.mmd(source, target, self.kernel, self.bandwidth, self.estimator, source_weights=weights)
+            return {"mmd_loss": self.current_weight(step) * value}
+        # A data-driven bandwidth b carries no gradient, so on the raw features the
+        # gradient sees exp(-d / b) with b fixed: shrinking every feature lowers most
+        # MMDs (source and target of different spread, clusters), and the gradient grows
+        # like 1 / scale as they shrink. Pooled features that start small were pulled
+        # into a collapse (std 1e-7..1e-4, source accuracy at chance: tests/test_health.py).
+        # Here: the MMD of the features at unit spread (scale-free, so no reward for
+        # shrinking), its gradient multiplied by sigma (constant), i.e. the gradient the
+        # old loss had on unit-spread features, whatever the features' scale. Value: MMD^2.
+        source, target, sigma = scale_free(source, target)
         value = ops.mmd(source, target, self.kernel, self.bandwidth, self.estimator, source_weights=weights)
+        fixed = keras.ops.stop_gradient(value)
+        value = fixed + keras.ops.stop_gradient(sigma) * (value - fixed)
         return {"mmd_loss": self.current_weight(step) * value}
 
     def get_config(self):
