@@ -269,11 +269,12 @@ class DomainAdapter(keras.Model):
 
         With bn_mode='domain' in training, the source batch is normalised by its own
         statistics and updates the source's moving statistics; the model's own track
-        the target batches. Stateful ops on one variable run in program order in a
-        tf.function (also under XLA), so the swaps below are ordered.
+        the target batches (in a step without them, the source's). Stateful ops on one
+        variable run in program order in a tf.function (also under XLA), so the swaps
+        below are ordered.
         """
         batches = [ops.cast(b, "float32") for b in batches]
-        if self.bn_mode == "domain" and training and len(batches) > 1 and self.source_batchnorm_statistics:
+        if self.bn_mode == "domain" and training and self.source_batchnorm_statistics:
             model_statistics = self._batchnorm_statistics()
             target_statistics = [tf.identity(variable.value) for variable in model_statistics]
             for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
@@ -282,7 +283,7 @@ class DomainAdapter(keras.Model):
             source_logits = self.head(source_features, training=training)
             for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
                 source.assign(variable)
-            for variable, value in zip(model_statistics, target_statistics):
+            for variable, value in zip(model_statistics, target_statistics if len(batches) > 1 else ()):
                 variable.assign(value)
             features = [source_features] + [self.feature_extractor(b, training=training) for b in batches[1:]]
             logits = [source_logits] + [self.head(f, training=training) for f in features[1:]]
@@ -457,10 +458,13 @@ class DomainAdapter(keras.Model):
         Source statistics are re-estimated on source images (frozen BN layers keep the
         statistics they trained with) and stored in ``source_batchnorm_statistics``;
         then the model's are re-estimated on the target images, every BN layer included.
+        Without a target the model keeps the source statistics.
         """
         if not self.source_batchnorm_statistics:
             return
         classifier = self.classifier
+        for variable, source_statistic in zip(self._batchnorm_statistics(), self.source_batchnorm_statistics):
+            variable.assign(ops.cast(source_statistic, variable.dtype))
         source_images = source.map(lambda *element: element[0]) if isinstance(source, tf.data.Dataset) else source[0]
         trained = [layer for layer in self._batchnorm.layers if layer.trainable]
         reestimate(classifier, trained, source_images, max_images=REESTIMATION_IMAGES)

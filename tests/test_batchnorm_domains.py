@@ -155,7 +155,7 @@ def test_nested_keras_applications_batchnorm_gets_the_target_statistics():
 
 def test_few_target_images_warn_once_and_bad_arguments_are_clear_errors():
     model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(), keras.layers.Dense(2)])
-    with pytest.warns(UserWarning, match="re-estimated on 40 images; below 256"):
+    with pytest.warns(UserWarning, match="re-estimated on 40 images; below 128"):
         assert da.reestimate_batchnorm_statistics(model, np.ones((40, 4)), batch_size=16) == 40
     assert da.reestimate_batchnorm_statistics(model, np.ones((1000, 4)), max_images=300) == 300
     with pytest.raises(ValueError, match="`max_images` must be None or a positive integer; received max_images=0"):

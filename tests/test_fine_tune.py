@@ -195,10 +195,14 @@ def test_batchnorm_adapt_reestimates_statistics_on_the_target_at_the_end(data):
     adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.FineTune("all", batchnorm="adapt", verbose=False)])
     adapter.compile(optimizer="adam")
     target = images * 3.0 + 2.0
+    trained_with = backbone.get_layer("bn_0").moving_mean.numpy().copy()
     adapter.fit(source=(images, labels), target=target, epochs=1, batch_size=16, verbose=0)
     inputs = keras.Model(backbone.inputs, backbone.get_layer("conv_0").output).predict(target, verbose=0)
     np.testing.assert_allclose(backbone.get_layer("bn_0").moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-3,
                                atol=1e-3)
+    # The frozen layer's source statistics stay those it trained with.
+    source_bn = next(layer for layer in da.batchnorm.batchnorm_layers(adapter.source_classifier) if layer.name == "bn_0")
+    np.testing.assert_array_equal(source_bn.moving_mean.numpy(), trained_with)
 
 
 def test_adapt_batchnorm_changes_moving_statistics_and_nothing_else():
