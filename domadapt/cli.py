@@ -641,7 +641,28 @@ def build_parser():
     commands.add_parser("recipes", help="list the built-in recipes", description="List the built-in recipes.")
     commands.add_parser("demo", help="run the offline sunny-to-rainy demo (options: domadapt demo --help)",
                         add_help=False)
+    # Its arguments live beside the code (domadapt.test_time, which imports TensorFlow): parsed there.
+    commands.add_parser("adapt-at-test-time", add_help=False,
+                        help="adapt a saved classifier to unlabeled target images without source data "
+                             "(options: domadapt adapt-at-test-time --help)")
     return parser
+
+
+def _adapt_at_test_time(argv):
+    _quiet_tensorflow("--verbose" in argv)
+    from domadapt import test_time
+
+    parser = argparse.ArgumentParser(prog="domadapt adapt-at-test-time",
+                                     description="Adapt a saved classifier to unlabeled target images, without "
+                                                 "source data, and write it to --out.")
+    test_time.add_arguments(parser)
+    _add_verbose(parser)
+    args = parser.parse_args(argv)
+    try:
+        return test_time.adapt_at_test_time_command(args)
+    except _INPUT_ERRORS as error:
+        print(f"domadapt adapt-at-test-time: error: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None):
@@ -652,6 +673,8 @@ def main(argv=None):
         from domadapt import demo
 
         return demo.main(rest)
+    if args.command == "adapt-at-test-time":
+        return _adapt_at_test_time(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "recipes":
