@@ -226,3 +226,50 @@ def test_auto_weighted_dann_beats_plain_dann_on_a_partial_target(partial_digits)
     plain = [partial_target_accuracy(None, partial_digits, seed) for seed in seeds]
     weighted = [partial_target_accuracy("auto", partial_digits, seed) for seed in seeds]
     assert np.mean(weighted) > np.mean(plain) + 0.05, (plain, weighted)
+
+
+_DISTRIBUTED_SCRIPT = r"""
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np, domadapt as da
+
+def build():
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh")])
+    recipe = (da.DANN(hidden_units=(8,), dropout=0.0, class_weights="auto", schedule="constant")
+              + da.MMD(class_weights=[1.0, 0.2, 0.5], schedule="constant") + da.CORAL(class_weights="auto"))
+    adapter = da.DomainAdapter(backbone, num_classes=3, strategies=recipe)
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
+    return adapter
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(128, 4)).astype("float32")
+y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 1).astype("int64")
+fit = dict(source=(x, y), target=x[:64] * 0.5 + 0.3, epochs=2, batch_size=32, seed=0, verbose=0)
+single = build()
+single.fit(**fit)
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    replicated = build()
+replicated.fit(**fit)
+start = build().trainable_variables
+moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(single.trainable_variables, start))
+gap = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+          for a, b in zip(single.trainable_variables, replicated.trainable_variables))
+estimates = [[s.current_class_weights().tolist() for s in (m.strategies[0], m.strategies[2])] for m in (single, replicated)]
+print("RESULT " + json.dumps({"moved": moved, "gap": gap, "estimates": estimates}))
+"""
+
+
+def test_class_weighted_alignment_under_tf_distribute_trains_as_one_device():
+    import json, os, subprocess, sys  # noqa: E401
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", _DISTRIBUTED_SCRIPT], capture_output=True, text=True, timeout=600, env=env)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, run.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["moved"] > 0.01 and result["gap"] < 1e-4 * result["moved"] + 1e-6, result
+    np.testing.assert_allclose(result["estimates"][0], result["estimates"][1], atol=1e-5)
+    assert min(result["estimates"][0][0]) < 0.99  # the estimate moved away from uniform
