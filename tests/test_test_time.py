@@ -9,7 +9,7 @@ measured on two models trained once per module (seeds 0 and 1, 2-core CPU):
 | source (clean digits 98.7% / 99.0%) | 9.2% | 10.8% |
 | norm / tent / eata, 1 pass | 53.3 / 53.6 / 53.3% | 55.3 / 55.1 / 55.3% |
 | eata, 20 passes | 53.5% | 55.3% |
-| TestTimeAdapter(eata), batch size 1, one pass | 32.1% | 38.6% |
+| TestTimeAdapter(eata), batch size 1, one pass over all 797 images | 32.1% | 38.6% |
 """
 
 import argparse
@@ -130,7 +130,8 @@ def test_batch_size_one_online_stays_above_source_and_the_prior_protects_the_sta
     default = online("eata")
     pure_batch_statistics = online(Norm(statistics_prior=0))
     assert_unchanged(model, before)
-    # Measured on these 400 images: eata 30.5%, source 9.5%; without the prior (batch statistics of one image) ~10%.
+    # Measured on these 400 images (seed 0 / 1): eata 23.5% / 29.0%, source 10.3% / 12.5%; without the prior
+    # (each image normalised by its own statistics, Norm(statistics_prior=0)) 10.0% / 8.8%.
     assert default > source + 0.10
     assert default > pure_batch_statistics + 0.10
 
@@ -161,11 +162,11 @@ def test_target_forms_dataset_and_pair(trained):
     import tensorflow as tf
 
     model = trained["models"][0]
-    images = trained["target_x"]
+    images = trained["target_x"][:300]
     from_array = da.adapt_at_test_time(model, images, method="norm")
-    from_dataset = da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices((images, trained["target_y"])),
-                                         method="norm")
-    from_pair = da.adapt_at_test_time(model, (images, trained["target_y"]), method="norm")
+    labels = trained["target_y"][:300]
+    from_dataset = da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices((images, labels)), method="norm")
+    from_pair = da.adapt_at_test_time(model, (images, labels), method="norm")
     for other in (from_dataset, from_pair):
         for a, b in zip(from_array.get_weights(), other.get_weights()):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
