@@ -126,13 +126,15 @@ def shift_verdict(p_value, permutations, level=0.05):
 
 
 def _gap(args):
+    # Folders are read before TensorFlow is imported: a wrong path fails at once.
+    (source, source_skipped), (target, target_skipped) = (read_unlabeled(args.source, args, args.max_samples, 0),
+                                                          read_unlabeled(args.target, args, args.max_samples, 1))
+    _quiet_tensorflow(args.verbose)
     import keras
 
     import domadapt as da
     from domadapt.backbones import load_backbone
 
-    (source, source_skipped), (target, target_skipped) = (read_unlabeled(args.source, args, args.max_samples, 0),
-                                                          read_unlabeled(args.target, args, args.max_samples, 1))
     skipped = [*source_skipped, *target_skipped]
     _report_skipped(skipped, f"{args.source} and {args.target}")
     if source.shape[1:] != target.shape[1:]:
@@ -182,25 +184,31 @@ def built_in_recipes():
             for name in names}
 
 
+def find_recipe(name_or_path):
+    """Where a recipe is, without importing it: a ``Path`` (a ``.py`` file) or a built-in recipe's name."""
+    name = str(name_or_path)
+    path = Path(name) if name.endswith(".py") else Path.cwd() / "recipes" / f"{name}.py"
+    if path.is_file():
+        return path
+    if name.isidentifier() and resources.files(_BUILT_IN).joinpath(f"{name}.py").is_file():
+        return name
+    built_in = sorted(entry.name[:-3] for entry in resources.files(_BUILT_IN).iterdir()
+                      if entry.name.endswith(".py") and not entry.name.startswith("_"))
+    searched = [str(path)] + ([] if name.endswith(".py") else [f"built-in recipes {built_in}"])
+    raise FileNotFoundError(f"Recipe {name_or_path!r} not found (looked in {', '.join(searched)}).")
+
+
 def load_recipe(name_or_path):
     """A recipe module from a ``.py`` path, or by name: ``./recipes/NAME.py`` first, then the built-in one."""
     import importlib.util
 
-    if str(name_or_path).endswith(".py"):
-        candidates = [Path(name_or_path)]
-    else:
-        candidates = [Path.cwd() / "recipes" / f"{name_or_path}.py"]
-    for path in candidates:
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location(f"domadapt_recipe_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return _checked(module, path)
-    name = str(name_or_path)
-    if name.isidentifier() and resources.files(_BUILT_IN).joinpath(f"{name}.py").is_file():
-        return _checked(importlib.import_module(f"{_BUILT_IN}.{name}"), name)
-    searched = [str(c) for c in candidates] + ([] if name.endswith(".py") else [f"built-in recipes {sorted(built_in_recipes())}"])
-    raise FileNotFoundError(f"Recipe {name_or_path!r} not found (looked in {', '.join(searched)}).")
+    location = find_recipe(name_or_path)
+    if isinstance(location, Path):
+        spec = importlib.util.spec_from_file_location(f"domadapt_recipe_{location.stem}", location)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return _checked(module, location)
+    return _checked(importlib.import_module(f"{_BUILT_IN}.{location}"), location)
 
 
 def _checked(module, where):
@@ -339,16 +347,15 @@ def _callbacks(args, resume, name):
     return callbacks
 
 
-def _run(recipe_module, args):
+def _run(args, recipe_module=None):
+    """``domadapt run``: ``recipe_module`` (default: ``load_recipe(args.recipe)``) trained on the folders of ``args``."""
     import inspect
     import shutil
 
-    import keras
-
-    import domadapt as da
-
+    check_out(args)
+    if recipe_module is None:
+        find_recipe(args.recipe)  # a misspelt recipe fails before the folders are read
     out = Path(args.out)
-    recipe_name = getattr(recipe_module, "__file__", None) or recipe_module.__name__
     (source_x, source_y, classes), source_skipped = read_labeled(args.source, args, args.max_images)
     target_x, target_skipped = read_unlabeled(args.target, args, args.max_images, seed=1)
     labeled, labeled_skipped = None, []
@@ -360,6 +367,14 @@ def _run(recipe_module, args):
         (eval_x, eval_y, _), eval_skipped = read_labeled(args.eval, args, args.max_images, classes)
         evaluation = (eval_x, eval_y)
     skipped = [*source_skipped, *target_skipped, *labeled_skipped, *eval_skipped]
+    # Folders are read before TensorFlow is imported: a wrong path or a refused --out fails at once.
+    _quiet_tensorflow(args.verbose)
+    import keras
+
+    import domadapt as da
+
+    recipe_module = recipe_module or load_recipe(args.recipe)
+    recipe_name = getattr(recipe_module, "__file__", None) or recipe_module.__name__
     resume = _prepare_out(args, recipe_name)
     if args.resume:
         print(f"Resuming the run in {out} from its last completed epoch "
@@ -477,11 +492,6 @@ def _plot_run(summary, path):
 # --- compare ---------------------------------------------------------------------------------------------------------------
 
 def _compare(args):
-    import keras
-
-    import domadapt as da
-    import domadapt.backbones  # noqa: F401  registers ImageNetPreprocessing, which saved classifiers may hold
-
     runs = {}
     summaries = {}
     for folder in args.runs:
@@ -512,6 +522,12 @@ def _compare(args):
     (source_x, source_y, classes), source_skipped = read_labeled(source_path, args, args.max_images)
     target_x, target_skipped = read_unlabeled(target_path, args, args.max_images, seed=1)
     _report_skipped([*source_skipped, *target_skipped], f"{source_path} and {target_path}")
+    _quiet_tensorflow(args.verbose)
+    import keras
+
+    import domadapt as da
+    import domadapt.backbones  # noqa: F401  registers ImageNetPreprocessing, which saved classifiers may hold
+
     for name, summary in summaries.items():
         if summary.get("classes") not in (None, classes):
             raise CommandError(f"run {name} was trained on classes {summary['classes']}, but {source_path} holds {classes}.")
@@ -564,9 +580,8 @@ def recipe_main(recipe_path, argv=None):
     _add_run_arguments(parser)
     args = parser.parse_args(argv)
     _check_run_arguments(parser, args)
-    _quiet_tensorflow(args.verbose)
     try:
-        sys.exit(_run(recipe, args))
+        sys.exit(_run(args, recipe))
     except _INPUT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -695,10 +710,7 @@ def main(argv=None):
         parser.error("--image-size must be >= 8")
     try:
         if args.command == "run":
-            check_out(args)  # a refusal needs no TensorFlow
-        _quiet_tensorflow(args.verbose)
-        if args.command == "run":
-            return _run(load_recipe(args.recipe), args)
+            return _run(args)
         if args.command == "compare":
             return _compare(args)
         return _gap(args)
