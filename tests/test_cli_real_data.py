@@ -253,3 +253,45 @@ def test_a_weights_file_of_another_architecture_is_a_clear_error(tmp_path):
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(tmp_path / "other.weights.h5")
     with pytest.raises(ValueError, match="Could not load the weights file .* into a headless MobileNetV2"):
         load_backbone("mobilenetv2", weights=tmp_path / "other.weights.h5", input_shape=(32, 32, 3))
+
+
+# --- silent mistakes, caught before training ---------------------------------------------------------------------------
+
+
+def small_backbone(shape=(8, 8, 3)):
+    return keras.Sequential([keras.Input(shape), keras.layers.Conv2D(4, 3, activation="relu")])
+
+
+@pytest.mark.parametrize("head", [
+    lambda: keras.Sequential([keras.layers.Dense(8), keras.layers.Dense(2, activation="softmax")]),
+    lambda: keras.Sequential([keras.layers.Dense(2), keras.layers.Softmax()]),
+])
+def test_a_head_ending_in_softmax_inside_a_sequential_is_refused(head):
+    import domadapt as da
+
+    with pytest.raises(ValueError, match="Argument `head` must output logits; its last layer .* applies a softmax"):
+        da.DomainAdapter(small_backbone(), head=head())
+
+
+def test_a_backbone_with_its_classifier_top_is_refused():
+    import domadapt as da
+
+    with_top = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=True, classes=5)
+    with pytest.raises(ValueError, match="`backbone` ends in a classifier .*include_top=False"):
+        da.DomainAdapter(with_top, num_classes=2)
+
+
+def test_domains_scaled_255x_apart_or_of_different_sizes_fail_before_training():
+    import domadapt as da
+
+    rng = np.random.default_rng(0)
+    source = (rng.random((8, 8, 8, 3)) * 255).astype("uint8"), np.arange(8) % 2
+    adapter = da.DomainAdapter(small_backbone(), num_classes=2, strategies=[da.MMD()])
+    adapter.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"`target` and `source` are scaled differently.*multiply `target` by 255"):
+        adapter.fit(source=source, target=rng.random((8, 8, 8, 3)).astype("float32"), epochs=1, verbose=0)
+    adapter.fit(source=source, target=(rng.random((8, 8, 8, 3)) * 40).astype("uint8"), epochs=1, verbose=0)  # dark, fine
+    any_size = da.DomainAdapter(small_backbone((None, None, 3)), num_classes=2, strategies=[da.MMD()])
+    any_size.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"`source` images of shape \(8, 8, 3\), `target` images of shape \(12, 12, 3\)"):
+        any_size.fit(source=source, target=np.full((8, 12, 12, 3), 100, "uint8"), epochs=1, verbose=0)
