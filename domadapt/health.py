@@ -217,8 +217,8 @@ class CollapseGuard(keras.callbacks.Callback):
     On a collapse it warns (:class:`CollapseWarning`) with the reasons and the
     strategy loss terms and their mean values over the period, and, when
     ``back_off`` is on, restores the weights and optimizer state of the last healthy
-    epoch end (kept in host memory; the weights ``fit`` started from before the first
-    healthy epoch) and halves ``adapter.health.adaptation_scale``, the factor of
+    epoch end (one where no rule fired, warm-up included; kept in host memory; the
+    weights ``fit`` started from before the first) and halves ``adapter.health.adaptation_scale``, the factor of
     every strategy term; the ``max_collapses``-th collapse sets it to 0 and says the
     strategies are off for the rest of this ``fit``. Each ``fit`` starts at scale 1.
     The scale in effect after each epoch's check is logged as ``adaptation_scale``
@@ -322,7 +322,7 @@ class CollapseGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         healthy = self._check(epoch, None, logs)
         self._epochs_done += 1
-        if healthy and self.back_off and self._scale() > 0 and self._steps >= self.warmup_steps:
+        if healthy and self.back_off and self._scale() > 0:
             self._healthy = (epoch, *self._snapshot())
         if logs is not None:
             logs["adaptation_scale"] = self._scale()
@@ -358,15 +358,17 @@ class CollapseGuard(keras.callbacks.Callback):
         return reasons
 
     def _check(self, epoch, batch, logs):
-        """Judge the period since the last check; act on a collapse. Returns True when healthy."""
+        """Judge the period since the last check; act on a collapse. True when no rule fired (a restore point)."""
         health = self.model.health
         statistics = health.read()
         health.reset()
         if not statistics["num_source"] or self._scale() == 0:
             return True
         reasons = self.collapse_reasons(statistics, self._epochs_done)
-        if not reasons or self._steps < self.warmup_steps:  # the references still follow the warm-up
+        if not reasons:
             return True
+        if self._steps < self.warmup_steps:  # not judged yet (the references still follow), not healthy either
+            return False
         terms = {name: float(logs[name]) for name in health.term_names if logs is not None and name in logs}
         terms = dict(sorted(terms.items(), key=lambda item: -abs(item[1])))
         where = f"epoch {epoch + 1}" + ("" if batch is None else f", batch {batch + 1}")
