@@ -187,7 +187,34 @@ def render_markdown(payload):
         resets = [max([r["resets"] for r in rows if r["part"] == "stream" and r["method"] == method and r["seed"] == s]
                       or [0]) for s in seeds]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {resets} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + _findings(rows, shifts, args["passes"])) + "\n"
+
+
+def _findings(rows, shifts, passes):
+    """The issue's goals, read off the rows: default vs source-only and norm, and decay over the stream."""
+    def mean(part, method, **match):
+        key = "target_accuracy" if part == "one_shot" else "online_accuracy"
+        return 100 * float(np.mean([r[key] for r in rows if r["part"] == part and r["method"] == method
+                                    and all(r.get(k) == v for k, v in match.items())]))
+
+    versus_source = [mean("one_shot", "eata", shift=s) - mean("one_shot", "source_only", shift=s) for s in shifts]
+    versus_source += [mean("batch_size", "eata", shift=s, batch_size=b) - mean("batch_size", "source_only", shift=s,
+                                                                               batch_size=b)
+                      for s in shifts for b in BATCH_SIZES]
+    versus_source += [mean("stream", "eata", **{"pass": p}) - mean("stream", "source_only", **{"pass": p})
+                      for p in range(passes)]
+    versus_norm = [mean("one_shot", "eata", shift=s) - mean("one_shot", "norm", shift=s) for s in shifts]
+    stream = {m: mean("stream", m, **{"pass": passes - 1}) - mean("stream", m, **{"pass": 0})
+              for m in ("norm", "tent", "eata")}
+    return [
+        "## Against the goals of issue #23", "",
+        f"- Default (eata) minus source-only, smallest over every one-shot shift, batch-size row and stream pass: "
+        f"{min(versus_source):+.1f} points (goal: never below).",
+        f"- Default minus norm, one-shot, mean over shifts: {np.mean(versus_norm):+.1f} points "
+        f"(per shift: {', '.join(f'{s} {v:+.1f}' for s, v in zip(shifts, versus_norm))}; goal: above on average).",
+        f"- Stream, last pass minus first: " + ", ".join(f"{m} {v:+.1f}" for m, v in stream.items())
+        + " points (goal: no decay for the default).",
+    ]
 
 
 def main(argv=None):
@@ -204,7 +231,12 @@ def main(argv=None):
     parser.add_argument("--passes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=suite.RESULTS_DIR)
     parser.add_argument("--fashion-mnist", default=None)
+    parser.add_argument("--report-only", action="store_true", help="regenerate test_time.md from test_time.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        payload = json.loads((args.out / "test_time.json").read_text())
+        (args.out / "test_time.md").write_text(render_markdown(payload))
+        return 0
     for shift in args.shifts:
         reason = suite.missing_data_reason(suite.SHIFTS[shift], args.fashion_mnist)
         if reason:
@@ -217,7 +249,7 @@ def main(argv=None):
     machine = suite.machine_description()
     print(f"machine: {machine}", flush=True)
     rows = []
-    settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "report_only")}
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         rows += run_seed(datasets, seed, args)
