@@ -133,7 +133,6 @@ def _gap(args):
     import keras
 
     import domadapt as da
-    from domadapt.backbones import load_backbone
 
     skipped = [*source_skipped, *target_skipped]
     _report_skipped(skipped, f"{args.source} and {args.target}")
@@ -144,7 +143,7 @@ def _gap(args):
         backbone = keras.Model(inputs, keras.layers.Rescaling(1.0)(inputs), name="pixels")
         layers = "output"
     else:
-        backbone = load_backbone(args.backbone, weights=args.weights, input_shape=source.shape[1:])
+        backbone, _ = _load_run_backbone(args, source.shape[1:])
         layers = args.layers
     print(f"Extracting features of {len(source)} source and {len(target)} target images with {backbone.name} ...")
     report = da.gap.measure(backbone, source, target, layers=layers, metrics=args.metrics,
@@ -221,8 +220,6 @@ def _checked(module, where):
 
 def _load_run_backbone(args, input_shape):
     """``(backbone, pretrained)``: whether its weights were trained (a saved model, ImageNet, a file)."""
-    import warnings
-
     from domadapt.backbones import load_backbone
 
     if os.path.exists(args.backbone):
@@ -234,7 +231,7 @@ def _load_run_backbone(args, input_shape):
     try:
         return load_backbone(args.backbone, weights="imagenet", input_shape=input_shape), True
     except RuntimeError as error:
-        warnings.warn(f"{error} Using a randomly initialised backbone instead.", stacklevel=2)
+        print(f"warning: {error} Using a randomly initialised backbone instead.", file=sys.stderr)
         return load_backbone(args.backbone, weights=None, input_shape=input_shape), False
 
 
@@ -439,7 +436,11 @@ def _run(args, recipe_module=None):
                     "target_labeled": len(labeled_skipped), "eval": len(eval_skipped)},
     }
     write_json(out / "summary.json", summary)
-    picture = write_atomically(out / "training.png", lambda temporary: _plot_run(summary, temporary))
+    import importlib.util
+
+    picture = None
+    if importlib.util.find_spec("matplotlib") is not None:
+        picture = write_atomically(out / "training.png", lambda temporary: _plot_run(summary, temporary))
     shutil.rmtree(resume, ignore_errors=True)  # the run is complete: its backups are ours to remove
     print("gap before -> after: " + ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before))
     line = f"source accuracy {accuracies['source']['adapted']:.1%}"
@@ -448,7 +449,8 @@ def _run(args, recipe_module=None):
         line += (f"; target accuracy: adapted {target['adapted']:.1%}, source-only {target['source_only']:.1%} "
                  f"({target['adapted'] - target['source_only']:+.1%})")
     print(line)
-    print(f"Wrote {out / 'classifier.keras'}, {out / 'summary.json'}, {picture}")
+    print(f"Wrote {out / 'classifier.keras'}, {out / 'summary.json'}"
+          + (f", {picture}" if picture else " (no training.png: pip install matplotlib)"))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,30 +166,41 @@ def test_a_run_that_did_not_learn_says_so(folders, tmp_path):
     assert "warning: training did not learn" in result.stderr and "chance (25.0% for 4 classes)" in result.stderr
 
 
-def test_run_killed_while_writing_leaves_only_complete_files_then_resumes(folders, tmp_path):
+def test_sigkill_inside_an_atomic_write_leaves_the_previous_file_whole(tmp_path):
+    (tmp_path / "summary.json").write_text('{"run": 1}')
+    script = ("import os, signal; from domadapt.cli import write_atomically; "
+              f"write_atomically({str(tmp_path / 'summary.json')!r}, lambda temporary: (temporary.write_text('{{\"ru'), "
+              "os.kill(os.getpid(), signal.SIGKILL)))")
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"run": 1}
+    (partial,) = [p.name for p in tmp_path.iterdir() if p.name != "summary.json"]
+    assert partial.startswith(".summary.json.") and ".partial" in partial  # hidden, named as unfinished
+
+
+def test_run_killed_mid_training_leaves_only_complete_files_then_resumes(folders, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    process = subprocess.Popen([DOMADAPT, *map(str, run_arguments(folders, out, epochs=2))], env=env,
+    process = subprocess.Popen([DOMADAPT, *map(str, run_arguments(folders, out, epochs=3))], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    # Kill it the moment the classifier is being written (its hidden partial file exists).
-    while process.poll() is None and time.monotonic() < deadline:
-        if any(out.glob(".classifier.keras.*.partial*")):
+    backup = out / ".domadapt-resume" / "adapted" / "training_metadata.json"
+    while process.poll() is None and time.monotonic() < deadline:  # killed once an epoch is backed up
+        if backup.exists():
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
     _assert_every_file_complete(out)
-    assert not (out / "classifier.keras").exists()  # it was being written: absent, not half there
 
-    refused = domadapt(*run_arguments(folders, out, epochs=2))
+    refused = domadapt(*run_arguments(folders, out, epochs=3))
     assert refused.returncode == 2 and "--resume" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-    resumed = domadapt(*run_arguments(folders, out, "--resume", epochs=2))
+    resumed = domadapt(*run_arguments(folders, out, "--resume", epochs=3))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming the run" in resumed.stdout and "(2 of 2 adapted)" in resumed.stdout
+    assert re.search(r"Resuming the run in .* \([12] of 3 adapted\)", resumed.stdout), resumed.stdout
     _assert_every_file_complete(out)
     assert {p.name for p in out.iterdir()} == {"notes.txt", "classifier.keras", "summary.json", "training.png",
                                                "skipped.txt"}
