@@ -35,10 +35,10 @@ DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", 
 # RECOMMENDING. Chosen by benchmarks/selection.py among 630 rules (each validator alone,
 # mean rank over every pair and triple, guard 15/10/5/2%/none, collapse filter on/off) as
 # the best mean target accuracy of its picks on ALL shifts with validator scores at the
-# time (in-sample): the suite's rain shift (11 candidates, seed 1) and the two shifts of
-# benchmarks/validator_selection.py. Held out (leave-one-shift-out) the same rule was
-# chosen on every fold and picked the best candidate on each of the three shifts; three
-# shifts and one seed are thin evidence: see benchmarks/results/selection.md. The previous
+# time (in-sample): the suite's rain and low_light shifts (11 candidates, seed 1) and the
+# two shifts of benchmarks/validator_selection.py. Held out (leave-one-shift-out) the same
+# rule was chosen on every fold and picked the best candidate on each of the four shifts;
+# four shifts and one seed are thin evidence: see benchmarks/results/selection.md. The previous
 # rule (IM + reverse) picked a candidate 2.1 points below source-only on one of them.
 RECOMMENDING = ("reverse",)
 SOURCE_DROP = 0.15
