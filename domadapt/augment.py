@@ -1,7 +1,7 @@
 """Looking at augmentations: a preview grid of originals beside augmented images.
 
-``PRESETS`` names every ``da.MimicAugment`` preset; ``TF_PRESETS`` those that also
-run in-graph (``engine="tf"``).
+``PRESETS`` names every ``da.MimicAugment`` preset; ``TF_PRESETS`` their in-graph
+versions (``engine="tf"``; every preset has one, as every ``from_target`` method).
 """
 
 from __future__ import annotations

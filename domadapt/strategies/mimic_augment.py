@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import zlib
 
@@ -10,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from domadapt.strategies import _tf_presets
-from domadapt.strategies._tf_presets import TF_PRESETS
+from domadapt.strategies._tf_presets import RGB_ONLY, TF_METHODS, TF_PRESETS
+from domadapt.strategies._weather_table import PRESET_PARAMETERS, method_parameters, preset_parameters
 from domadapt.strategy import Strategy
 
 try:
@@ -19,60 +21,82 @@ except ImportError:  # a declared dependency; the error says how to get it
     A = None
 
 
-def _odd(value):
-    value = int(round(value))
-    return value if value % 2 else value + 1
+def _rain(t):
+    return A.RandomRain(slant_range=t["slant_range"], drop_length=None, drop_width=t["drop_width"],
+                        drop_color=t["drop_color"], blur_value=t["blur_value"],
+                        brightness_coefficient=t["brightness_coefficient"], rain_type=t["rain_type"], p=1.0)
 
 
-# Each preset: severity s in [0, 1] -> an albumentations transform. This table is the
-# documentation (README "Augmentation presets" lists the same parameters).
-PRESETS = {
-    "rain": lambda s: A.RandomRain(
-        slant_range=(-10, 10), drop_length=None, drop_width=1, blur_value=3,
-        brightness_coefficient=1.0 - 0.3 * s, rain_type=("drizzle" if s < 0.34 else "heavy" if s < 0.67 else "torrential"),
-        p=1.0,
-    ),
-    "fog": lambda s: A.RandomFog(fog_coef_range=(0.1 + 0.4 * s, 0.2 + 0.6 * s), alpha_coef=0.08, p=1.0),
-    "snow": lambda s: A.RandomSnow(snow_point_range=(0.05 + 0.2 * s, 0.1 + 0.4 * s), brightness_coeff=1.5 + s, p=1.0),
-    "night": lambda s: A.Compose([
-        A.RandomGamma(gamma_limit=(120 + 130 * s, 140 + 160 * s), p=1.0),
-        A.RandomBrightnessContrast(brightness_limit=(-0.1 - 0.4 * s, -0.05 - 0.3 * s), contrast_limit=(-0.3 * s, 0), p=1.0),
-        A.GaussNoise(std_range=(0.01, 0.01 + 0.05 * s), p=1.0),
-    ]),
-    "sun_flare": lambda s: A.RandomSunFlare(
-        flare_roi=(0, 0, 1, 0.5), src_radius=100, num_flare_circles_range=(2, 2 + int(6 * s)), p=1.0
-    ),
-    "shadow": lambda s: A.RandomShadow(
-        shadow_roi=(0, 0.3, 1, 1), num_shadows_limit=(1, 1 + int(2 * s)), shadow_dimension=5,
-        shadow_intensity_range=(0.2 + 0.3 * s, 0.3 + 0.5 * s), p=1.0,
-    ),
-    # A flat grey sky: desaturated, darker, lower contrast, slightly soft. Cheap (no
-    # RandomFog, whose per-particle loop makes it ~50 images/s).
-    "overcast": lambda s: A.Compose([
-        A.ColorJitter(brightness=(0.9 - 0.3 * s, 0.95 - 0.2 * s), contrast=(0.7 - 0.3 * s, 0.9 - 0.3 * s),
-                      saturation=(0.6 - 0.5 * s, 0.8 - 0.5 * s), hue=(0, 0), p=1.0),
-        A.GaussianBlur(sigma_limit=(0.3, 0.3 + 0.7 * s), p=1.0),
-    ]),
-    "motion_blur": lambda s: A.MotionBlur(blur_limit=(3, _odd(3 + 12 * s)), p=1.0),
-    "noise": lambda s: A.GaussNoise(std_range=(0.02 + 0.1 * s, 0.04 + 0.2 * s), p=1.0),
+def _night(t):
+    return A.Compose([
+        A.RandomGamma(gamma_limit=t["gamma_limit"], p=1.0),
+        A.RandomBrightnessContrast(brightness_limit=t["brightness_limit"], contrast_limit=t["contrast_limit"], p=1.0),
+        A.GaussNoise(std_range=t["std_range"], p=1.0),
+    ])
+
+
+def _sun_flare(t, image_shape=None):
+    # Its radius is in pixels: scaled with the image when the size is known.
+    radius = 100 if image_shape is None else max(2, int(t["src_radius_fraction"] * max(image_shape[:2])))
+    return A.RandomSunFlare(flare_roi=t["flare_roi"], src_radius=radius,
+                            num_flare_circles_range=t["num_flare_circles_range"], p=1.0)
+
+
+def _overcast(t):
+    # Cheap (no RandomFog, whose per-particle loop makes it ~50 images/s).
+    return A.Compose([
+        A.ColorJitter(brightness=t["brightness"], contrast=t["contrast"], saturation=t["saturation"], hue=(0, 0), p=1.0),
+        A.GaussianBlur(sigma_limit=t["sigma_limit"], p=1.0),
+    ])
+
+
+# Each preset: its parameters (from the table both engines read) -> an albumentations transform.
+_BUILDERS = {
+    "rain": _rain,
+    "fog": lambda t: A.RandomFog(fog_coef_range=t["fog_coef_range"], alpha_coef=t["alpha_coef"], p=1.0),
+    "snow": lambda t: A.RandomSnow(snow_point_range=t["snow_point_range"], brightness_coeff=t["brightness_coeff"], p=1.0),
+    "night": _night,
+    "sun_flare": _sun_flare,
+    "shadow": lambda t: A.RandomShadow(shadow_roi=t["shadow_roi"], num_shadows_limit=t["num_shadows_limit"],
+                                       shadow_dimension=t["shadow_dimension"],
+                                       shadow_intensity_range=t["shadow_intensity_range"], p=1.0),
+    "overcast": _overcast,
+    "motion_blur": lambda t: A.MotionBlur(blur_limit=t["blur_limit"], p=1.0),
+    "noise": lambda t: A.GaussNoise(std_range=t["std_range"], p=1.0),
 }
-# Transforms of albumentations that only accept 3-channel images.
-_RGB_ONLY = ("rain", "fog", "snow", "sun_flare", "shadow", "overcast")
+
+
+def _preset_transform(name, severity, image_shape=None):
+    parameters = preset_parameters(name, severity)
+    if name == "sun_flare":
+        return _sun_flare(parameters, image_shape)
+    return _BUILDERS[name](parameters)
+
+
+# Each preset: severity s in [0, 1] -> an albumentations transform. The parameters come
+# from ``_weather_table`` (README "Augmentation presets" lists the same values).
+PRESETS = {name: functools.partial(_preset_transform, name) for name in PRESET_PARAMETERS}
 METHODS = {"fda": "fda_metadata", "histogram": "hm_metadata", "pda": "pda_metadata"}
+ENGINES = ("auto", "albumentations", "tf")
 
 
 def _target_transform(method, severity):
+    parameters = method_parameters(method, severity)
     if method == "fda":
-        return A.FDA(beta_limit=(0.0, 0.01 + 0.14 * severity), p=1.0)
+        return A.FDA(beta_limit=parameters["beta_limit"], p=1.0)
     if method == "histogram":
-        return A.HistogramMatching(blend_ratio=(0.3 + 0.5 * severity, 0.5 + 0.5 * severity), p=1.0)
+        return A.HistogramMatching(blend_ratio=parameters["blend_ratio"], p=1.0)
     # Blending is done by MimicAugment.augment: albumentations 2.0.8 blends float
     # images wrongly (a blend ratio of 0.8 saturates them to white).
     return A.PixelDistributionAdaptation(blend_ratio=(1.0, 1.0), transform_type="pca", p=1.0)
 
 
 def _pda_blend_range(severity):
-    return 0.3 + 0.5 * severity, 0.5 + 0.5 * severity
+    return method_parameters("pda", severity)["blend_ratio"]
+
+
+def _gpu_available():
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _check_unit(value, name):
@@ -100,7 +124,10 @@ class MimicAugment(Strategy):
     the batch's step number in the run and its pixels, so every epoch draws fresh
     augmentations (also with ``shuffle=False``), and a run is reproducible whatever
     the number of parallel workers, also after a resume. ``augment(images, seed=)``
-    draws from ``seed`` and the pixels.
+    draws from ``seed`` and the pixels. With ``engine="tf"`` the draws come from
+    stateless ops seeded by a SeedGenerator saved with the adapter: a rerun gives the
+    same pixels, but an XLA-compiled step draws another stream than eager TensorFlow
+    (same statistics, not the same pixels).
 
     Images: uint8, or float in [0, 1] (float in [0, 255] is detected per batch and
     scaled there and back); 1-channel images are expanded to RGB for transforms
@@ -112,11 +139,17 @@ class MimicAugment(Strategy):
         p: probability that an image is augmented.
         apply_to: ``"source"`` (default) or ``"both"`` (also target batches).
         seed: base seed; ``None`` draws one.
-        engine: ``"albumentations"`` (default: in the ``tf.data`` pipeline, on CPU
-            workers) or ``"tf"``: for the presets ``night``, ``noise`` and
-            ``overcast``, the same parameters as in-graph ops inside the compiled
-            train step, on the accelerator, so augmentation never waits on CPU
-            workers. Same statistics as the albumentations engine, not the same pixels.
+        engine: where augmentation runs. ``"albumentations"``: in the ``tf.data``
+            pipeline, on CPU workers. ``"tf"``: in-graph TensorFlow ops inside the
+            compiled train step (XLA included), on the accelerator, so augmentation
+            never waits on CPU workers; every preset and every ``from_target`` method
+            has one, drawing its parameters from the same table as the albumentations
+            engine (same statistics, not the same pixels); not for custom
+            albumentations transforms. ``"auto"`` (default): ``"tf"`` when TensorFlow
+            sees a GPU (``tf.config.list_logical_devices("GPU")``) and the transform
+            has an in-graph version, otherwise ``"albumentations"``; decided when the
+            strategy is first used (``active_engine``), so configuring GPUs after
+            constructing it still works. ``get_config`` keeps the engine asked for.
 
     Example:
 
@@ -129,8 +162,7 @@ class MimicAugment(Strategy):
 
     uses_target = False
 
-    def __init__(self, transform="rain", severity=0.5, p=1.0, apply_to="source", seed=None, engine="albumentations",
-                 **kwargs):
+    def __init__(self, transform="rain", severity=0.5, p=1.0, apply_to="source", seed=None, engine="auto", **kwargs):
         reference_method = kwargs.pop("reference_method", None)
         num_references = kwargs.pop("num_references", 32)
         super().__init__(**kwargs)
@@ -162,26 +194,70 @@ class MimicAugment(Strategy):
                 f"Argument `transform` must be a preset name {sorted(PRESETS)} or an albumentations transform; "
                 f"received {type(transform).__name__}."
             )
-        if engine not in ("albumentations", "tf"):
-            raise ValueError(f"Argument `engine` must be 'albumentations' or 'tf'; received engine={engine!r}.")
-        if engine == "tf" and not (isinstance(self.transform, str) and self.transform in TF_PRESETS):
+        if engine not in ENGINES:
+            raise ValueError(f"Argument `engine` must be one of {ENGINES}; received engine={engine!r}.")
+        in_graph = self.reference_method or (self.transform if isinstance(self.transform, str) else None)
+        self._in_graph_name = in_graph if in_graph in TF_PRESETS or in_graph in TF_METHODS else None
+        if engine == "tf" and self._in_graph_name is None:
             raise ValueError(
-                f"Argument `engine`: engine='tf' exists for the presets {sorted(TF_PRESETS)}; received "
-                f"transform={transform!r}" + (f", method={reference_method!r}" if reference_method else "") + "."
+                "Argument `engine`: engine='tf' exists for the presets and the from_target methods, not for custom "
+                f"albumentations transforms; received transform={type(transform).__name__}. Use "
+                "engine='albumentations' (or 'auto')."
             )
         self.engine = engine
-        # Declared capabilities: which hooks the adapter calls for this configuration.
-        self.transforms_source = engine != "tf"
-        self.transforms_target = engine != "tf" and apply_to == "both"
-        self.augments_in_step = engine == "tf"
+        self._active_engine = None if engine == "auto" else engine
         self._seed_generator = None
+        self._reference_variable = None
         self._local = threading.local()
 
+    @property
+    def active_engine(self):
+        """The engine in use: ``engine``, with ``"auto"`` resolved (GPU and an in-graph version: ``"tf"``)."""
+        if self._active_engine is None:
+            self._active_engine = "tf" if self._in_graph_name is not None and _gpu_available() else "albumentations"
+        return self._active_engine
+
+    # Declared capabilities: which hooks the adapter calls for this configuration.
+    @property
+    def transforms_source(self):
+        return self.active_engine != "tf"
+
+    @property
+    def transforms_target(self):
+        return self.active_engine != "tf" and self.apply_to == "both"
+
+    @property
+    def augments_in_step(self):
+        return self.active_engine == "tf"
+
     def setup(self, adapter):
-        if self.engine == "tf":
-            # Created here, under the adapter's tf.distribute scope; its state is saved
-            # with the adapter, so a resumed run continues the same random sequence.
-            self._seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
+        if self.active_engine != "tf":
+            return
+        # Created here, under the adapter's tf.distribute scope; its state is saved
+        # with the adapter, so a resumed run continues the same random sequence.
+        self._seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
+        if self.reference_method is not None:
+            # The reference images, at the adapter's image size, where the compiled step reads them.
+            height, width, channels = adapter.image_shape
+            if height is None or width is None:
+                raise ValueError(
+                    "MimicAugment.from_target(engine='tf') needs a backbone with a fixed input height and width; "
+                    f"received image_shape={adapter.image_shape}. Use engine='albumentations'."
+                )
+            self._reference_variable = self.add_weight(
+                shape=(self.num_references, height, width, channels), initializer="zeros", trainable=False,
+                name="references", dtype="float32",
+            )
+            if self.references is not None:
+                self._assign_references()
+
+    def _assign_references(self):
+        variable = self._reference_variable
+        _, height, width, channels = variable.shape
+        references = _tf_presets.references_like(np.stack(self.references), height, width, channels)
+        # Fewer images than num_references: cycled, so each is drawn about equally often.
+        index = np.arange(variable.shape[0]) % len(self.references)
+        variable.assign(tf.gather(references, index))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -226,6 +302,8 @@ class MimicAugment(Strategy):
             rng = np.random.default_rng(self.seed)
             images = images[rng.choice(len(images), min(self.num_references, len(images)), replace=False)]
         self.references = [np.ascontiguousarray(image) for image in images]
+        if self._reference_variable is not None:
+            self._assign_references()
         return self
 
     @property
@@ -246,12 +324,7 @@ class MimicAugment(Strategy):
             if self.reference_method is not None:
                 transform = _target_transform(self.reference_method, self.severity)
             elif isinstance(self.transform, str):
-                transform = PRESETS[self.transform](self.severity)
-                if self.transform == "sun_flare":  # its radius is in pixels: scale with the image
-                    transform = A.RandomSunFlare(
-                        flare_roi=(0, 0, 1, 0.5), src_radius=max(2, int(0.4 * max(image_shape[:2]))),
-                        num_flare_circles_range=(2, 2 + int(6 * self.severity)), p=1.0,
-                    )
+                transform = _preset_transform(self.transform, self.severity, image_shape)
             else:
                 transform = A.from_dict(A.to_dict(self.transform))
             cache[image_shape] = transform
@@ -270,9 +343,13 @@ class MimicAugment(Strategy):
             return images.copy()
         base = self.seed if seed is None else int(seed)
         batch_seed = zlib.crc32(np.ascontiguousarray(images).tobytes(), base & 0xFFFFFFFF)
-        if self.engine == "tf":
+        if self.active_engine == "tf":
             seed_pair = tf.constant([base & 0x7FFFFFFF, batch_seed & 0x7FFFFFFF], tf.int32)
-            return _tf_presets.apply(tf.constant(images), self.transform, self.severity, self.p, seed_pair).numpy()
+            references = None
+            if self.reference_method is not None:
+                references = _tf_presets.references_like(np.stack(self.references), *images.shape[1:])
+            return _tf_presets.apply(tf.constant(images), self._in_graph_name, self.severity, self.p, seed_pair,
+                                     references).numpy()
         rng = np.random.default_rng(batch_seed)
         transform = self._transform_for(images.shape[1:])
         transform.set_random_seed(batch_seed)
@@ -289,7 +366,7 @@ class MimicAugment(Strategy):
             work = np.clip(work, 0.0, 1.0)
         channels = images.shape[-1]
         expand = channels == 1 and (
-            (isinstance(self.transform, str) and self.transform in _RGB_ONLY) or self.reference_method is not None
+            (isinstance(self.transform, str) and self.transform in RGB_ONLY) or self.reference_method is not None
         )
         references = self._references_like(work) if self.reference_method is not None else None
         output = np.empty_like(work)
@@ -348,7 +425,12 @@ class MimicAugment(Strategy):
         if self._seed_generator is None:  # used outside an adapter
             self._seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
         seed_pair = tf.cast(self._seed_generator.next(), tf.int32)
-        return _tf_presets.apply(images, self.transform, self.severity, self.p, seed_pair)
+        references = None
+        if self.reference_method is not None:
+            if self._reference_variable is None:
+                raise ValueError("MimicAugment.from_target(engine='tf') augments in the step only inside a DomainAdapter.")
+            references = self._reference_variable
+        return _tf_presets.apply(images, self._in_graph_name, self.severity, self.p, seed_pair, references)
 
     # ------------------------------------------------------------------ choosing a preset
     @classmethod
