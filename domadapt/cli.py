@@ -26,6 +26,12 @@ COMPARE_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", 
 RUN_OUTPUTS = ("classifier.keras", "source_only.keras", "summary.json", "training.png", "skipped.txt")
 RESUME_FOLDER = ".domadapt-resume"
 SKIPPED_SHOWN = 3
+# Images held in memory at once, whatever the folders' size: the gap samples of `run`, the images `compare` scores
+# (its validators hold them), the label-shift estimate's samples, the decoded-image shuffle buffer of training.
+GAP_IMAGES = 500
+COMPARE_IMAGES = 2000
+LABEL_SHIFT_IMAGES = 2000
+SHUFFLE_BUFFER = 256
 
 
 class CommandError(Exception):
@@ -83,32 +89,90 @@ def _skipped_text(skipped):
 
 
 # --- reading folders -------------------------------------------------------------------------------------------------
+# Folders are streamed (domadapt.folders.image_folder: checked up front, decoded in parallel while used), so memory
+# stays bounded whatever their size; .npy/.npz inputs are arrays already. What needs images in memory (the layer
+# profile of `gap`, the validators of `compare`, the gap samples of `run`) draws a bounded random subset.
 
 def _reader_options(args):
-    return {"resize": getattr(args, "resize", None) or "stretch", "strict": bool(getattr(args, "strict", False)),
-            "return_skipped": True}
+    return {"image_size": (args.image_size, args.image_size), "resize": getattr(args, "resize", None) or "stretch",
+            "strict": bool(getattr(args, "strict", False))}
 
 
 def _as_pairs(skipped):
     return [(str(path), str(reason)) for path, reason in skipped]
 
 
-def read_unlabeled(path, args, max_images, seed):
-    """``(images, skipped)`` of a folder (searched recursively), a ``.npy`` or a ``.npz``."""
-    from domadapt.datasets import read_images
+def open_unlabeled(path, args, max_images, seed):
+    """``(images, skipped)``: an ``ImageFolder`` streamed from a folder (searched recursively), or the array of a
+    ``.npy``/``.npz`` file."""
+    from domadapt.folders import image_folder, read_images
 
-    images, skipped = read_images(path, (args.image_size, args.image_size), max_images, seed=seed,
-                                  **_reader_options(args))
+    if Path(path).is_dir():
+        folder = image_folder(path, labeled=False, max_images=max_images, seed=seed, **_reader_options(args))
+        return folder, _as_pairs(folder.skipped)
+    images, skipped = read_images(path, (args.image_size, args.image_size), max_images, seed=seed, return_skipped=True,
+                                  **{k: v for k, v in _reader_options(args).items() if k != "image_size"})
     return images, _as_pairs(skipped)
 
 
-def read_labeled(path, args, max_images, class_names=None):
-    """``((images, labels, class_names), skipped)`` of a folder with one sub-folder per class."""
-    from domadapt.datasets import read_labeled_folder
+def open_labeled(path, args, max_images, class_names=None, seed=0):
+    """``(folder, skipped)``: an ``ImageFolder`` of ``(image, label)`` from a folder with one sub-folder per class."""
+    from domadapt.folders import image_folder
 
-    images, labels, names, skipped = read_labeled_folder(path, (args.image_size, args.image_size), max_images,
-                                                         class_names=class_names, **_reader_options(args))
-    return (images, labels, list(names)), _as_pairs(skipped)
+    folder = image_folder(path, labeled=True, max_images=max_images, seed=seed, class_names=class_names,
+                          **_reader_options(args))
+    return folder, _as_pairs(folder.skipped)
+
+
+def image_count(images):
+    return images.count if hasattr(images, "count") else len(images)
+
+
+def image_shape(images):
+    return (*images.image_size, 3) if hasattr(images, "image_size") else tuple(images.shape[1:])
+
+
+def stream(images):
+    """What ``fit``/``da.gap.features`` take: the folder's unbatched ``tf.data`` dataset, or the array."""
+    return images.dataset if hasattr(images, "dataset") else images
+
+
+def sample(images, size, seed=0):
+    """At most ``size`` images (and labels, for a labeled folder) in memory: a seeded random subset."""
+    import numpy as np
+
+    if not hasattr(images, "dataset"):
+        if len(images) <= size:
+            return images
+        return images[np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))]
+    # The folder's dataset is shuffled (seeded) on every pass: its first `size` elements are a random subset.
+    batch = next(iter(images.dataset.take(size).batch(size)))
+    if images.labels is None:
+        return batch.numpy()
+    return batch[0].numpy(), batch[1].numpy().astype("int64")
+
+
+def predictions(classifier, images, batch_size=256):
+    """``(predicted classes, labels)`` of a labeled folder or an unbatched dataset of ``(image, label)``, streamed
+    batch by batch (labels kept with their images)."""
+    import numpy as np
+
+    predicted, labels = [], []
+    for batch_images, batch_labels in getattr(images, "dataset", images).batch(batch_size):
+        predicted.append(np.argmax(classifier.predict_on_batch(batch_images), axis=-1))
+        labels.append(batch_labels.numpy())
+    return np.concatenate(predicted), np.concatenate(labels)
+
+
+def accuracy(classifier, images, labels=None, batch_size=256):
+    """Accuracy of ``classifier`` on a labeled folder or dataset (streamed), or on ``images``, ``labels`` arrays."""
+    import numpy as np
+
+    if labels is None:
+        predicted, labels = predictions(classifier, images, batch_size)
+    else:
+        predicted = np.argmax(classifier.predict(images, batch_size=batch_size, verbose=0), axis=-1)
+    return float(np.mean(predicted == labels))
 
 
 # --- gap ---------------------------------------------------------------------------------------------------------------
@@ -126,38 +190,59 @@ def shift_verdict(p_value, permutations, level=0.05):
 
 
 def _gap(args):
-    # Folders are read before TensorFlow is imported: a wrong path fails at once.
-    (source, source_skipped), (target, target_skipped) = (read_unlabeled(args.source, args, args.max_samples, 0),
-                                                          read_unlabeled(args.target, args, args.max_samples, 1))
+    # Folders are scanned and checked before TensorFlow is imported: a wrong path fails at once.
+    (source, source_skipped), (target, target_skipped) = (open_unlabeled(args.source, args, args.max_images, 0),
+                                                          open_unlabeled(args.target, args, args.max_images, 1))
+    if image_shape(source) != image_shape(target):
+        raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)}.")
+    labeled_source = None
+    if args.classifier:
+        _existing_file(args.classifier, "--classifier")
+        labeled_source, _ = open_labeled(args.source, args, args.max_images)
+    for path in (args.json, args.plot, args.export_label_shift):  # refused before any work, never overwritten
+        if path:
+            _writable(path, args.overwrite)
     _quiet_tensorflow(args.verbose)
     import keras
 
     import domadapt as da
 
-    skipped = [*source_skipped, *target_skipped]
-    _report_skipped(skipped, f"{args.source} and {args.target}")
-    if source.shape[1:] != target.shape[1:]:
-        raise CommandError(f"source images are {source.shape[1:]} but target images are {target.shape[1:]}.")
+    _report_skipped([*source_skipped, *target_skipped], f"{args.source} and {args.target}")
     if args.backbone == "pixels":
-        inputs = keras.Input(source.shape[1:])
+        inputs = keras.Input(image_shape(source))
         backbone = keras.Model(inputs, keras.layers.Rescaling(1.0)(inputs), name="pixels")
         layers = "output"
     else:
-        backbone, _ = _load_run_backbone(args, source.shape[1:])
+        backbone, _ = _load_run_backbone(args, image_shape(source))
         layers = args.layers
-    print(f"Extracting features of {len(source)} source and {len(target)} target images with {backbone.name} ...")
-    report = da.gap.measure(backbone, source, target, layers=layers, metrics=args.metrics,
-                            max_samples=args.max_samples, verbose=1 if sys.stdout.isatty() else 0)
-    source_features, target_features = da.gap.features(backbone, source, target, verbose=0)
+    num_source, num_target = image_count(source), image_count(target)
+    # The layer profile holds every layer's activations: it is measured on a bounded random subset.
+    profile_source, profile_target = sample(source, args.max_samples, 0), sample(target, args.max_samples, 1)
+    whole = len(profile_source) == num_source and len(profile_target) == num_target
+    print(f"Extracting features of {num_source} source and {num_target} target images with {backbone.name}"
+          + ("" if whole else f" (layer profile on a random {args.max_samples} per domain)") + " ...")
+    progress = 1 if sys.stdout.isatty() else 0
+    report = da.gap.measure(backbone, profile_source, profile_target, layers=layers, metrics=args.metrics,
+                            max_samples=args.max_samples, verbose=progress)
+    # The shift test on the output features of every image, computed batch by batch (features are small).
+    features = ((profile_source, profile_target) if whole else (stream(source), stream(target)))
+    source_features, target_features = da.gap.features(backbone, *features, verbose=progress)
     test = da.gap.mmd_test(source_features, target_features, permutations=args.permutations)
     verdict = shift_verdict(test.p_value, args.permutations)
     print(report)
     print(f"MMD permutation test on the output features ({args.permutations} permutations): {verdict}")
+    shift = None
+    if labeled_source is not None:
+        shift = estimate_label_shift(_load_classifier(args.classifier, labeled_source.class_names), labeled_source,
+                                     target, args.export_label_shift, args.overwrite)
     if args.json:
         table = report.to_dict()
         table.update(verdict=verdict, mmd_test={"statistic": float(test.statistic), "p_value": float(test.p_value),
-                                                "permutations": args.permutations},
+                                                "permutations": args.permutations, "num_source": num_source,
+                                                "num_target": num_target},
                      skipped={"source": len(source_skipped), "target": len(target_skipped)})
+        if shift is not None:
+            table["label_shift"] = shift.to_dict()
         print(f"Wrote {write_json(_writable(args.json, args.overwrite), table)}")
     if args.plot:
         path = _writable(args.plot, args.overwrite)
@@ -170,7 +255,66 @@ def _writable(path, overwrite):
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    if path.is_dir():
+        raise CommandError(f"{path} is a folder; expected a file path.")
     return path
+
+
+# --- label shift ---------------------------------------------------------------------------------------------------------
+
+def _existing_file(path, flag):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{flag} {path} does not exist.")
+    if not path.is_file():
+        raise CommandError(f"{flag} {path} is not a file.")
+    return path
+
+
+def _load_classifier(path, class_names=None):
+    """A saved Keras classifier; with ``class_names``, it must output one score per class."""
+    import keras
+
+    import domadapt.backbones  # noqa: F401  registers ImageNetPreprocessing, which saved classifiers may hold
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a file that is not a model
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise CommandError(f"{path} cannot be loaded as a Keras model ({type(error).__name__}: {first}).") from None
+    shape = model.output_shape
+    if class_names is not None and (not isinstance(shape, tuple) or len(shape) != 2 or shape[-1] != len(class_names)):
+        raise CommandError(f"{path} outputs shape {shape}, but the source folder has {len(class_names)} classes "
+                           f"{class_names}: expected (None, {len(class_names)}).")
+    return model
+
+
+def estimate_label_shift(classifier, source, target, export=None, overwrite=False, note=""):
+    """Print the estimated target class mix (``da.gap.label_shift``, BBSE) and a verdict; write it to ``export``."""
+    import re
+
+    import domadapt as da
+
+    expected = tuple(classifier.input_shape[1:])
+    if any(e is not None and e != a for e, a in zip(expected, image_shape(source))) or len(expected) != 3:
+        raise CommandError(f"the classifier takes images of shape {expected}, but the folders' images are "
+                           f"{image_shape(source)} (set --image-size).")
+    source_images, source_labels = sample(source, LABEL_SHIFT_IMAGES, 2)
+    target_images = sample(target, LABEL_SHIFT_IMAGES, 3)
+    result = da.gap.label_shift(classifier, source=(source_images, source_labels), target=target_images)
+    names = list(source.class_names)
+    verdict = re.sub(r"class (\d+) ~", lambda match: f"{names[int(match.group(1))]} ~", result.verdict)
+    mix = ", ".join(f"{name} {q:.2f}" for name, q in zip(names, result.target_proportions))
+    print(f"Estimated target class mix ({result.num_target} target images, {result.method}{note}): {mix}")
+    if result.differs:
+        print(f"warning: {verdict}. Alignment without class weights can pull target images onto classes the target "
+              "lacks; consider class_weights= (da.gap.label_shift(...).importance_weights) or a prior correction.")
+    else:
+        print(f"Label shift: {verdict}")
+    if export:
+        table = dict(result.to_dict(), class_names=names, verdict=verdict)
+        print(f"Wrote {write_json(_writable(export, overwrite), table)}")
+    return result
 
 
 # --- recipes -------------------------------------------------------------------------------------------------------------
@@ -250,8 +394,12 @@ def _add_run_arguments(parser):
     parser.add_argument("--image-size", type=int, default=96, help="side images are resized to (default 96)")
     parser.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                         help="how images of another shape are resized: stretch, crop (centre) or pad")
-    parser.add_argument("--max-images", type=int, default=None, help="images read per folder (random subset)")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="use at most this many images per folder (per class in labeled folders), a seeded "
+                             "random subset; default: all (folders are streamed from disk, not loaded)")
     parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
+    parser.add_argument("--export-label-shift", metavar="PATH",
+                        help="write the estimated target class mix (and the source's) as JSON here")
     parser.add_argument("--out", default="domadapt_run", help="output folder (default domadapt_run)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files an earlier run wrote in --out (other files are never touched)")
@@ -311,13 +459,6 @@ def _prepare_out(args, recipe_name):
     return resume
 
 
-def accuracy(classifier, images, labels, batch_size=256):
-    import numpy as np
-
-    predictions = classifier.predict(images, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(predictions, axis=-1) == labels))
-
-
 def _source_only_copy(backbone):
     """A copy of the backbone with its current weights, for the source-only baseline."""
     import keras
@@ -352,19 +493,25 @@ def _run(args, recipe_module=None):
     check_out(args)
     if recipe_module is None:
         find_recipe(args.recipe)  # a misspelt recipe fails before the folders are read
+    if args.export_label_shift:
+        _writable(args.export_label_shift, args.overwrite)
     out = Path(args.out)
-    (source_x, source_y, classes), source_skipped = read_labeled(args.source, args, args.max_images)
-    target_x, target_skipped = read_unlabeled(args.target, args, args.max_images, seed=1)
+    # Folders are scanned and checked (not loaded) before TensorFlow is imported: a wrong path fails at once.
+    source, source_skipped = open_labeled(args.source, args, args.max_images)
+    classes = source.class_names
+    if len(classes) < 2:
+        raise CommandError(f"{args.source} holds one class folder ({classes[0]!r}); a classifier needs at least two "
+                           "classes, one sub-folder each.")
+    target, target_skipped = open_unlabeled(args.target, args, args.max_images, seed=1)
+    if image_shape(target) != image_shape(source):
+        raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)} "
+                           f"({args.target}).")
     labeled, labeled_skipped = None, []
     if args.target_labeled:
-        (labeled_x, labeled_y, _), labeled_skipped = read_labeled(args.target_labeled, args, args.max_images, classes)
-        labeled = (labeled_x, labeled_y)
+        labeled, labeled_skipped = open_labeled(args.target_labeled, args, args.max_images, classes, seed=2)
     evaluation, eval_skipped = None, []
     if args.eval:
-        (eval_x, eval_y, _), eval_skipped = read_labeled(args.eval, args, args.max_images, classes)
-        evaluation = (eval_x, eval_y)
-    skipped = [*source_skipped, *target_skipped, *labeled_skipped, *eval_skipped]
-    # Folders are read before TensorFlow is imported: a wrong path or a refused --out fails at once.
+        evaluation, eval_skipped = open_labeled(args.eval, args, args.max_images, classes, seed=3)
     _quiet_tensorflow(args.verbose)
     import keras
 
@@ -372,47 +519,65 @@ def _run(args, recipe_module=None):
 
     recipe_module = recipe_module or load_recipe(args.recipe)
     recipe_name = getattr(recipe_module, "__file__", None) or recipe_module.__name__
+    # Everything that can be refused is checked before --out is touched.
+    backbone, pretrained = _load_run_backbone(args, image_shape(source))
     resume = _prepare_out(args, recipe_name)
     if args.resume:
         print(f"Resuming the run in {out} from its last completed epoch "
               f"({_completed_epochs(resume / 'adapted')} of {args.epochs} adapted"
               + (f", {_completed_epochs(resume / 'source_only')} source-only)" if args.eval else ")"))
+    listed = {"source": (source, source_skipped), "target": (target, target_skipped),
+              "target_labeled": (labeled, labeled_skipped), "eval": (evaluation, eval_skipped)}
+
+    def skipped_of(name):  # a streamed folder adds the files that fail only while it is read
+        images, at_start = listed[name]
+        return _as_pairs(images.skipped) if hasattr(images, "skipped") else at_start
+
+    def all_skipped():
+        return [item for name in listed for item in skipped_of(name)]
+
+    skipped = all_skipped()
     if skipped:
         write_atomically(out / "skipped.txt", lambda temporary: temporary.write_text(_skipped_text(skipped)))
         _report_skipped(skipped, "the input folders", out)
-    print(f"{len(source_x)} source images in {len(classes)} classes, {len(target_x)} target images"
-          + (f", {len(labeled[0])} labeled target images" if labeled else "")
-          + (f", {len(evaluation[0])} evaluation images" if evaluation else ""))
-    backbone, pretrained = _load_run_backbone(args, source_x.shape[1:])
-    baseline_backbone = _source_only_copy(backbone) if evaluation else None
+    print(f"{source.count} source images in {len(classes)} classes, {image_count(target)} target images"
+          + (f", {labeled.count} labeled target images" if labeled is not None else "")
+          + (f", {evaluation.count} evaluation images" if evaluation is not None else ""))
+    baseline_backbone = _source_only_copy(backbone) if evaluation is not None else None
+    # The gap is measured on one fixed random subset of each domain, before and after.
+    size = min(GAP_IMAGES, source.count, image_count(target))
+    gap_source, gap_target = sample(source, size, 0)[0], sample(target, size, 1)
 
     def gap(model):
-        sample = min(500, len(source_x), len(target_x))
-        features = da.gap.features(model, source_x[:sample], target_x[:sample], verbose=0)
+        features = da.gap.features(model, gap_source, gap_target, verbose=0)
         return {"mmd": da.gap.mmd(*features), "frechet": da.gap.frechet(*features),
                 "proxy_a_distance": da.gap.proxy_a_distance(*features)}
 
     before = gap(backbone)
-    offered = {"target_images": target_x, "source_images": source_x, "pretrained": pretrained}
+    offered = {"target_images": gap_target, "source_images": gap_source, "pretrained": pretrained}
     accepted = inspect.signature(recipe_module.recipe).parameters
     strategies = recipe_module.recipe(**{k: v for k, v in offered.items() if k in accepted})
     adapter = da.DomainAdapter(backbone, num_classes=len(classes), strategies=strategies)
     adapter.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
     verbose = progress_verbosity()
-    history = adapter.fit(source=(source_x, source_y), target=target_x, target_labeled=labeled, epochs=args.epochs,
-                          batch_size=args.batch_size, verbose=verbose, callbacks=_callbacks(args, resume, "adapted"))
+    # Folders reshuffle their file order every pass; the decoded-image shuffle buffer only mixes batches further,
+    # so it stays small: memory does not grow with the folder.
+    streams = {"batch_size": args.batch_size, "shuffle_buffer": SHUFFLE_BUFFER, "verbose": verbose}
+    history = adapter.fit(source=stream(source), target=stream(target),
+                          target_labeled=None if labeled is None else stream(labeled), epochs=args.epochs,
+                          callbacks=_callbacks(args, resume, "adapted"), **streams)
     after = gap(adapter)
-    accuracies = {"source": {"adapted": accuracy(adapter.classifier, source_x, source_y)}}
+    accuracies = {"source": {"adapted": accuracy(adapter.classifier, source)}}
     baseline = None
-    if evaluation:
+    if evaluation is not None:
         print(f"Training the source-only baseline ({args.epochs} epochs) ...")
         baseline = da.DomainAdapter(baseline_backbone, num_classes=len(classes), strategies=[])
         baseline.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"])
-        baseline.fit(source=(source_x, source_y), epochs=args.epochs, batch_size=args.batch_size, verbose=verbose,
-                     callbacks=_callbacks(args, resume, "source_only"))
-        accuracies["source"]["source_only"] = accuracy(baseline.classifier, source_x, source_y)
-        accuracies["target"] = {"adapted": accuracy(adapter.classifier, *evaluation),
-                                "source_only": accuracy(baseline.classifier, *evaluation)}
+        baseline.fit(source=stream(source), epochs=args.epochs, callbacks=_callbacks(args, resume, "source_only"),
+                     **streams)
+        accuracies["source"]["source_only"] = accuracy(baseline.classifier, source)
+        accuracies["target"] = {"adapted": accuracy(adapter.classifier, evaluation),
+                                "source_only": accuracy(baseline.classifier, evaluation)}
     chance = 1.0 / len(classes)
     learned = accuracies["source"]["adapted"] >= chance + 0.2 * (1 - chance)
     if not learned:
@@ -421,19 +586,28 @@ def _run(args, recipe_module=None):
             f"({chance:.1%} for {len(classes)} classes). Train longer (--epochs), use pretrained weights "
             "(--weights imagenet or a weights file), or check that the source folders hold the right classes.",
             file=sys.stderr)
+    shift = estimate_label_shift(adapter.classifier, source, target, args.export_label_shift, args.overwrite,
+                                 note="; the source images were used for training, so read it as approximate")
     write_atomically(out / "classifier.keras", lambda temporary: adapter.classifier.save(temporary))
     if baseline is not None:
         write_atomically(out / "source_only.keras", lambda temporary: baseline.classifier.save(temporary))
+    final_skipped = all_skipped()
+    if len(final_skipped) != len(skipped):
+        write_atomically(out / "skipped.txt", lambda temporary: temporary.write_text(_skipped_text(final_skipped)))
+        _report_skipped(final_skipped[len(skipped):], "the input folders while training", out)
     summary = {
         "recipe": recipe_name, "strategies": [type(s).__name__ for s in adapter.strategies],
         "classes": classes, "backbone": args.backbone, "epochs": args.epochs,
         "data": {"source": str(Path(args.source).resolve()), "target": str(Path(args.target).resolve()),
                  "eval": str(Path(args.eval).resolve()) if args.eval else None, "image_size": args.image_size,
-                 "resize": args.resize, "max_images": args.max_images},
+                 "resize": args.resize, "max_images": args.max_images,
+                 "num_images": {"source": source.count, "target": image_count(target),
+                                "target_labeled": 0 if labeled is None else labeled.count,
+                                "eval": 0 if evaluation is None else evaluation.count}},
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
         "gap_before": before, "gap_after": after, "accuracy": accuracies, "learned": learned,
-        "skipped": {"count": len(skipped), "source": len(source_skipped), "target": len(target_skipped),
-                    "target_labeled": len(labeled_skipped), "eval": len(eval_skipped)},
+        "label_shift": dict(shift.to_dict(), class_names=classes, approximate=True),
+        "skipped": {"count": len(final_skipped), **{name: len(skipped_of(name)) for name in listed}},
     }
     write_json(out / "summary.json", summary)
     import importlib.util
@@ -444,10 +618,10 @@ def _run(args, recipe_module=None):
     shutil.rmtree(resume, ignore_errors=True)  # the run is complete: its backups are ours to remove
     print("gap before -> after: " + ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in before))
     line = f"source accuracy {accuracies['source']['adapted']:.1%}"
-    if evaluation:
-        target = accuracies["target"]
-        line += (f"; target accuracy: adapted {target['adapted']:.1%}, source-only {target['source_only']:.1%} "
-                 f"({target['adapted'] - target['source_only']:+.1%})")
+    if evaluation is not None:
+        target_accuracy = accuracies["target"]
+        line += (f"; target accuracy: adapted {target_accuracy['adapted']:.1%}, source-only "
+                 f"{target_accuracy['source_only']:.1%} ({target_accuracy['adapted'] - target_accuracy['source_only']:+.1%})")
     print(line)
     print(f"Wrote {out / 'classifier.keras'}, {out / 'summary.json'}"
           + (f", {picture}" if picture else " (no training.png: pip install matplotlib)"))
@@ -505,7 +679,10 @@ def _compare(args):
             name += "'"
         runs[name] = folder
         summary_path = folder / "summary.json"
-        summaries[name] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        try:
+            summaries[name] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        except ValueError as error:
+            raise CommandError(f"{summary_path} is not valid JSON ({error}).") from None
     recorded = [s.get("data") or {} for s in summaries.values()]
 
     def chosen(key, given):
@@ -521,21 +698,31 @@ def _compare(args):
     source_path, target_path = chosen("source", args.source), chosen("target", args.target)
     if args.resize is None:
         args.resize = {r.get("resize") for r in recorded}.pop() if len({r.get("resize") for r in recorded}) == 1 else None
-    (source_x, source_y, classes), source_skipped = read_labeled(source_path, args, args.max_images)
-    target_x, target_skipped = read_unlabeled(target_path, args, args.max_images, seed=1)
+    if args.json:
+        _writable(args.json, args.overwrite)
+    source, source_skipped = open_labeled(source_path, args, None)
+    target, target_skipped = open_unlabeled(target_path, args, None, seed=1)
+    classes = source.class_names
     _report_skipped([*source_skipped, *target_skipped], f"{source_path} and {target_path}")
     _quiet_tensorflow(args.verbose)
-    import keras
-
     import domadapt as da
-    import domadapt.backbones  # noqa: F401  registers ImageNetPreprocessing, which saved classifiers may hold
 
     for name, summary in summaries.items():
         if summary.get("classes") not in (None, classes):
             raise CommandError(f"run {name} was trained on classes {summary['classes']}, but {source_path} holds {classes}.")
-    models = {name: keras.saving.load_model(folder / "classifier.keras") for name, folder in runs.items()}
+    models = {name: _load_classifier(folder / "classifier.keras", classes) for name, folder in runs.items()}
+    # The validators hold the images (and 'reverse' trains on them): a bounded random subset of each folder.
+    scored = args.max_images or COMPARE_IMAGES
+    (source_x, source_y), target_x = sample(source, scored, 0), sample(target, scored, 1)
+    for name, model in models.items():
+        expected = tuple(model.input_shape[1:])
+        if len(expected) != 3 or any(e is not None and e != a for e, a in zip(expected, source_x.shape[1:])):
+            raise CommandError(f"run {name}'s classifier takes images of shape {expected}, but the folders are read at "
+                               f"{source_x.shape[1:]} (pass --image-size).")
     print(f"Scoring {len(models)} runs on {len(source_x)} source images ({source_path}) and "
-          f"{len(target_x)} target images ({target_path}) ...")
+          f"{len(target_x)} target images ({target_path})"
+          + (f", random subsets of {source.count} and {image_count(target)}" if len(source_x) < source.count
+             or len(target_x) < image_count(target) else "") + " ...")
     table = da.compare(models, source=(source_x, source_y), target=target_x, validators=args.validators)
     print(table)
     if args.json:
@@ -575,6 +762,27 @@ def _quiet_tensorflow(verbose):
 _INPUT_ERRORS = (CommandError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, ImportError)
 
 
+def _one_line(error):
+    """An error as one line (a listing of skipped files is joined with '; ')."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def _is_tensorflow_error(error):
+    return type(error).__module__.startswith("tensorflow")
+
+
+def _tensorflow_error_line(error):
+    """One line for an error raised inside a tf.data pipeline or a compiled step (the Python error it wraps, if any)."""
+    message = str(getattr(error, "message", error))
+    for line in message.splitlines():
+        for kind in ("ValueError", "OSError", "FileNotFoundError", "PermissionError"):
+            if f"{kind}: " in line:
+                return f"while reading the images: {line.split(f'{kind}: ', 1)[1].strip()}"
+    first = (message.strip().splitlines() or [""])[0][:300]
+    return f"TensorFlow stopped with {type(error).__name__}: {first} (pass --verbose to see where)"
+
+
 def recipe_main(recipe_path, argv=None):
     """Command line of a recipe file: ``python recipes/NAME.py --source DIR --target DIR ...``."""
     recipe = load_recipe(recipe_path)
@@ -585,7 +793,7 @@ def recipe_main(recipe_path, argv=None):
     try:
         sys.exit(_run(args, recipe))
     except _INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -623,13 +831,24 @@ def build_parser():
     gap_parser.add_argument("--image-size", type=int, default=96, help="side images are resized to (folders only)")
     gap_parser.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                             help="how images of another shape are resized: stretch, crop (centre) or pad")
-    gap_parser.add_argument("--max-samples", type=int, default=1000, help="images per domain (random subset)")
+    gap_parser.add_argument("--max-images", type=int, default=None,
+                            help="use at most this many images per folder, a seeded random subset; default: all "
+                                 "(streamed from disk; the shift test runs on the features of every image)")
+    gap_parser.add_argument("--max-samples", type=int, default=1000,
+                            help="images per domain, a random subset, for the per-layer table (default 1000)")
+    gap_parser.add_argument("--classifier", metavar="PATH",
+                            help="a trained classifier (.keras, e.g. a run's classifier.keras): SOURCE is then read "
+                                 "as labeled (one sub-folder per class, images the classifier was not trained on) "
+                                 "and the target's class mix is estimated")
+    gap_parser.add_argument("--export-label-shift", metavar="PATH",
+                            help="with --classifier: write the estimated class mix as JSON here")
     gap_parser.add_argument("--permutations", type=int, default=1000,
                             help="permutations of the MMD shift test (default 1000: p down to 0.001)")
     gap_parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
     gap_parser.add_argument("--json", help="write the table, the test and the verdict as JSON here")
     gap_parser.add_argument("--plot", help="write the profile plot (PNG) here")
-    gap_parser.add_argument("--overwrite", action="store_true", help="replace existing --json/--plot files")
+    gap_parser.add_argument("--overwrite", action="store_true",
+                            help="replace existing --json/--plot/--export-label-shift files")
     _add_verbose(gap_parser)
     run_parser = commands.add_parser("run", help="run a recipe on image folders",
                                      description="Train a recipe on image folders and write the classifier, "
@@ -647,7 +866,9 @@ def build_parser():
     compare_parser.add_argument("--target", help="unlabeled target folder (default: the one the runs recorded)")
     compare_parser.add_argument("--image-size", type=int, default=None, help="default: the runs' image size")
     compare_parser.add_argument("--resize", choices=RESIZE_POLICIES, default=None)
-    compare_parser.add_argument("--max-images", type=int, default=None, help="images read per folder (random subset)")
+    compare_parser.add_argument("--max-images", type=int, default=None,
+                                help=f"images scored per folder, a seeded random subset (default {COMPARE_IMAGES}: "
+                                     "the validators hold them in memory)")
     compare_parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
     compare_parser.add_argument("--validators", nargs="+", default=list(COMPARE_VALIDATORS),
                                 help="validators to score with (default: all of da.validators' defaults; "
@@ -673,13 +894,102 @@ def _adapt_at_test_time(argv):
                                      description="Adapt a saved classifier to unlabeled target images, without "
                                                  "source data, and write it to --out.")
     test_time.add_arguments(parser)
+    parser.add_argument("--resize", choices=RESIZE_POLICIES, default="stretch",
+                        help="how images of another shape are resized: stretch, crop (centre) or pad")
+    parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
     _add_verbose(parser)
     args = parser.parse_args(argv)
+    for flag in ("epochs", "batch_size", "max_images"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     try:
-        return test_time.adapt_at_test_time_command(args)
+        return adapt_at_test_time(args)
     except _INPUT_ERRORS as error:
-        print(f"domadapt adapt-at-test-time: error: {error}", file=sys.stderr)
+        print(f"domadapt adapt-at-test-time: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if args.verbose or not _is_tensorflow_error(error):
+            raise
+        print(f"domadapt adapt-at-test-time: error: {_tensorflow_error_line(error)}", file=sys.stderr)
+        return 2
+
+
+def adapt_at_test_time(args):
+    """``domadapt adapt-at-test-time``: the target folder streamed; the adapted classifier and a summary to --out."""
+    import numpy as np
+
+    import domadapt as da
+    from domadapt import ops
+    from domadapt.validators.compare import collapse_reason
+
+    out = Path(args.out)
+    existing = [name for name in ("classifier.keras", "summary.json") if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{out} already holds {existing}; pass --overwrite to replace them.")
+    model = _load_classifier(_existing_file(args.classifier, "classifier"))
+    shape = model.input_shape
+    if not isinstance(shape, tuple) or len(shape) != 4 or None in shape[1:3]:
+        raise CommandError(f"{args.classifier} takes inputs of shape {shape}; expected images (None, height, width, "
+                           "channels) of a fixed size.")
+    args.image_size = None
+    options = {"resize": args.resize, "strict": args.strict}
+    size = tuple(shape[1:3])
+    channels = shape[3]
+
+    def matched(images):  # folders give RGB: a one-channel model gets their mean
+        if channels == 1:
+            import tensorflow as tf
+
+            return images.map(lambda image: tf.cast(tf.reduce_mean(tf.cast(image, tf.float32), -1, keepdims=True),
+                                                    tf.uint8))
+        return images
+
+    from domadapt.folders import image_folder, read_images
+
+    if Path(args.target).is_dir():
+        folder = image_folder(args.target, labeled=False, image_size=size, max_images=args.max_images, seed=1,
+                              **options)
+        _report_skipped(_as_pairs(folder.skipped), args.target)
+        target, num_target = matched(folder.dataset), folder.count
+    else:
+        target = read_images(args.target, size, args.max_images, seed=1, **options)
+        if channels == 1 and target.shape[-1] == 3:
+            target = target.mean(axis=-1, keepdims=True).astype(target.dtype)
+        if tuple(target.shape[1:]) != tuple(shape[1:]):
+            raise CommandError(f"{args.target} holds images of shape {target.shape[1:]}; {args.classifier} takes "
+                               f"{tuple(shape[1:])}.")
+        num_target = len(target)
+    evaluation = None
+    if args.eval:
+        evaluation = image_folder(args.eval, labeled=True, image_size=size, seed=3, **options)
+    print(f"{num_target} target images; adapting {model.name} with {args.method} ...")
+    adapted = da.adapt_at_test_time(model, target, method=args.method, epochs=args.epochs, batch_size=args.batch_size)
+    summary = {"classifier": str(args.classifier), "target": str(args.target), "method": args.method,
+               "epochs": args.epochs, "batch_size": args.batch_size, "num_target_images": int(num_target)}
+    batches = target.batch(256) if hasattr(target, "batch") else target
+    for name, candidate in (("before", model), ("after", adapted)):
+        probabilities = candidate.predict(batches, verbose=0)
+        summary[f"target_mean_entropy_{name}"] = float(np.mean(ops.entropy(probabilities)))
+        summary[f"target_collapse_{name}"] = collapse_reason(probabilities)
+    if evaluation is not None:
+        if len(evaluation.class_names) != model.output_shape[-1]:
+            raise CommandError(f"{args.eval} has {len(evaluation.class_names)} class folders but {args.classifier} "
+                               f"outputs {model.output_shape[-1]} classes.")
+        labeled_images = evaluation.dataset
+        if channels == 1:
+            import tensorflow as tf
+
+            labeled_images = labeled_images.map(lambda image, label: (
+                tf.cast(tf.reduce_mean(tf.cast(image, tf.float32), -1, keepdims=True), tf.uint8), label))
+        for name, candidate in (("before", model), ("after", adapted)):
+            summary[f"eval_accuracy_{name}"] = accuracy(candidate, labeled_images)
+        summary["eval_classes"] = evaluation.class_names
+        print(f"accuracy on {args.eval}: {summary['eval_accuracy_before']:.1%} -> {summary['eval_accuracy_after']:.1%}")
+    write_atomically(out / "classifier.keras", lambda temporary: adapted.save(temporary))
+    write_json(out / "summary.json", summary)
+    print(f"Wrote {out / 'classifier.keras'}, {out / 'summary.json'}")
+    return 0
 
 
 def main(argv=None):
@@ -706,10 +1016,17 @@ def main(argv=None):
             parser.error("--image-size must be >= 8")
         if args.max_samples < 2:
             parser.error("--max-samples must be >= 2")
+        if args.max_images is not None and args.max_images < 2:
+            parser.error("--max-images must be >= 2")
         if args.permutations < 1:
             parser.error("--permutations must be >= 1")
-    elif args.image_size is not None and args.image_size < 8:
-        parser.error("--image-size must be >= 8")
+        if args.export_label_shift and not args.classifier:
+            parser.error("--export-label-shift needs --classifier (the label shift is estimated with a classifier)")
+    else:
+        if args.image_size is not None and args.image_size < 8:
+            parser.error("--image-size must be >= 8")
+        if args.max_images is not None and args.max_images < 2:
+            parser.error("--max-images must be >= 2")
     try:
         if args.command == "run":
             return _run(args)
@@ -717,7 +1034,12 @@ def main(argv=None):
             return _compare(args)
         return _gap(args)
     except _INPUT_ERRORS as error:
-        print(f"domadapt {args.command}: error: {error}", file=sys.stderr)
+        print(f"domadapt {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if args.verbose or not _is_tensorflow_error(error):
+            raise
+        print(f"domadapt {args.command}: error: {_tensorflow_error_line(error)}", file=sys.stderr)
         return 2
 
 

@@ -1,5 +1,12 @@
-"""The command line on real folders, through the installed `domadapt` entry point, and the backbones' preprocessing."""
+"""The command line on real folders, and the backbones' preprocessing.
 
+Commands run in-process through ``domadapt.cli.main`` (TensorFlow is imported once for the whole file); only
+what needs a process of its own runs one: the start-up check of the installed `domadapt` entry point (no
+TensorFlow import for --help, no TensorFlow log lines), and the SIGKILL tests.
+"""
+
+import contextlib
+import io
 import json
 import os
 import re
@@ -8,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -15,13 +23,32 @@ import pytest
 from PIL import Image
 
 from domadapt.backbones import APPLICATIONS, PREPROCESSING, ImageNetPreprocessing, load_backbone
+from domadapt.cli import main as cli_main
 
 DOMADAPT = str(Path(sys.executable).parent / "domadapt")
+CLI_FILE = str(Path(__file__).resolve().parents[1] / "domadapt" / "cli.py")
 SIZE = 16
 
 
-def domadapt(*arguments, timeout=300, **environment):
-    """Run the entry point as a user would (not a terminal: stdout is a pipe)."""
+class Result(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def domadapt(*arguments):
+    """Run ``domadapt ARGUMENTS`` in-process, as the entry point would (stdout is not a terminal)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = cli_main([str(argument) for argument in arguments])
+        except SystemExit as exit_:
+            code = exit_.code
+    return Result(code, stdout.getvalue(), stderr.getvalue())
+
+
+def entry_point(*arguments, timeout=120, **environment):
+    """Run the installed entry point in a process of its own, as a user would (stdout is a pipe)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"} | environment
     return subprocess.run([DOMADAPT, *map(str, arguments)], capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -58,40 +85,59 @@ def run_arguments(root, out, *extra, epochs=1):
             root / "backbone.keras", "--epochs", epochs, "--image-size", SIZE, "--batch-size", 8, "--out", out, *extra]
 
 
-def test_help_imports_no_tensorflow_and_takes_well_under_a_second():
+def test_help_imports_no_tensorflow_and_a_command_prints_no_tensorflow_log_lines(folders):
     for command in ([], ["gap"], ["run"], ["compare"]):
         started = time.perf_counter()
-        result = domadapt(*command, "--help", PYTHONPROFILEIMPORTTIME="1")
+        result = entry_point(*command, "--help", PYTHONPROFILEIMPORTTIME="1")
         elapsed = time.perf_counter() - started
         assert result.returncode == 0 and "usage: domadapt" in result.stdout
         imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
         assert "domadapt.cli" in imported and "tensorflow" not in imported and "keras" not in imported, command
         assert elapsed < 3.0, (command, elapsed)  # TensorFlow alone takes 3-6 s to import here
-    assert "doubles the training time" in domadapt("run", "--help").stdout
+    assert "doubles the training time" in entry_point("run", "--help").stdout
+    # A command that imports TensorFlow, through the entry point: its C++ start-up lines stay hidden.
+    quiet = entry_point("gap", folders / "source", folders / "target", "--backbone", "pixels", "--image-size", SIZE,
+                        "--permutations", 20, "--metrics", "mmd")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "shift detected" in quiet.stdout and "Traceback" not in quiet.stderr
+    assert "oneDNN" not in quiet.stderr and "cuda" not in quiet.stderr.lower(), quiet.stderr
 
 
-def test_gap_gives_a_verdict_skips_a_truncated_file_and_prints_no_tensorflow_log_lines(folders, tmp_path):
+def test_gap_gives_a_verdict_skips_a_truncated_file_and_streams_every_image(folders, tmp_path):
     root = folders
     shifted = domadapt("gap", root / "source", root / "target", "--backbone", root / "backbone.keras",
                        "--image-size", SIZE, "--permutations", 200, "--json", tmp_path / "gap.json")
     assert shifted.returncode == 0, shifted.stderr[-2000:]
     assert "shift detected, p <= 0.005" in shifted.stdout  # 1/(1+200): no permutation beat the observed MMD
     assert "Skipped 1 unreadable file in" in shifted.stdout and "truncated.png" in shifted.stdout
-    assert "oneDNN" not in shifted.stderr and "cuda" not in shifted.stderr.lower()
     table = json.loads((tmp_path / "gap.json").read_text())
     assert table["verdict"].startswith("shift detected") and table["mmd_test"]["p_value"] < 0.01
     assert table["skipped"] == {"source": 0, "target": 1} and table["num_target"] == 20
+    assert table["mmd_test"]["num_source"] == 24 and table["mmd_test"]["num_target"] == 20
+    # A layer profile on a subset; the shift test still on the features of every image, streamed.
+    subset = domadapt("gap", root / "source", root / "target", "--backbone", root / "backbone.keras",
+                      "--image-size", SIZE, "--permutations", 50, "--max-samples", 10, "--json", tmp_path / "sub.json")
+    assert subset.returncode == 0, subset.stderr[-2000:]
+    table = json.loads((tmp_path / "sub.json").read_text())
+    assert table["num_source"] == 10 and table["mmd_test"]["num_source"] == 24
+    assert "layer profile on a random 10 per domain" in subset.stdout
+    limited = domadapt("gap", root / "source", root / "target", "--backbone", "pixels", "--image-size", SIZE,
+                       "--permutations", 20, "--max-images", 5, "--json", tmp_path / "limited.json")
+    assert limited.returncode == 0, limited.stderr[-2000:]
+    assert json.loads((tmp_path / "limited.json").read_text())["mmd_test"]["num_target"] == 5
     same = domadapt("gap", root / "source", root / "source", "--backbone", root / "backbone.keras",
                     "--image-size", SIZE, "--permutations", 200)
     assert "no significant shift, p = 1" in same.stdout
     strict = domadapt("gap", root / "source", root / "target", "--backbone", "pixels", "--image-size", SIZE, "--strict")
     assert strict.returncode == 2 and "truncated.png" in strict.stderr and "Traceback" not in strict.stderr
+    assert len(strict.stderr.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
 def evaluated_run(folders):
     out = folders / "run_eval"
-    result = domadapt(*run_arguments(folders, out, "--eval", folders / "eval", "--tensorboard", folders / "tb"))
+    result = domadapt(*run_arguments(folders, out, "--eval", folders / "eval", "--tensorboard", folders / "tb",
+                                     "--export-label-shift", folders / "label_shift.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -112,6 +158,26 @@ def test_run_with_eval_reports_adapted_and_source_only_target_accuracy(evaluated
     # Not a terminal: one line per epoch, no progress bar redrawn with carriage returns.
     assert "\r" not in result.stdout and "━" not in result.stdout
     assert not (out / ".domadapt-resume").exists()
+    assert summary["data"]["num_images"] == {"source": 24, "target": 20, "target_labeled": 0, "eval": 24}
+
+
+def test_run_prints_and_exports_the_estimated_target_class_mix(evaluated_run, folders):
+    out, result = evaluated_run
+    exported = json.loads((folders / "label_shift.json").read_text())
+    assert exported["class_names"] == ["class_0", "class_1"]
+    assert sum(exported["target_proportions"]) == pytest.approx(1.0)
+    assert exported["source_proportions"] == pytest.approx([0.5, 0.5])  # 12 images per class
+    assert exported["num_target"] == 20 and 0 <= exported["p_value"] <= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["label_shift"]["target_proportions"] == pytest.approx(exported["target_proportions"])
+    mix = ", ".join(f"{n} {q:.2f}" for n, q in zip(exported["class_names"], exported["target_proportions"]))
+    assert f"Estimated target class mix (20 target images, bbse" in result.stdout and mix in result.stdout
+    # The verdict line names classes by their folder names.
+    assert re.search(r"(Label shift: class mix|warning: class mix differs: class_[01] ~)", result.stdout)
+    refused = domadapt(*run_arguments(folders, folders / "another_run", "--export-label-shift",
+                                      folders / "label_shift.json"))
+    assert refused.returncode == 2 and "label_shift.json exists; pass --overwrite" in refused.stderr
+    assert not (folders / "another_run").exists()
 
 
 def _read_eval(out, summary):
@@ -168,8 +234,11 @@ def test_a_run_that_did_not_learn_says_so(folders, tmp_path):
 
 def test_sigkill_inside_an_atomic_write_leaves_the_previous_file_whole(tmp_path):
     (tmp_path / "summary.json").write_text('{"run": 1}')
-    script = ("import os, signal; from domadapt.cli import write_atomically; "
-              f"write_atomically({str(tmp_path / 'summary.json')!r}, lambda temporary: (temporary.write_text('{{\"ru'), "
+    # domadapt/cli.py imports only the standard library at its top: loaded alone, the process starts at once.
+    script = ("import os, signal, importlib.util as u; "
+              f"spec = u.spec_from_file_location('cli', {CLI_FILE!r}); cli = u.module_from_spec(spec); "
+              "spec.loader.exec_module(cli); "
+              f"cli.write_atomically({str(tmp_path / 'summary.json')!r}, lambda temporary: (temporary.write_text('{{\"ru'), "
               "os.kill(os.getpid(), signal.SIGKILL)))")
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert killed.returncode == -signal.SIGKILL
@@ -253,12 +322,13 @@ def test_a_backbone_with_a_local_weights_file_sees_preprocessed_pixels(name, tmp
     plain.save_weights(tmp_path / "plain.weights.h5")
     backbone = load_backbone(name, weights=tmp_path / "plain.weights.h5", input_shape=(32, 32, 3))
     pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("float32")
-    expected = plain.predict(sys.modules[constructor.__module__].preprocess_input(pixels.copy()), verbose=0)
-    np.testing.assert_allclose(backbone.predict(pixels, verbose=0), expected, rtol=1e-4,
-                               atol=1e-5 * np.abs(expected).max())
+    # Eager calls, not predict(): tracing a predict function costs seconds per model, a forward pass a fraction.
+    expected = np.asarray(plain(sys.modules[constructor.__module__].preprocess_input(pixels.copy()), training=False))
+    features = np.asarray(backbone(pixels, training=False))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     backbone.save(tmp_path / "backbone.keras")  # the preprocessing layer saves and loads with the model
     reloaded = keras.saving.load_model(tmp_path / "backbone.keras")
-    np.testing.assert_allclose(reloaded.predict(pixels, verbose=0), backbone.predict(pixels, verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(reloaded(pixels, training=False)), features, rtol=1e-6)
 
 
 def test_a_weights_file_of_another_architecture_is_a_clear_error(tmp_path):
