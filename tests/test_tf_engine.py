@@ -143,6 +143,23 @@ def test_auto_engine_picks_tf_only_with_a_gpu_and_serialises_the_choice(monkeypa
     assert (restored.engine, restored.reference_method) == ("tf", "pda")
 
 
+def test_auto_engine_adapters_have_the_same_variables_with_and_without_a_gpu(monkeypatch):
+    """A saved adapter must load on a machine with or without a GPU: the variables
+    engine="tf" needs exist whichever engine "auto" resolves to."""
+
+    def variable_shapes():
+        backbone = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(2, 3)])
+        strategy = da.MimicAugment.from_target(method="histogram", num_references=3, seed=0)
+        adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[strategy])
+        return strategy.active_engine, sorted(tuple(v.shape) for v in adapter.variables)
+
+    engine_cpu, shapes_cpu = variable_shapes()
+    monkeypatch.setattr(mimic_augment, "_gpu_available", lambda: True)
+    engine_gpu, shapes_gpu = variable_shapes()
+    assert (engine_cpu, engine_gpu) == ("albumentations", "tf")
+    assert shapes_cpu == shapes_gpu and (3, 16, 16, 3) in shapes_cpu
+
+
 def test_bad_engine_is_a_clear_error_at_construction():
     with pytest.raises(ValueError, match=r"Argument `engine` must be one of .*received engine='opencv'"):
         da.MimicAugment("rain", engine="opencv")

@@ -231,8 +231,10 @@ class MimicAugment(Strategy):
         return self.active_engine == "tf"
 
     def setup(self, adapter):
-        if self.active_engine != "tf":
+        if self.engine == "albumentations" or self._in_graph_name is None:
             return
+        # Made for engine="auto" whichever engine it resolves to, so that an adapter saved
+        # on a machine with a GPU has the same variables as one saved without.
         # Created here, under the adapter's tf.distribute scope; its state is saved
         # with the adapter, so a resumed run continues the same random sequence.
         self._seed_generator = keras.random.SeedGenerator(self.seed, name="augment_seed")
@@ -240,10 +242,13 @@ class MimicAugment(Strategy):
             # The reference images, at the adapter's image size, where the compiled step reads them.
             height, width, channels = adapter.image_shape
             if height is None or width is None:
-                raise ValueError(
-                    "MimicAugment.from_target(engine='tf') needs a backbone with a fixed input height and width; "
-                    f"received image_shape={adapter.image_shape}. Use engine='albumentations'."
-                )
+                if self.engine == "tf":
+                    raise ValueError(
+                        "MimicAugment.from_target(engine='tf') needs a backbone with a fixed input height and width; "
+                        f"received image_shape={adapter.image_shape}. Use engine='albumentations'."
+                    )
+                self._active_engine = "albumentations"  # auto: no in-graph version for a variable image size
+                return
             self._reference_variable = self.add_weight(
                 shape=(self.num_references, height, width, channels), initializer="zeros", trainable=False,
                 name="references", dtype="float32",
