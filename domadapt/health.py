@@ -202,6 +202,15 @@ class CollapseGuard(keras.callbacks.Callback):
     * the target predictions collapse (:func:`prediction_collapse_reason`: image-class
       information I < ``information_threshold`` log K, exactly uniform outputs
       included, or one class for >= ``single_class_share`` of the target images);
+    * the target predictions drift onto one class: the most predicted class takes at
+      least ``drift_share`` of the target images and at least ``drift_ratio`` times
+      the lowest such share seen earlier in this fit (warm-up included). The
+      alignment strategies' typical failure (DANN on a colour-cast shift: a third to
+      two thirds of the targets in one class, accuracy 75% -> 23%) stays far below
+      the 99% of the rule above. A shift that by itself concentrates predictions
+      (fog) does so from the first epoch, so the ratio does not fire; a target whose
+      classes are truly that imbalanced and that the model only learns to predict
+      late can trip it: pass ``drift_ratio=None`` there;
     * the pooled features' standard deviation over the batch (source and target,
       averaged over dimensions) falls below ``feature_std_ratio`` times the largest
       seen in this fit, or below 1e-6;
@@ -238,6 +247,7 @@ class CollapseGuard(keras.callbacks.Callback):
         information_threshold, single_class_share: the target-prediction rule.
         feature_std_ratio: the feature rule, relative to the largest std seen.
         source_drop: the share of its best gain over chance source accuracy may lose.
+        drift_share, drift_ratio: the drift rule (``drift_ratio=None`` turns it off).
 
     Attributes:
         events: one dict per collapse caught: ``epoch``, ``batch`` (``None`` at an
@@ -258,7 +268,8 @@ class CollapseGuard(keras.callbacks.Callback):
     """
 
     def __init__(self, back_off=True, max_collapses=3, check_every=None, *, warmup_steps=50,
-                 information_threshold=0.01, single_class_share=0.99, feature_std_ratio=0.01, source_drop=0.5):
+                 information_threshold=0.01, single_class_share=0.99, feature_std_ratio=0.01, source_drop=0.5,
+                 drift_share=0.35, drift_ratio=2.0):
         super().__init__()
         if not isinstance(back_off, bool):
             raise TypeError(f"Argument `back_off` must be True or False; received {back_off!r}.")
@@ -281,6 +292,13 @@ class CollapseGuard(keras.callbacks.Callback):
         self.warmup_steps = warmup_steps
         self.information_threshold, self.single_class_share = float(information_threshold), float(single_class_share)
         self.feature_std_ratio, self.source_drop = float(feature_std_ratio), float(source_drop)
+        if isinstance(drift_share, bool) or not isinstance(drift_share, (int, float)) or not 0 < drift_share <= 1:
+            raise ValueError(f"Argument `drift_share` must be a number in (0, 1]; received drift_share={drift_share!r}.")
+        if drift_ratio is not None and (isinstance(drift_ratio, bool) or not isinstance(drift_ratio, (int, float))
+                                        or not drift_ratio > 1):
+            raise ValueError(f"Argument `drift_ratio` must be a number > 1 or None; received drift_ratio={drift_ratio!r}.")
+        self.drift_share = float(drift_share)
+        self.drift_ratio = None if drift_ratio is None else float(drift_ratio)
         self.events = []
         self._reset_run()
 
@@ -288,12 +306,14 @@ class CollapseGuard(keras.callbacks.Callback):
         return {"back_off": self.back_off, "max_collapses": self.max_collapses, "check_every": self.check_every,
                 "warmup_steps": self.warmup_steps,
                 "information_threshold": self.information_threshold, "single_class_share": self.single_class_share,
-                "feature_std_ratio": self.feature_std_ratio, "source_drop": self.source_drop}
+                "feature_std_ratio": self.feature_std_ratio, "source_drop": self.source_drop,
+                "drift_share": self.drift_share, "drift_ratio": self.drift_ratio}
 
     def _reset_run(self):
         self._healthy = None  # (epoch, model values, optimizer values) of the last healthy epoch end
         self._largest_feature_std = 0.0
         self._best_source_accuracy = None
+        self._lowest_top_class_share = None
         self._epochs_done = 0
         self._epoch = 0
         self._steps = 0
@@ -332,15 +352,23 @@ class CollapseGuard(keras.callbacks.Callback):
         """The reasons (sentences) why the period of ``statistics`` (``TrainingHealth.read()``) collapsed; [] if none.
 
         ``epochs_done``: completed epochs of this fit before this period's end.
-        Updates the running references (largest feature std, best source accuracy).
+        Updates the running references (largest feature std, best source accuracy,
+        lowest top-class share).
         """
         reasons = []
         if statistics["num_target"]:
+            share = statistics["target_top_class_share"]
             reason = prediction_collapse_reason(statistics["target_mean_probabilities"],
-                                                statistics["target_mean_entropy"], statistics["target_top_class_share"],
+                                                statistics["target_mean_entropy"], share,
                                                 self.information_threshold, self.single_class_share)
             if reason is not None:
                 reasons.append(reason.replace("its target predictions", "target predictions"))
+            lowest = self._lowest_top_class_share
+            if (reason is None and self.drift_ratio is not None and lowest is not None
+                    and share >= max(self.drift_share, self.drift_ratio * lowest)):
+                reasons.append(f"target predictions drift onto one class: {share:.0%} of target images, against "
+                               f"{lowest:.0%} earlier in this fit")
+            self._lowest_top_class_share = share if lowest is None else min(lowest, share)
         feature_std = statistics["feature_std"]
         if feature_std is not None:
             self._largest_feature_std = max(self._largest_feature_std, feature_std)

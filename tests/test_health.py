@@ -185,3 +185,29 @@ def test_mmd_no_longer_collapses_features_that_start_small(flat_digits):
     # after: 0.019, 0.013, 45%, 42% (source-only at 6 epochs: 45%, 43%)
     assert before[:, 0].max() < 5e-4 and before[:, 1].mean() < 0.15
     assert after[:, 0].min() > 5e-3 and after[:, 1].mean() > 0.3
+
+
+def _period(top_class_share, num_classes=10):
+    """TrainingHealth.read()-like statistics of an informative (not uniform) period with this top-class share."""
+    rest = (1 - top_class_share) / (num_classes - 1)
+    mean = np.r_[top_class_share, np.full(num_classes - 1, rest)]
+    return {"num_source": 100.0, "num_target": 100.0, "source_accuracy": 0.8, "source_chance": 0.1,
+            "feature_std": 1.0, "target_mean_probabilities": mean, "target_mean_entropy": 0.3,
+            "target_top_class_share": top_class_share}
+
+
+@pytest.mark.parametrize("shares, fires_at", [
+    ((0.15, 0.18, 0.50), 2),  # DANN on the colour cast: spread predictions, then a third to two thirds in one class
+    ((0.15, 0.30, 0.36), 2),  # slow drift: 0.36 >= max(0.35, 2 x 0.15)
+    ((0.60, 0.65, 0.72), None),  # a shift that concentrates predictions from the start (fog): no drift
+    ((0.12, 0.20, 0.25), None),  # a long-tailed target learnt late (head class 25%): below drift_share
+])
+def test_drift_rule_fires_on_a_late_concentration_only(shares, fires_at):
+    guard = da.callbacks.CollapseGuard()
+    fired = [any("drift onto one class" in r for r in guard.collapse_reasons(_period(s), epochs_done=i))
+             for i, s in enumerate(shares)]
+    assert fired == [i == fires_at for i in range(len(shares))]
+    off = da.callbacks.CollapseGuard(drift_ratio=None)
+    assert not any(off.collapse_reasons(_period(s), epochs_done=i) for i, s in enumerate(shares))
+    with pytest.raises(ValueError, match="drift_ratio"):
+        da.callbacks.CollapseGuard(drift_ratio=1.0)

@@ -155,10 +155,14 @@ def test_the_entropy_validator_and_entropy_minimization_share_one_function():
 
     validator = da.validators.Entropy()(Fixed(), target=np.arange(25, dtype="float32")[:, None])
     step = da.Step(target_logits=tf.constant(logits), progress=tf.constant(1.0))
-    loss = float(da.EntropyMinimization(weight=1.0, schedule="constant").loss(step)["entropy_loss"])
+    loss = float(da.EntropyMinimization(weight=1.0, schedule="constant", diversity=0.0).loss(step)["entropy_loss"])
     reference = float(np.mean(-np.sum(probabilities * np.log(probabilities), axis=1)))
     assert validator == pytest.approx(loss, rel=1e-6)
     assert loss == pytest.approx(reference, rel=1e-5)
+    # The default adds the diversity term: minus the entropy of the batch's mean prediction.
+    with_diversity = float(da.EntropyMinimization(weight=1.0, schedule="constant").loss(step)["entropy_loss"])
+    marginal = probabilities.mean(axis=0)
+    assert with_diversity == pytest.approx(reference + np.sum(marginal * np.log(marginal)), rel=1e-5)
 
 
 def test_logistic_regression_fit_with_two_classes_is_the_binary_fit():

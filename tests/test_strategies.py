@@ -125,13 +125,13 @@ def test_dann_improves_rotated_moons_and_confuses_the_discriminator(moons):
     # Measured over seeds 0-2: source-only about 0.69, DANN 0.69-0.83 (mean about 0.74).
     plain, plain_scores = mean_target_accuracy(lambda: [], mlp_backbone, moons, epochs=80)
     adapted, adapted_scores = mean_target_accuracy(
-        lambda: [da.DANN(hidden_units=(64, 64), dropout=0.0)], mlp_backbone, moons, epochs=80
+        lambda: [da.DANN(weight=1.0, hidden_units=(64, 64), dropout=0.0)], mlp_backbone, moons, epochs=80
     )
     assert adapted > plain + 0.03, (plain_scores, adapted_scores)
     assert max(adapted_scores) > max(plain_scores) + 0.08, (plain_scores, adapted_scores)
 
     keras.utils.set_random_seed(0)
-    strategy = da.DANN(hidden_units=(64, 64), dropout=0.0)
+    strategy = da.DANN(weight=1.0, hidden_units=(64, 64), dropout=0.0)
     _, history, _ = train_and_score(mlp_backbone(), [strategy], source_x, source_y, target_x, target_y, epochs=80)
     lambdas = np.array(history.history["grl_lambda"])
     assert np.all(np.diff(lambdas) >= 0) and lambdas[0] < 0.2 and lambdas[-1] > 0.99
@@ -181,7 +181,7 @@ def test_cdan_improves_digits_under_a_brightness_shift(digits):
     # Measured over seeds 0-2: source-only 0.36-0.46, CDAN (constant lambda) 0.41-0.62.
     plain, plain_scores = mean_target_accuracy(lambda: [], conv_backbone, data, epochs=30, num_classes=10)
     adapted, adapted_scores = mean_target_accuracy(
-        lambda: [da.CDAN(hidden_units=(64, 64), dropout=0.0, schedule="constant")],
+        lambda: [da.CDAN(weight=1.0, hidden_units=(64, 64), dropout=0.0, schedule="constant")],
         conv_backbone, data, epochs=30, num_classes=10,
     )
     assert adapted > plain + 0.05, (plain_scores, adapted_scores)

@@ -120,7 +120,7 @@ def candidates(moons):
     for name, strategies, epochs in (
         ("untrained", [], 1),
         ("source-only", [], 40),
-        ("dann", [da.GradientReversal(hidden_units=(64, 64), dropout=0.0)], 80),
+        ("dann", [da.GradientReversal(weight=1.0, hidden_units=(64, 64), dropout=0.0)], 80),
     ):
         keras.utils.set_random_seed(0)
         learning_rate = 1e-6 if name == "untrained" else 3e-3
