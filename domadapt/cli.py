@@ -194,7 +194,8 @@ def _gap(args):
     (source, source_skipped), (target, target_skipped) = (open_unlabeled(args.source, args, args.max_images, 0),
                                                           open_unlabeled(args.target, args, args.max_images, 1))
     if image_shape(source) != image_shape(target):
-        raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)}.")
+        raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)}: "
+                           "folders are resized to --image-size, .npy/.npz arrays are not.")
     labeled_source = None
     if args.classifier:
         _existing_file(args.classifier, "--classifier")

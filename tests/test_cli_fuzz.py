@@ -5,6 +5,7 @@ Every case runs ``domadapt.cli.main(argv)`` in-process (no subprocess: TensorFlo
 """
 
 import hashlib
+import io
 import json
 
 import keras
@@ -211,3 +212,26 @@ def test_a_mix_of_grey_rgba_and_16_bit_pngs_is_read_not_refused(root, tmp_path, 
     table = json.loads((tmp_path / "gap.json").read_text())
     assert table["num_source"] == 4 and table["skipped"] == {"source": 0, "target": 0}
     assert "shift" in capsys.readouterr().out
+
+
+def test_a_class_that_breaks_only_while_streaming_is_one_line_not_a_graph_error(root, tmp_path, capsys):
+    # PNGs whose pixel data is damaged but whose header and end are intact pass the up-front check and fail
+    # only when decoded inside the tf.data pipeline, during training.
+    rng = np.random.default_rng(1)
+    for name in ("class_a", "class_b"):
+        for index in range(3):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3)).astype("uint8")).save(buffer, "PNG")
+            data = bytearray(buffer.getvalue())
+            if name == "class_b":
+                middle = len(data) // 2
+                data[middle - 10 : middle + 10] = bytes(20)
+            (tmp_path / "source" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "source" / name / f"{index}.png").write_bytes(bytes(data))
+    code = call(RUN[:-1] + [str(root / "backbone.keras"), "--source", str(tmp_path / "source"), "--target",
+                            str(root / "target"), "--out", str(tmp_path / "out")])
+    output = capsys.readouterr()
+    assert code == 2 and "Traceback" not in output.err, output.err[-1500:]
+    (line,) = [line for line in output.err.splitlines() if line.strip()]
+    assert line.startswith("domadapt run: error: while reading the images:") and "class 'class_b'" in line
+    assert not (tmp_path / "out" / "classifier.keras").exists()

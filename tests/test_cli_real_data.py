@@ -114,17 +114,14 @@ def test_gap_gives_a_verdict_skips_a_truncated_file_and_streams_every_image(fold
     assert table["verdict"].startswith("shift detected") and table["mmd_test"]["p_value"] < 0.01
     assert table["skipped"] == {"source": 0, "target": 1} and table["num_target"] == 20
     assert table["mmd_test"]["num_source"] == 24 and table["mmd_test"]["num_target"] == 20
-    # A layer profile on a subset; the shift test still on the features of every image, streamed.
-    subset = domadapt("gap", root / "source", root / "target", "--backbone", root / "backbone.keras",
-                      "--image-size", SIZE, "--permutations", 50, "--max-samples", 10, "--json", tmp_path / "sub.json")
+    # --max-images: a seeded subset of each folder; --max-samples: the layer profile on a subset of those, the shift
+    # test on the features of every image used, streamed.
+    subset = domadapt("gap", root / "source", root / "target", "--backbone", root / "backbone.keras", "--image-size",
+                      SIZE, "--permutations", 20, "--max-images", 8, "--max-samples", 5, "--json", tmp_path / "sub.json")
     assert subset.returncode == 0, subset.stderr[-2000:]
     table = json.loads((tmp_path / "sub.json").read_text())
-    assert table["num_source"] == 10 and table["mmd_test"]["num_source"] == 24
-    assert "layer profile on a random 10 per domain" in subset.stdout
-    limited = domadapt("gap", root / "source", root / "target", "--backbone", "pixels", "--image-size", SIZE,
-                       "--permutations", 20, "--max-images", 5, "--json", tmp_path / "limited.json")
-    assert limited.returncode == 0, limited.stderr[-2000:]
-    assert json.loads((tmp_path / "limited.json").read_text())["mmd_test"]["num_target"] == 5
+    assert table["num_source"] == 5 and table["mmd_test"]["num_source"] == 8 and table["mmd_test"]["num_target"] == 8
+    assert "8 source and 8 target images" in subset.stdout and "layer profile on a random 5 per domain" in subset.stdout
     same = domadapt("gap", root / "source", root / "source", "--backbone", root / "backbone.keras",
                     "--image-size", SIZE, "--permutations", 200)
     assert "no significant shift, p = 1" in same.stdout
@@ -133,11 +130,19 @@ def test_gap_gives_a_verdict_skips_a_truncated_file_and_streams_every_image(fold
     assert len(strict.stderr.strip().splitlines()) == 1
 
 
+def _not_in_memory(*arguments, **options):
+    raise AssertionError("a command read a whole folder into memory instead of streaming it")
+
+
 @pytest.fixture(scope="module")
 def evaluated_run(folders):
     out = folders / "run_eval"
-    result = domadapt(*run_arguments(folders, out, "--eval", folders / "eval", "--tensorboard", folders / "tb",
-                                     "--export-label-shift", folders / "label_shift.json"))
+    with pytest.MonkeyPatch.context() as patch:  # every folder is streamed: the in-memory readers are never called
+        for module in ("domadapt.folders", "domadapt.datasets"):
+            patch.setattr(f"{module}.read_images", _not_in_memory)
+            patch.setattr(f"{module}.read_labeled_folder", _not_in_memory)
+        result = domadapt(*run_arguments(folders, out, "--eval", folders / "eval", "--tensorboard", folders / "tb",
+                                         "--export-label-shift", folders / "label_shift.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -200,6 +205,42 @@ def test_tensorboard_logs_every_loss_term(evaluated_run, folders):
     losses = {name for name in history if name.endswith("loss")}
     assert {"cls_loss", "domain_loss"} <= losses
     assert {f"epoch_{name}" for name in losses} <= tags
+
+
+def test_gap_with_a_classifier_estimates_the_target_class_mix(evaluated_run, folders, tmp_path):
+    out, _ = evaluated_run
+    result = domadapt("gap", folders / "eval", folders / "target", "--backbone", "pixels", "--image-size", SIZE,
+                      "--permutations", 20, "--metrics", "mmd", "--classifier", out / "classifier.keras",
+                      "--json", tmp_path / "gap.json", "--export-label-shift", tmp_path / "mix.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = json.loads((tmp_path / "gap.json").read_text())
+    exported = json.loads((tmp_path / "mix.json").read_text())
+    assert table["label_shift"]["target_proportions"] == pytest.approx(exported["target_proportions"])
+    assert exported["class_names"] == ["class_0", "class_1"] and exported["num_source"] == 24
+    assert "Estimated target class mix (20 target images, bbse): class_0" in result.stdout
+
+
+def test_adapt_at_test_time_streams_the_target_folder(folders, tmp_path):
+    classifier = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Rescaling(1 / 255),
+                                   keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(name="bn"),
+                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+    classifier.save(tmp_path / "classifier.keras")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("domadapt.folders.read_images", _not_in_memory)
+        patch.setattr("domadapt.datasets.read_images", _not_in_memory)
+        result = domadapt("adapt-at-test-time", tmp_path / "classifier.keras", folders / "target", "--out",
+                          tmp_path / "adapted", "--method", "norm", "--eval", folders / "eval")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "adapted" / "summary.json").read_text())
+    assert summary["num_target_images"] == 20 and "truncated.png" in result.stdout  # 21 files, one skipped
+    assert 0 <= summary["eval_accuracy_before"] <= 1 and 0 <= summary["eval_accuracy_after"] <= 1
+    adapted = keras.saving.load_model(tmp_path / "adapted" / "classifier.keras")
+    from domadapt.datasets import read_images
+
+    target = read_images(folders / "target", (SIZE, SIZE))
+    assert adapted.predict(target, verbose=0).shape == (20, 2)
+    # The target's batch-norm statistics replaced the source's.
+    assert not np.allclose(adapted.get_layer("bn").moving_mean.numpy(), classifier.get_layer("bn").moving_mean.numpy())
 
 
 def test_compare_ranks_runs_on_the_data_they_recorded(evaluated_run, folders, tmp_path):
@@ -273,10 +314,14 @@ def test_run_killed_mid_training_leaves_only_complete_files_then_resumes(folders
     _assert_every_file_complete(out)
     assert {p.name for p in out.iterdir()} == {"notes.txt", "classifier.keras", "summary.json", "training.png",
                                                "skipped.txt"}
-    again = domadapt(*run_arguments(folders, out, "--overwrite"))
+    # A new run over it, on a seeded subset (5 images per class, 5 target images) with a few labeled target images.
+    again = domadapt(*run_arguments(folders, out, "--overwrite", "--max-images", 5, "--target-labeled",
+                                    folders / "eval"))
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "notes.txt").read_text() == "mine"  # never deletes what it did not write
-    assert json.loads((out / "summary.json").read_text())["epochs"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 1 and "target_cls_loss" in summary["history"]
+    assert summary["data"]["num_images"] == {"source": 10, "target": 5, "target_labeled": 10, "eval": 0}
 
 
 def _assert_every_file_complete(out):
