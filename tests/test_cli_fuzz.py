@@ -235,3 +235,24 @@ def test_a_class_that_breaks_only_while_streaming_is_one_line_not_a_graph_error(
     (line,) = [line for line in output.err.splitlines() if line.strip()]
     assert line.startswith("domadapt run: error: while reading the images:") and "class 'class_b'" in line
     assert not (tmp_path / "out" / "classifier.keras").exists()
+
+
+def test_gap_and_run_on_a_folder_with_every_pathology_use_the_right_images_and_list_the_rest(root, tmp_path, capsys):
+    from pathological_folder import write_pathological_folder
+
+    photos = write_pathological_folder(tmp_path)
+    before = snapshot(tmp_path)
+    assert call(GAP + [str(photos.root), str(root / "target"), "--json", str(tmp_path / "gap.json")]) == 0
+    table = json.loads((tmp_path / "gap.json").read_text())
+    assert table["mmd_test"]["num_source"] == len(photos.used) == 16
+    assert table["skipped"] == {"source": len(photos.skipped), "target": 0}
+    assert f"Skipped {len(photos.skipped)} unreadable files in" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert call(RUN[:-1] + [str(root / "backbone.keras"), "--source", str(photos.root), "--target", str(root / "target"),
+                            "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == photos.class_names
+    assert summary["data"]["num_images"]["source"] == 16 and summary["skipped"]["source"] == len(photos.skipped)
+    listed = sorted(line.split("\t")[0] for line in (out / "skipped.txt").read_text().splitlines())
+    assert listed == sorted(str(photos.root / path) for path in photos.skipped)
+    assert {k: v for k, v in snapshot(tmp_path).items() if k in before} == before  # the photos are untouched
