@@ -422,6 +422,8 @@ _RESUME_KEYS = ("recipe", "source", "target", "target_labeled", "eval", "backbon
 def check_out(args):
     """Refuse, before anything is read or trained, an --out that holds a run without --overwrite/--resume."""
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; expected a folder (it is created if missing).")
     resume = out / RESUME_FOLDER
     if args.resume:
         if not (resume / "arguments.json").is_file():
@@ -760,7 +762,8 @@ def _quiet_tensorflow(verbose):
         os.close(devnull)
 
 
-_INPUT_ERRORS = (CommandError, ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, ImportError)
+# OSError: a path that cannot be written (permissions, a full disk, a file where a folder is expected).
+_INPUT_ERRORS = (CommandError, ValueError, TypeError, OSError, RuntimeError, ImportError)
 
 
 def _one_line(error):
@@ -771,6 +774,23 @@ def _one_line(error):
 
 def _is_tensorflow_error(error):
     return type(error).__module__.startswith("tensorflow")
+
+
+def _answer(command, call, verbose=False):
+    """``call()``; an input mistake, or an error raised inside a TensorFlow pipeline, becomes one line and exit code 2.
+
+    Other errors (bugs) keep their traceback; with --verbose, TensorFlow's errors do too.
+    """
+    try:
+        return call()
+    except _INPUT_ERRORS as error:
+        line = _one_line(error)
+    except Exception as error:
+        if verbose or not _is_tensorflow_error(error):
+            raise
+        line = _tensorflow_error_line(error)
+    print(f"{command}: error: {line}", file=sys.stderr)
+    return 2
 
 
 def _tensorflow_error_line(error):
@@ -791,11 +811,7 @@ def recipe_main(recipe_path, argv=None):
     _add_run_arguments(parser)
     args = parser.parse_args(argv)
     _check_run_arguments(parser, args)
-    try:
-        sys.exit(_run(args, recipe))
-    except _INPUT_ERRORS as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(_answer(f"python {recipe_path}", lambda: _run(args, recipe), args.verbose))
 
 
 def _check_run_arguments(parser, args):
@@ -904,16 +920,7 @@ def _adapt_at_test_time(argv):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    try:
-        return adapt_at_test_time(args)
-    except _INPUT_ERRORS as error:
-        print(f"domadapt adapt-at-test-time: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        if args.verbose or not _is_tensorflow_error(error):
-            raise
-        print(f"domadapt adapt-at-test-time: error: {_tensorflow_error_line(error)}", file=sys.stderr)
-        return 2
+    return _answer("domadapt adapt-at-test-time", lambda: adapt_at_test_time(args), args.verbose)
 
 
 def adapt_at_test_time(args):
@@ -925,6 +932,8 @@ def adapt_at_test_time(args):
     from domadapt.validators.compare import collapse_reason
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; expected a folder (it is created if missing).")
     existing = [name for name in ("classifier.keras", "summary.json") if (out / name).exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{out} already holds {existing}; pass --overwrite to replace them.")
@@ -1028,20 +1037,8 @@ def main(argv=None):
             parser.error("--image-size must be >= 8")
         if args.max_images is not None and args.max_images < 2:
             parser.error("--max-images must be >= 2")
-    try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "compare":
-            return _compare(args)
-        return _gap(args)
-    except _INPUT_ERRORS as error:
-        print(f"domadapt {args.command}: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        if args.verbose or not _is_tensorflow_error(error):
-            raise
-        print(f"domadapt {args.command}: error: {_tensorflow_error_line(error)}", file=sys.stderr)
-        return 2
+    command = {"run": _run, "compare": _compare, "gap": _gap}[args.command]
+    return _answer(f"domadapt {args.command}", lambda: command(args), args.verbose)
 
 
 if __name__ == "__main__":
