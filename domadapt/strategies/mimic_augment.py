@@ -274,7 +274,10 @@ class MimicAugment(Strategy):
         histogram matching), ``"pda"`` (pixel distribution adaptation, PCA). Reference
         images: ``num_references`` images sampled from ``target_images`` if given,
         otherwise from the unlabeled target stream when ``fit`` starts, so only
-        unlabeled target data is needed.
+        unlabeled target data is needed. Every method also runs in-graph
+        (``engine="tf"``, or ``"auto"`` with a GPU): the references are then kept,
+        resized to the backbone's input size, in a non-trainable variable the
+        compiled step reads.
 
         Example:
 
