@@ -32,6 +32,19 @@ import numpy as np  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 64
+NOTES = [
+    "How ADAPT ran: `python -m venv /tmp/adaptvenv`, a .pth file pointing at domadapt's site-packages (the same "
+    "TensorFlow 2.21 / Keras 3, no tf_keras or TF_USE_LEGACY_KERAS needed), `pip install adapt==0.4.5` (adds "
+    "cvxopt, scikeras). Two things ADAPT needs that domadapt does not: the optimizer and loss go to the "
+    "constructor (its `compile()` before `fit()` raises `AttributeError: 'DANN' object has no attribute "
+    "'pretrain_'`), and labels must be one-hot (its train step reshapes the predictions to the labels' shape: "
+    "`Input to reshape is a tensor with 640 values, but the requested shape has 64` with integer labels).",
+    "",
+    "Reading: on this shared CPU the per-epoch times differ by less than the machine's noise (the same library "
+    "varies by ~35 % between seeds). Both stay near the source-only level on this shift after 5 epochs "
+    "(source-only: 0.165 in strategy_throughput.md; chance: 0.10); accuracy "
+    "here is a check that both train the same model, not a ranking.",
+]
 
 
 class _EpochTimer:
@@ -187,6 +200,7 @@ def main(argv=None):
             continue
         lines.append(f"| {run['library']} | {run['seed']} | {np.mean(run['epoch_seconds'][1:]):.2f} | "
                      f"{run['epoch_seconds'][0]:.2f} | {run['target_accuracy']:.3f} |")
+    lines += ["", *NOTES]
     errors = {run["error"] for run in runs if "error" in run}
     for error in errors:
         lines += ["", "ADAPT could not run here:", "", "```", error, "```"]
