@@ -52,7 +52,13 @@ def preview(source_images, transform="rain", path="preview.png", *, num_images=6
     rows = [("original", images)]
     for item in transforms:
         strategy = item if isinstance(item, MimicAugment) else MimicAugment(item, severity=severity, seed=seed)
-        label = item if isinstance(item, str) else (strategy.reference_method or type(strategy.transform).__name__)
+        if isinstance(item, str):
+            label = item
+        else:
+            label = strategy.reference_method or (
+                strategy.transform if isinstance(strategy.transform, str) else type(strategy.transform).__name__)
+            if strategy.engine != "auto":
+                label = f"{label} ({strategy.engine})"
         rows.append((str(label), strategy.augment(images, seed=seed)))
     figure, axes = plt.subplots(len(rows), len(images), figsize=(1.6 * len(images), 1.6 * len(rows)), squeeze=False,
                                 layout="constrained")
