@@ -128,6 +128,12 @@ def image_count(images):
     return images.count if hasattr(images, "count") else len(images)
 
 
+def _at_least_two(images, path):
+    if image_count(images) < 2:
+        raise CommandError(f"{path} holds {image_count(images)} usable image; at least 2 are needed.")
+    return images
+
+
 def image_shape(images):
     return (*images.image_size, 3) if hasattr(images, "image_size") else tuple(images.shape[1:])
 
@@ -193,6 +199,7 @@ def _gap(args):
     # Folders are scanned and checked before TensorFlow is imported: a wrong path fails at once.
     (source, source_skipped), (target, target_skipped) = (open_unlabeled(args.source, args, args.max_images, 0),
                                                           open_unlabeled(args.target, args, args.max_images, 1))
+    _at_least_two(source, args.source), _at_least_two(target, args.target)
     if image_shape(source) != image_shape(target):
         raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)}: "
                            "folders are resized to --image-size, .npy/.npz arrays are not.")
@@ -506,6 +513,7 @@ def _run(args, recipe_module=None):
         raise CommandError(f"{args.source} holds one class folder ({classes[0]!r}); a classifier needs at least two "
                            "classes, one sub-folder each.")
     target, target_skipped = open_unlabeled(args.target, args, args.max_images, seed=1)
+    _at_least_two(target, args.target)
     if image_shape(target) != image_shape(source):
         raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)} "
                            f"({args.target}).")
@@ -589,11 +597,15 @@ def _run(args, recipe_module=None):
             f"({chance:.1%} for {len(classes)} classes). Train longer (--epochs), use pretrained weights "
             "(--weights imagenet or a weights file), or check that the source folders hold the right classes.",
             file=sys.stderr)
-    shift = estimate_label_shift(adapter.classifier, source, target, args.export_label_shift, args.overwrite,
-                                 note="; the source images were used for training, so read it as approximate")
     write_atomically(out / "classifier.keras", lambda temporary: adapter.classifier.save(temporary))
     if baseline is not None:
         write_atomically(out / "source_only.keras", lambda temporary: baseline.classifier.save(temporary))
+    try:  # after the classifier is saved: an estimate that cannot be made never costs the trained model
+        shift = estimate_label_shift(adapter.classifier, source, target, args.export_label_shift, args.overwrite,
+                                     note="; the source images were used for training, so read it as approximate")
+    except (ValueError, CommandError) as error:
+        shift = None
+        print(f"warning: the target's class mix was not estimated: {_one_line(error)}", file=sys.stderr)
     final_skipped = all_skipped()
     if len(final_skipped) != len(skipped):
         write_atomically(out / "skipped.txt", lambda temporary: temporary.write_text(_skipped_text(final_skipped)))
@@ -609,7 +621,7 @@ def _run(args, recipe_module=None):
                                 "eval": 0 if evaluation is None else evaluation.count}},
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
         "gap_before": before, "gap_after": after, "accuracy": accuracies, "learned": learned,
-        "label_shift": dict(shift.to_dict(), class_names=classes, approximate=True),
+        "label_shift": None if shift is None else dict(shift.to_dict(), class_names=classes, approximate=True),
         "skipped": {"count": len(final_skipped), **{name: len(skipped_of(name)) for name in listed}},
     }
     write_json(out / "summary.json", summary)

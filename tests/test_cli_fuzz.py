@@ -34,6 +34,7 @@ def root(tmp_path_factory):
     for index in range(4):
         png(root / "target" / f"{index}.png", rng.integers(60, 200, (SIZE, SIZE, 3)).astype("uint8"))
     (root / "empty").mkdir()
+    png(root / "single" / "only.png", np.zeros((SIZE, SIZE, 3), "uint8"))
     (root / "corrupt").mkdir()
     (root / "corrupt" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
     (root / "corrupt" / "text.jpg").write_bytes(b"this is not a jpeg")
@@ -102,6 +103,9 @@ CASES = {
                       ["one_class", "at least two classes"]),
     "run empty target": (RUN + ["--source", "{root}/source", "--target", "{root}/empty", "--out", "{fresh}"],
                          ["empty", "no readable image"]),
+    "run a single target image": (RUN + ["--source", "{root}/source", "--target", "{root}/single", "--out",
+                                         "{fresh}"], ["single", "1 usable image", "at least 2"]),
+    "gap a single image": (GAP + ["{root}/single", "{root}/target"], ["single", "at least 2"]),
     "run corrupt target": (RUN + ["--source", "{root}/source", "--target", "{root}/corrupt", "--out", "{fresh}"],
                            ["corrupt", "none readable"]),
     "run mismatched target-labeled classes": (
