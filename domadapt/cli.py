@@ -27,10 +27,11 @@ RUN_OUTPUTS = ("classifier.keras", "source_only.keras", "summary.json", "trainin
 RESUME_FOLDER = ".domadapt-resume"
 SKIPPED_SHOWN = 3
 # Images held in memory at once, whatever the folders' size: the gap samples of `run`, the images `compare` scores
-# (its validators hold them), the label-shift estimate's samples, the decoded-image shuffle buffer of training.
+# (its validators hold them), the decoded-image shuffle buffer of training. The label-shift estimate keeps only
+# the classifier's outputs, of every source image and of at most LABEL_SHIFT_IMAGES target images.
 GAP_IMAGES = 500
 COMPARE_IMAGES = 2000
-LABEL_SHIFT_IMAGES = 2000
+LABEL_SHIFT_IMAGES = 10_000
 SHUFFLE_BUFFER = 256
 
 
@@ -151,34 +152,47 @@ def sample(images, size, seed=0):
         if len(images) <= size:
             return images
         return images[np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))]
-    # The folder's dataset is shuffled (seeded) on every pass: its first `size` elements are a random subset.
-    batch = next(iter(images.dataset.take(size).batch(size)))
-    if images.labels is None:
-        return batch.numpy()
-    return batch[0].numpy(), batch[1].numpy().astype("int64")
+    # The folder's dataset is shuffled (seeded) on every pass: its first elements are a random subset. They are
+    # copied batch by batch into one array (no second copy of the whole subset).
+    count = min(size, images.count)
+    chosen = np.empty((count, *images.image_size, 3), np.uint8)
+    labels = None if images.labels is None else np.empty(count, np.int64)
+    filled = 0
+    for batch in images.dataset.take(count).batch(64):
+        batch_images = batch if labels is None else batch[0]
+        chosen[filled : filled + len(batch_images)] = batch_images.numpy()
+        if labels is not None:
+            labels[filled : filled + len(batch_images)] = batch[1].numpy()
+        filled += len(batch_images)
+    return chosen if labels is None else (chosen, labels)
 
 
-def predictions(classifier, images, batch_size=256):
-    """``(predicted classes, labels)`` of a labeled folder or an unbatched dataset of ``(image, label)``, streamed
-    batch by batch (labels kept with their images)."""
+def outputs(classifier, images, limit=None, batch_size=256):
+    """``(outputs, labels)`` of ``classifier`` on a folder, a dataset (labels ``None`` when unlabeled) or an array,
+    computed batch by batch: only the ``(N, classes)`` outputs are kept, never the images."""
     import numpy as np
 
-    predicted, labels = [], []
-    for batch_images, batch_labels in getattr(images, "dataset", images).batch(batch_size):
-        predicted.append(np.argmax(classifier.predict_on_batch(batch_images), axis=-1))
-        labels.append(batch_labels.numpy())
-    return np.concatenate(predicted), np.concatenate(labels)
+    if isinstance(images, np.ndarray):
+        chosen = images if limit is None else images[:limit]
+        return np.asarray(classifier.predict(chosen, batch_size=batch_size, verbose=0)), None
+    dataset = getattr(images, "dataset", images)
+    if limit is not None:
+        dataset = dataset.take(limit)
+    results, labels = [], []
+    for batch in dataset.batch(batch_size):
+        if isinstance(batch, tuple):
+            batch, batch_labels = batch[0], batch[1]
+            labels.append(batch_labels.numpy())
+        results.append(np.asarray(classifier.predict_on_batch(batch)))
+    return np.concatenate(results), (np.concatenate(labels).astype(np.int64) if labels else None)
 
 
-def accuracy(classifier, images, labels=None, batch_size=256):
-    """Accuracy of ``classifier`` on a labeled folder or dataset (streamed), or on ``images``, ``labels`` arrays."""
+def accuracy(classifier, images, batch_size=256):
+    """Accuracy of ``classifier`` on a labeled folder or an unbatched dataset of ``(image, label)``, streamed."""
     import numpy as np
 
-    if labels is None:
-        predicted, labels = predictions(classifier, images, batch_size)
-    else:
-        predicted = np.argmax(classifier.predict(images, batch_size=batch_size, verbose=0), axis=-1)
-    return float(np.mean(predicted == labels))
+    predicted, labels = outputs(classifier, images, batch_size=batch_size)
+    return float(np.mean(np.argmax(predicted, axis=-1) == labels))
 
 
 # --- gap ---------------------------------------------------------------------------------------------------------------
@@ -242,7 +256,7 @@ def _gap(args):
     shift = None
     if labeled_source is not None:
         shift = estimate_label_shift(_load_classifier(args.classifier, labeled_source.class_names), labeled_source,
-                                     target, args.export_label_shift, args.overwrite)
+                                     target, labeled_source.class_names, args.export_label_shift, args.overwrite)
     if args.json:
         table = report.to_dict()
         table.update(verdict=verdict, mmd_test={"statistic": float(test.statistic), "p_value": float(test.p_value),
@@ -297,20 +311,32 @@ def _load_classifier(path, class_names=None):
     return model
 
 
-def estimate_label_shift(classifier, source, target, export=None, overwrite=False, note=""):
-    """Print the estimated target class mix (``da.gap.label_shift``, BBSE) and a verdict; write it to ``export``."""
+def estimate_label_shift(classifier, source, target, class_names, export=None, overwrite=False, note="",
+                         source_outputs=None):
+    """Print the estimated target class mix (``da.gap.label_shift``, BBSE) and a verdict; write it to ``export``.
+
+    ``source``: a labeled folder (or pass ``source_outputs``, the classifier's ``(outputs, labels)`` on it, when
+    already computed). The classifier runs batch by batch over every source image and a random
+    ``LABEL_SHIFT_IMAGES`` target images; only its outputs are kept, so memory does not grow with the folders.
+    """
     import re
+
+    import keras
 
     import domadapt as da
 
     expected = tuple(classifier.input_shape[1:])
-    if any(e is not None and e != a for e, a in zip(expected, image_shape(source))) or len(expected) != 3:
+    if len(expected) != 3 or any(e is not None and e != a for e, a in zip(expected, image_shape(target))):
         raise CommandError(f"the classifier takes images of shape {expected}, but the folders' images are "
-                           f"{image_shape(source)} (set --image-size).")
-    source_images, source_labels = sample(source, LABEL_SHIFT_IMAGES, 2)
-    target_images = sample(target, LABEL_SHIFT_IMAGES, 3)
-    result = da.gap.label_shift(classifier, source=(source_images, source_labels), target=target_images)
-    names = list(source.class_names)
+                           f"{image_shape(target)} (set --image-size).")
+    if source_outputs is None:
+        source_outputs = outputs(classifier, source)
+    target_outputs, _ = outputs(classifier, target, limit=LABEL_SHIFT_IMAGES)
+    # da.gap.label_shift reads the classifier's outputs through `predict`: an identity model hands it the
+    # outputs computed above (it turns logits into probabilities itself).
+    identity = keras.Sequential([keras.Input((target_outputs.shape[1],)), keras.layers.Identity()])
+    result = da.gap.label_shift(identity, source=source_outputs, target=target_outputs)
+    names = list(class_names)
     verdict = re.sub(r"class (\d+) ~", lambda match: f"{names[int(match.group(1))]} ~", result.verdict)
     mix = ", ".join(f"{name} {q:.2f}" for name, q in zip(names, result.target_proportions))
     print(f"Estimated target class mix ({result.num_target} target images, {result.method}{note}): {mix}")
@@ -525,6 +551,8 @@ def _run(args, recipe_module=None):
         evaluation, eval_skipped = open_labeled(args.eval, args, args.max_images, classes, seed=3)
     _quiet_tensorflow(args.verbose)
     import keras
+    import numpy as np
+    import tensorflow as tf
 
     import domadapt as da
 
@@ -559,8 +587,9 @@ def _run(args, recipe_module=None):
     size = min(GAP_IMAGES, source.count, image_count(target))
     gap_source, gap_target = sample(source, size, 0)[0], sample(target, size, 1)
 
-    def gap(model):
-        features = da.gap.features(model, gap_source, gap_target, verbose=0)
+    def gap(model):  # uint8 batches, cast one at a time (a float32 copy of the whole sample would be 4x its size)
+        batches = [tf.data.Dataset.from_tensor_slices(images).batch(64) for images in (gap_source, gap_target)]
+        features = da.gap.features(model, *batches, verbose=0)
         return {"mmd": da.gap.mmd(*features), "frechet": da.gap.frechet(*features),
                 "proxy_a_distance": da.gap.proxy_a_distance(*features)}
 
@@ -578,7 +607,8 @@ def _run(args, recipe_module=None):
                           target_labeled=None if labeled is None else stream(labeled), epochs=args.epochs,
                           callbacks=_callbacks(args, resume, "adapted"), **streams)
     after = gap(adapter)
-    accuracies = {"source": {"adapted": accuracy(adapter.classifier, source)}}
+    source_outputs = outputs(adapter.classifier, source)  # one pass: the source accuracy and the label-shift estimate
+    accuracies = {"source": {"adapted": float(np.mean(np.argmax(source_outputs[0], axis=-1) == source_outputs[1]))}}
     baseline = None
     if evaluation is not None:
         print(f"Training the source-only baseline ({args.epochs} epochs) ...")
@@ -601,7 +631,8 @@ def _run(args, recipe_module=None):
     if baseline is not None:
         write_atomically(out / "source_only.keras", lambda temporary: baseline.classifier.save(temporary))
     try:  # after the classifier is saved: an estimate that cannot be made never costs the trained model
-        shift = estimate_label_shift(adapter.classifier, source, target, args.export_label_shift, args.overwrite,
+        shift = estimate_label_shift(adapter.classifier, source, target, classes, args.export_label_shift,
+                                     args.overwrite, source_outputs=source_outputs,
                                      note="; the source images were used for training, so read it as approximate")
     except (ValueError, CommandError) as error:
         shift = None
