@@ -985,7 +985,6 @@ def adapt_at_test_time(args):
     if not isinstance(shape, tuple) or len(shape) != 4 or None in shape[1:3]:
         raise CommandError(f"{args.classifier} takes inputs of shape {shape}; expected images (None, height, width, "
                            "channels) of a fixed size.")
-    args.image_size = None
     options = {"resize": args.resize, "strict": args.strict}
     size = tuple(shape[1:3])
     channels = shape[3]
