@@ -28,6 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from domadapt import _distribute
 from domadapt import ops as da_ops
 
 __all__ = ["CollapseGuard", "CollapseWarning", "TrainingHealth", "prediction_collapse_reason"]
@@ -117,8 +118,12 @@ class TrainingHealth(keras.layers.Layer):
         self.num_classes = int(num_classes)
         self.adaptation_scale = self.add_weight(shape=(), initializer="ones", trainable=False, name="adaptation_scale",
                                                 aggregation="only_first_replica")
-        vector = dict(shape=(self.num_classes,), initializer="zeros", trainable=False, aggregation="sum")
-        scalar = dict(shape=(), initializer="zeros", trainable=False, aggregation="sum")
+        # Each replica adds the all-reduced (global) step statistics to its copy, the copies
+        # stay equal and reads take the first: "only_first_replica". (aggregation="sum" would
+        # be wrong: Keras turns assign_add into an assign of var + x summed over replicas,
+        # which doubled the counts every step under MirroredStrategy.)
+        vector = dict(shape=(self.num_classes,), initializer="zeros", trainable=False, aggregation="only_first_replica")
+        scalar = dict(shape=(), initializer="zeros", trainable=False, aggregation="only_first_replica")
         self.target_probability_sum = self.add_weight(name="target_probability_sum", **vector)
         self.target_predicted_counts = self.add_weight(name="target_predicted_counts", **vector)
         self.source_label_counts = self.add_weight(name="source_label_counts", **vector)
@@ -139,23 +144,25 @@ class TrainingHealth(keras.layers.Layer):
     def update(self, step):
         """Add one step's statistics (a :class:`domadapt.strategy.Step`); no gradient, no host sync."""
         k = self.num_classes
+        add = lambda variable, value: variable.assign_add(_distribute.replica_sum(value))  # noqa: E731
         logits = ops.stop_gradient(ops.cast(step.source_logits, "float32"))
         labels = ops.cast(ops.reshape(step.source_labels, (-1,)), "int32")
-        self.source_correct.assign_add(ops.sum(ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32")))
-        self.source_count.assign_add(ops.cast(ops.shape(labels)[0], "float32"))
-        self.source_label_counts.assign_add(ops.sum(ops.one_hot(labels, k), axis=0))
+        add(self.source_correct, ops.sum(ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32")))
+        add(self.source_count, ops.cast(ops.shape(labels)[0], "float32"))
+        add(self.source_label_counts, ops.sum(ops.one_hot(labels, k), axis=0))
         features = [step.source_features]
         if step.target_logits is not None:
             probabilities = ops.softmax(ops.stop_gradient(ops.cast(step.target_logits, "float32")), axis=-1)
-            self.target_probability_sum.assign_add(ops.sum(probabilities, axis=0))
-            self.target_predicted_counts.assign_add(ops.sum(ops.one_hot(ops.argmax(probabilities, axis=-1), k), axis=0))
-            self.target_entropy_sum.assign_add(ops.sum(da_ops.entropy(probabilities)))
-            self.target_count.assign_add(ops.cast(ops.shape(probabilities)[0], "float32"))
+            add(self.target_probability_sum, ops.sum(probabilities, axis=0))
+            add(self.target_predicted_counts, ops.sum(ops.one_hot(ops.argmax(probabilities, axis=-1), k), axis=0))
+            add(self.target_entropy_sum, ops.sum(da_ops.entropy(probabilities)))
+            add(self.target_count, ops.cast(ops.shape(probabilities)[0], "float32"))
             features.append(step.target_features)
         features = ops.stop_gradient(ops.cast(ops.concatenate([f for f in features if f is not None], axis=0), "float32"))
-        # Per-batch variance (centred on the batch), averaged: stable where sum/sum-of-squares would cancel.
-        self.feature_variance_sum.assign_add(ops.mean(ops.var(features, axis=0)))
-        self.feature_batches.assign_add(1.0)
+        # Per-batch variance (centred on the batch), averaged: stable where sum/sum-of-squares
+        # would cancel. Under tf.distribute each replica's variance of its slice, averaged.
+        add(self.feature_variance_sum, ops.mean(ops.var(features, axis=0)) / _distribute.replica_count())
+        add(self.feature_batches, 1.0 / _distribute.replica_count())
 
     def read(self):
         """The statistics since the last :meth:`reset`, as Python numbers (one small device-to-host read).

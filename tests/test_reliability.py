@@ -65,7 +65,12 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device_for_every_strategy():
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stderr[-3000:]
     results = json.loads(lines[-1][len("RESULT "):])
-    assert len(results) == 8
+    assert len(results) == 9
+    # bn_mode="domain" with synchronized BatchNormalization: target (exported) and source
+    # moving statistics, re-estimated after fit, agree with one device's.
+    assert results["batchnorm_domain"]["statistics_gap"] < 1e-4, results["batchnorm_domain"]
+    # Source-only has no guard resetting them: the health counts cover the whole fit, once.
+    assert results["source-only"]["health"] == [512.0, 512.0], results["source-only"]
     for name, result in results.items():
         assert result["replicas"] == 2, name
         assert result["moved"] > 0.05, name  # training did move the weights

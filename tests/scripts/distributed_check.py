@@ -31,12 +31,21 @@ def candidates():
         "coral": lambda: [da.CORAL(weight=3.0)],
         "fine_tune_lr_multipliers": lambda: [da.FineTune("all", backbone_lr=0.3, decay=0.5, verbose=False)],
         "combined": lambda: [da.GradientReversal(hidden_units=(16,), dropout=0.0), da.MMD(), da.EntropyMinimization(0.1)],
+        # bn_mode="domain" with synchronized BatchNormalization: per-domain batch statistics
+        # are all-reduced across replicas, and the end-of-fit re-estimation runs on the
+        # final weights, so the moving statistics of both domains match one device too.
+        "batchnorm_domain": lambda: [da.DANN(weight=1.0, hidden_units=(16,), dropout=0.0), da.MMD()],
     }
 
 
-def build(strategies, weights=None):
+BATCHNORM = {"batchnorm_domain"}
+
+
+def build(strategies, weights=None, batchnorm=False):
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, activation="tanh", name="block1"),
+    normalisation = [keras.layers.BatchNormalization(synchronized=True, name="bn")] if batchnorm else []
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, name="block1"), *normalisation,
+                                 keras.layers.Activation("tanh"),
                                  keras.layers.Dense(16, activation="tanh", name="block2")])
     adapter = da.DomainAdapter(backbone, num_classes=2, strategies=strategies)
     adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -55,21 +64,36 @@ def main():
     mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     for name in names:
         make = candidates()[name]
-        single = build(make())
+        batchnorm = name in BATCHNORM
+        single = build(make(), batchnorm=batchnorm)
         initial = single.get_weights()
         with mirrored_strategy.scope():
-            mirrored = build(make(), weights=initial)
+            mirrored = build(make(), weights=initial, batchnorm=batchnorm)
         fit = dict(source=(source_x, source_y), target=target_x, epochs=2, batch_size=32, seed=0, verbose=0)
         single_history = single.fit(**fit).history
         mirrored_history = mirrored.fit(**fit).history
         trained = [np.asarray(v) for v in single.trainable_variables]
-        start = [np.asarray(v) for v in build(make()).trainable_variables]
+        start = [np.asarray(v) for v in build(make(), batchnorm=batchnorm).trainable_variables]
         differences = [np.max(np.abs(a - np.asarray(b))) for a, b in zip(trained, mirrored.trainable_variables)]
+        if batchnorm:
+            # Weights are compared through the outputs: a bias right before a BN layer gets a zero
+            # gradient that Adam turns into rounding-noise steps, cancelled by the BN mean.
+            # The exported classifier (target statistics) and source_classifier must agree.
+            outputs = lambda adapter: np.concatenate([  # noqa: E731
+                np.asarray(adapter.classifier(target_x, training=False)),
+                np.asarray(adapter.source_classifier(source_x, training=False))])
+            single_outputs, mirrored_outputs = outputs(single), outputs(mirrored)
+            statistic_gap = float(np.max(np.abs(single_outputs - mirrored_outputs)) / np.max(np.abs(single_outputs)))
+            differences = [d for d, v in zip(differences, single.trainable_variables) if "block1/bias" not in v.path]
+        else:
+            statistic_gap = None
         moved = [np.max(np.abs(a - b)) for a, b in zip(trained, start)]
         # How far the two runs ended apart, relative to how far training moved the weights.
         gaps[name] = {"relative_gap": float(max(differences) / max(moved)), "moved": float(max(moved)),
                       "loss": [single_history["loss"][-1], mirrored_history["loss"][-1]],
-                      "replicas": mirrored_strategy.num_replicas_in_sync}
+                      "replicas": mirrored_strategy.num_replicas_in_sync, "statistics_gap": statistic_gap,
+                      # The collapse guard's in-graph statistics add over replicas (not per replica).
+                      "health": [single.health.read()["num_source"], mirrored.health.read()["num_source"]]}
     print("RESULT " + json.dumps(gaps))
 
 
