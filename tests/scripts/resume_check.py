@@ -49,10 +49,14 @@ def main():
     source_y = (source_x[:, 0] > 0).astype("int64")
     target_x = (source_x[::-1] * 1.5 + 0.5).astype("float32")
     keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, activation="tanh", name="block1"),
+    # A BatchNormalization layer that trains (FineTune(batchnorm="train")): bn_mode="domain" keeps
+    # per-domain moving statistics, which the backup must restore like the weights.
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(16, name="block1"),
+                                 keras.layers.BatchNormalization(name="block1_bn"), keras.layers.Activation("tanh"),
                                  keras.layers.Dense(16, activation="tanh", name="block2")])
-    strategies = [da.GradientReversal(hidden_units=(16,), dropout=0.0),
-                  da.FineTune(trainable="all", unfreeze="gradual", backbone_lr=0.5, decay=0.5, verbose=False)]
+    strategies = [da.GradientReversal(weight=1.0, hidden_units=(16,), dropout=0.0),
+                  da.FineTune(trainable="all", unfreeze="gradual", backbone_lr=0.5, decay=0.5, batchnorm="train",
+                              verbose=False)]
     adapter = da.DomainAdapter(backbone, num_classes=2, strategies=strategies)
     adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
     record = RecordLambda()
@@ -63,7 +67,10 @@ def main():
             callbacks.append(KillAt(kill_at))
     adapter.fit(source=(source_x, source_y), target=target_x, epochs=EPOCHS, batch_size=BATCH, seed=0, verbose=0,
                 callbacks=callbacks)
-    np.savez(out / f"{mode}.npz", *[np.asarray(v) for v in adapter.trainable_variables])
+    # Trainable weights, then the exported (target) and source batch-norm statistics.
+    statistics = [v for v in adapter.classifier.non_trainable_variables] + list(adapter.source_batchnorm_statistics)
+    assert len(statistics) == 4, len(statistics)
+    np.savez(out / f"{mode}.npz", *[np.asarray(v) for v in adapter.trainable_variables + statistics])
     (out / f"{mode}.json").write_text(json.dumps({"epochs": record.per_epoch,
                                                   "iterations": int(adapter.optimizer.iterations.numpy())}))
 
