@@ -124,3 +124,18 @@ def checked_logits(head, features, num_classes):
         raise ValueError(f"Argument `head` returns {logits.shape[-1]} logits but num_classes={num_classes}.")
     return logits
 
+
+def unweighted_alignment(strategies):
+    """Names of the strategies that align source and target as if their class mixes were equal.
+
+    These are the alignment strategies (DANN, CDAN, MMD, CORAL: ``class_weights=``)
+    built without ``class_weights``. Reading the strategies costs nothing; whether
+    the class mixes actually differ needs a trained classifier
+    (``da.gap.label_shift_check``), so ``fit`` cannot tell before its first step.
+    """
+    # Imported when called: this module loads before (and without) the strategies.
+    from domadapt.strategies._class_weights import ClassWeightedAlignment
+    from domadapt.strategy import flatten_strategies
+
+    return [type(strategy).__name__ for strategy in flatten_strategies(strategies)
+            if isinstance(strategy, ClassWeightedAlignment) and strategy.class_weights is None]
