@@ -124,7 +124,8 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
     The collapse guard (``collapse_guard``: True, False or a CollapseGuard; one in
     ``callbacks`` is used instead) comes first, so the user's callbacks see the
     restored weights and its ``adaptation_scale`` log at each epoch end. It is left
-    out when no strategy adds a loss term: there is nothing to back off from.
+    out when no strategy adds a loss term (nothing to back off from) and for
+    regression and segmentation (its statistics are class predictions per image).
     """
     if not isinstance(collapse_guard, (bool, CollapseGuard)):
         raise TypeError("Argument `collapse_guard` must be True, False or a da.callbacks.CollapseGuard; received "
@@ -132,7 +133,13 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
     given = [c for c in callbacks if isinstance(c, CollapseGuard)]
     callbacks = [c for c in callbacks if not isinstance(c, CollapseGuard)]
     guard = given[0] if given else (collapse_guard if isinstance(collapse_guard, CollapseGuard) else None)
-    if guard is None and collapse_guard is True and any(type(s).loss is not Strategy.loss for s in adapter.strategies):
+    task = getattr(getattr(adapter, "task", None), "name", "classification")
+    if task != "classification":
+        # Its rules read class predictions and source accuracy, collected for classification only.
+        if guard is not None:
+            raise ValueError(f"da.callbacks.CollapseGuard watches class predictions and applies to task="
+                             f"'classification' only; received one with task={task!r}. Remove it.")
+    elif guard is None and collapse_guard is True and any(type(s).loss is not Strategy.loss for s in adapter.strategies):
         guard = CollapseGuard()
     callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
     if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):

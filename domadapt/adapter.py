@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras import ops
 
 from domadapt import _construction, _distribute, _training, data
+from domadapt import tasks as _tasks
 from domadapt.batchnorm import batchnorm_layers, reestimate, warn_if_few
 from domadapt.health import TrainingHealth
 from domadapt.nonfinite import NonFiniteGuard
@@ -26,7 +27,8 @@ REESTIMATION_IMAGES = 4096
 
 @keras.saving.register_keras_serializable(package="domadapt")
 class DomainAdapter(keras.Model):
-    """A classifier (backbone + head) trained on labeled source and unlabeled target data.
+    """A classifier, regressor or segmentation model (backbone + head) trained on labeled
+    source and unlabeled target data.
 
     The backbone maps images to a feature map (global-average pooled) or a feature
     vector; a dense head (or ``head=``) maps features to logits. Each strategy adds
@@ -63,6 +65,15 @@ class DomainAdapter(keras.Model):
             same moving statistics, no re-estimation. Backbones without batch norm
             (GroupNorm, LayerNorm) behave the same in every mode.
         input_shape: image shape, needed only when the backbone does not define one.
+        task: ``"classification"`` (default), ``"regression"``, ``"segmentation"`` or a
+            :mod:`domadapt.tasks` object with options (``da.tasks.Segmentation(ignore_index=255,
+            upsample_logits=True)``). Regression: float labels shaped like the head's
+            output (default head ``Dense(1)``), no output activation, default loss mean
+            squared error. Segmentation: the feature map goes unpooled into the head
+            (default ``Conv2D(num_classes, 1)``), which outputs per-pixel logits; labels
+            are masks ``(N, H, W)``; ``evaluate`` reports ``mean_iou``. Strategies always
+            see pooled features; each strategy declares the tasks it supports
+            (``Strategy.tasks``) and an unsupported pairing is a ValueError here.
 
     Example:
 
@@ -78,8 +89,12 @@ class DomainAdapter(keras.Model):
     """
 
     def __init__(self, backbone, num_classes=None, strategies=None, *, head=None, preprocess=None, bn_mode="domain",
-                 input_shape=None, name="domain_adapter", **kwargs):
+                 input_shape=None, task="classification", name="domain_adapter", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.task = _tasks.get(task)
+        self._default_head = head is None
+        if head is None and self.task.name == "regression":
+            head = self.task.default_head(num_classes)  # Dense(1); a ValueError if num_classes is given
         _construction.check_arguments(backbone, num_classes, head, preprocess, bn_mode)
         # === Layers ===
         self.backbone = backbone
@@ -89,22 +104,40 @@ class DomainAdapter(keras.Model):
         if preprocess is not None and not isinstance(preprocess, keras.layers.Layer):
             preprocess = keras.layers.Lambda(preprocess, name="preprocess")
         self.preprocess = preprocess
-        self._default_head = head is None
-        self.head = head if head is not None else keras.layers.Dense(num_classes, name="classifier_head")
+        self.head = head if head is not None else self.task.default_head(num_classes)
 
         # === Functional models ===
         images = keras.Input(shape=self.image_shape, name="images")
         inputs = preprocess(images) if preprocess is not None else images
-        self.pooling, features = _construction.pooled_features(backbone, inputs, self.image_shape)
+        self.logit_resizing = None
+        if self.task.name == "segmentation":
+            self.pooling, features, feature_map, logits, self.logit_resizing = self.task.build(
+                backbone, inputs, self.head, num_classes, self.image_shape)
+        else:
+            self.pooling, features = _construction.pooled_features(backbone, inputs, self.image_shape)
+            if self.task.name == "regression":
+                logits = self.head(features)
+                if not isinstance(logits, keras.KerasTensor) or len(logits.shape) < 1:
+                    raise ValueError(f"Argument `head` must return one tensor (batch, ...) of predictions; it "
+                                     f"returns {logits!r}.")
+            else:
+                logits = _construction.checked_logits(self.head, features, num_classes)
         self.feature_dim = int(features.shape[-1])
-        logits = _construction.checked_logits(self.head, features, num_classes)
-        self.num_classes = int(logits.shape[-1])
-        probabilities = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+        # Per image: the head's output (regression) or the logits' (H, W, C) (segmentation); labels are checked on it.
+        self.output_shape_per_image = tuple(logits.shape[1:])
+        self.num_classes = None if self.task.name == "regression" else int(logits.shape[-1])
+        if self.task.name == "regression":
+            outputs = keras.layers.Activation("linear", dtype="float32", name="predictions")(logits)
+        else:
+            outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
         # Held outside Keras' attribute tracking: their layers are tracked above
         # already, and tracking them again would count every weight twice.
         self._functional = _construction.Untracked(
             feature_extractor=keras.Model(images, features, name="feature_extractor"),
-            classifier=keras.Model(images, probabilities, name="classifier"),
+            classifier=keras.Model(images, outputs, name="classifier"),
+            # Segmentation: images -> (pooled features, feature map), the head's input, in one backbone pass.
+            encoder=keras.Model(images, [features, feature_map], name="encoder")
+            if self.task.name == "segmentation" else None,
         )
         self._batchnorm = _construction.Untracked(layers=batchnorm_layers(self._functional.classifier))
         # Per-domain statistics: the source's moving mean and variance of every BN layer (saved with the adapter).
@@ -122,6 +155,7 @@ class DomainAdapter(keras.Model):
         self.strategies = flatten_strategies(strategies)
         if len({id(s) for s in self.strategies}) != len(self.strategies):
             raise ValueError("Argument `strategies`: the same strategy object appears twice.")
+        _tasks.check_strategies(self.strategies, self.task)
         for strategy in self.strategies:
             strategy.setup(self)
             strategy.built = True
@@ -133,7 +167,8 @@ class DomainAdapter(keras.Model):
         self.planned_steps = self.add_weight(initializer="ones", name="planned_steps", **scalar)
         self.schedule_start = self.add_weight(initializer="zeros", name="schedule_start", **scalar)
         self.nonfinite_guard = NonFiniteGuard()
-        self.health = TrainingHealth(self.num_classes)  # collapse statistics + adaptation_scale (da.health)
+        # Collapse statistics (classification only) + adaptation_scale (every task); see da.health.
+        self.health = TrainingHealth(self.num_classes or 1)
         self._log_names = _training.log_names_of(self.strategies)
         self._trackers = {name: (_training.LastValue(name=name) if kind == "last" else keras.metrics.Mean(name=name))
                           for name, kind in self._log_names["kinds"].items()}
@@ -144,7 +179,8 @@ class DomainAdapter(keras.Model):
 
     @property
     def classifier(self):
-        """The deployable model: images -> class probabilities (a plain functional keras.Model)."""
+        """The deployable model (a plain functional keras.Model): images -> class probabilities;
+        per-pixel probabilities ``(N, H, W, C)`` for segmentation; predictions for regression."""
         return self._functional.classifier
 
     @property
@@ -206,7 +242,8 @@ class DomainAdapter(keras.Model):
         return {"name": self.name, "trainable": self.trainable, "backbone": serialize(self.backbone),
                 "num_classes": self.num_classes, "strategies": [serialize(s) for s in self.strategies],
                 "head": None if self._default_head else serialize(self.head), "preprocess": serialize(self.preprocess),
-                "bn_mode": self.bn_mode, "input_shape": self._input_shape_arg}
+                "bn_mode": self.bn_mode, "input_shape": self._input_shape_arg,
+                "task": keras.saving.serialize_keras_object(self.task)}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -232,15 +269,20 @@ class DomainAdapter(keras.Model):
 
         Args:
             optimizer: a Keras optimizer or its name.
-            loss: classification loss. ``None`` (default): sparse categorical
-                cross-entropy from logits. Anything else is applied to ``(labels,
-                probabilities)`` and must return per-example losses.
-            metrics: metrics of the classifier on ``(labels, probabilities)``;
-                ``"accuracy"`` means sparse categorical accuracy.
+            loss: the task's loss. ``None`` (default): sparse categorical
+                cross-entropy from logits (per pixel for segmentation, ignored
+                pixels left out), mean squared error for regression. Anything else
+                is applied to ``(labels, probabilities)`` (``(labels, predictions)``
+                for regression, e.g. ``"mae"``, ``"huber"``) and must return
+                per-example (per-pixel) losses.
+            metrics: metrics on ``(labels, probabilities)`` (``predictions`` for
+                regression); ``"accuracy"`` means sparse categorical accuracy (per
+                pixel for segmentation, which always adds ``mean_iou``).
             **kwargs: passed to ``keras.Model.compile`` (``jit_compile``, ...);
                 not ``loss_weights``/``weighted_metrics`` (strategies take ``weight=``).
         """
-        self._classification_loss, self._user_metrics = _training.compile_arguments(loss, metrics, kwargs)
+        self._classification_loss, _ = _training.compile_arguments(loss, metrics, kwargs)
+        self._user_metrics = self.task.resolve_metrics(list(metrics or []), self.num_classes)
         self._compile_arguments = {"loss": self._classification_loss, "metrics": list(metrics or [])}
         super().compile(optimizer=optimizer, loss=None, metrics=None, **kwargs)
         self._structure_key = None
@@ -265,7 +307,8 @@ class DomainAdapter(keras.Model):
         return self.classifier(inputs, training=training)
 
     def _features_and_logits(self, batches, training):
-        """Pooled features and logits for each batch (source first), in one backbone pass if bn_mode='joint'.
+        """Pooled features and head outputs (logits; per pixel for segmentation) for each batch (source
+        first), in one backbone pass if bn_mode='joint'.
 
         With bn_mode='domain' in training, the source batch is normalised by its own
         statistics and updates the source's moving statistics; the model's own track
@@ -279,24 +322,39 @@ class DomainAdapter(keras.Model):
             target_statistics = [tf.identity(variable.value) for variable in model_statistics]
             for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
                 variable.assign(source)
-            source_features = self.feature_extractor(batches[0], training=training)
-            source_logits = self.head(source_features, training=training)
+            source_features, head_input = self._encode(batches[0], training)
+            source_logits = self._decode(head_input, training)
             for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
                 source.assign(variable)
             for variable, value in zip(model_statistics, target_statistics if len(batches) > 1 else ()):
                 variable.assign(value)
-            features = [source_features] + [self.feature_extractor(b, training=training) for b in batches[1:]]
-            logits = [source_logits] + [self.head(f, training=training) for f in features[1:]]
+            encoded = [self._encode(b, training) for b in batches[1:]]
+            features = [source_features] + [f for f, _ in encoded]
+            logits = [source_logits] + [self._decode(h, training) for _, h in encoded]
         elif self.bn_mode == "joint" and len(batches) > 1:
             sizes = [ops.shape(b)[0] for b in batches]
-            features = self.feature_extractor(ops.concatenate(batches, axis=0), training=training)
-            logits = self.head(features, training=training)
+            features, head_input = self._encode(ops.concatenate(batches, axis=0), training)
+            logits = self._decode(head_input, training)
             features = tf.split(features, sizes, axis=0)
             logits = tf.split(logits, sizes, axis=0)
         else:
-            features = [self.feature_extractor(b, training=training) for b in batches]
-            logits = [self.head(f, training=training) for f in features]
+            encoded = [self._encode(b, training) for b in batches]
+            features = [f for f, _ in encoded]
+            logits = [self._decode(h, training) for _, h in encoded]
         return [ops.cast(f, "float32") for f in features], [ops.cast(z, "float32") for z in logits]
+
+    def _encode(self, images, training):
+        """``(pooled features, the head's input)``: the same tensor, except the feature map for segmentation."""
+        if self._functional.encoder is not None:
+            features, feature_map = self._functional.encoder(images, training=training)
+            return features, feature_map
+        features = self.feature_extractor(images, training=training)
+        return features, features
+
+    def _decode(self, head_input, training):
+        """The head's outputs (logits, resized to the image size with ``upsample_logits``)."""
+        logits = self.head(head_input, training=training)
+        return logits if self.logit_resizing is None else self.logit_resizing(logits)
 
     def _forward(self, batch, training):
         """The batches of one step through the model: a :class:`Step` for the strategies."""
@@ -323,11 +381,11 @@ class DomainAdapter(keras.Model):
 
     def compute_loss_terms(self, step):
         """All named loss terms and reported values of one step: ``({name: scalar}, {name: scalar})``."""
-        terms = {"cls_loss": _training.classification_loss(self._classification_loss, step.source_labels, step.source_logits)}
+        # "cls_loss" is the task's supervised loss in every task (the name History keys and the guards read).
+        terms = {"cls_loss": self.task.loss(self._classification_loss, step.source_labels, step.source_logits)}
         if step.target_labeled_labels is not None:
-            terms["target_cls_loss"] = self._target_labeled_weight * _training.classification_loss(self._classification_loss, 
-                step.target_labeled_labels, step.target_labeled_logits
-            )
+            terms["target_cls_loss"] = self._target_labeled_weight * self.task.loss(
+                self._classification_loss, step.target_labeled_labels, step.target_labeled_logits)
         reports, strategy_names = {}, []
         for strategy, mapping in zip(self.strategies, self._log_names["per_strategy"]):
             strategy_terms, strategy_reports = loss_terms_of(strategy, step, mapping)
@@ -357,16 +415,15 @@ class DomainAdapter(keras.Model):
                 self.optimizer.apply(gradients, variables)
             else:
                 self._parameter_groups.apply(self.optimizer, gradients, variables)
-        self.health.update(step)
+        if self.task.name == "classification":  # the collapse statistics read class predictions
+            self.health.update(step)
         return self._update_metrics(total, {**terms, **reports}, step.source_labels, step.source_logits)
 
     def _update_metrics(self, total, values, labels, logits):
         self._loss_tracker.update_state(total)
         for name, value in values.items():
             self._trackers[name].update_state(value)
-        probabilities = ops.softmax(logits, axis=-1)
-        for metric in self._user_metrics:
-            metric.update_state(ops.cast(labels, "int32"), probabilities)
+        self.task.update_metrics(self._user_metrics, labels, self.task.activate(logits))
         logs = {"loss": self._loss_tracker.result()}
         logs.update({name: self._trackers[name].result() for name in values})
         logs.update({m.name: m.result() for m in self._user_metrics})
@@ -375,7 +432,7 @@ class DomainAdapter(keras.Model):
     def test_step(self, batch):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
         features, logits = self._features_and_logits([images], training=False)
-        loss = _training.classification_loss(self._classification_loss, labels, logits[0])
+        loss = self.task.loss(self._classification_loss, labels, logits[0])
         return self._update_metrics(loss, {}, labels, logits[0])
 
     # ------------------------------------------------------------------ fit
@@ -399,7 +456,10 @@ class DomainAdapter(keras.Model):
         Args:
             source, target, target_labeled: labeled source, unlabeled target (required
                 when a strategy uses or needs it) and optional few labeled target data;
-                the last adds ``target_cls_loss`` times ``target_labeled_weight``.
+                the last adds ``target_cls_loss`` times ``target_labeled_weight``. Labels
+                follow the task: class indices ``(N,)``, regression targets shaped like
+                the head's output, or masks ``(N, H, W)`` (``cls_loss`` is the task's
+                supervised loss in every task).
             epochs, callbacks, verbose, initial_epoch: as in ``keras.Model.fit``.
             validation_data: ``(images, labels)`` or a dataset of them (usually a
                 labeled target slice): reported as ``val_loss`` and ``val_<metric>``.
@@ -423,15 +483,14 @@ class DomainAdapter(keras.Model):
         callbacks = list(callbacks or [])
         # Resuming: every stream starts where an uninterrupted run would be at that epoch.
         start_epoch = max(int(initial_epoch), _training.restored_epoch(callbacks))
-        paired = data.pair(
-            source, target, target_labeled, image_shape=self.image_shape, num_classes=self.num_classes,
+        paired = self._pair(
+            source, target, target_labeled, image_shape=self.image_shape,
             batch_size=batch_size, target_batch_size=target_batch_size, steps_per_epoch=steps_per_epoch,
             shuffle=shuffle, seed=seed, shuffle_buffer=data.check_positive_int(shuffle_buffer, "shuffle_buffer"),
             start_epoch=start_epoch, pair_target=any(s.uses_target for s in self.strategies),
         )
         if validation_data is not None:
-            validation_data = data.evaluation_dataset(validation_data, argument="validation_data", image_shape=self.image_shape,
-                                                      num_classes=self.num_classes, batch_size=paired.batch_size)
+            validation_data = self._evaluation_dataset(validation_data, "validation_data", paired.batch_size)
         self._start_strategies(paired, epochs, start_epoch, float(target_labeled_weight))
         dataset = _training.with_input_transforms(paired.dataset, self.strategies)
         structure = (tuple(sorted(paired.dataset.element_spec)), self._target_labeled_weight,
@@ -451,6 +510,19 @@ class DomainAdapter(keras.Model):
             raise
         self._reestimate_batchnorm(source, paired.target_images)
         return history
+
+    def _pair(self, source, target, target_labeled, **kwargs):
+        """The paired training streams (:func:`domadapt.data.pair`), labels checked for the task."""
+        if self.task.name == "classification":
+            return data.pair(source, target, target_labeled, num_classes=self.num_classes, **kwargs)
+        return _tasks.pair(self.task, source, target, target_labeled, output_shape=self.output_shape_per_image, **kwargs)
+
+    def _evaluation_dataset(self, value, argument, batch_size):
+        if self.task.name == "classification":
+            return data.evaluation_dataset(value, argument=argument, image_shape=self.image_shape,
+                                           num_classes=self.num_classes, batch_size=batch_size)
+        return _tasks.evaluation_dataset(self.task, value, argument=argument, image_shape=self.image_shape,
+                                         output_shape=self.output_shape_per_image, batch_size=batch_size)
 
     def _reestimate_batchnorm(self, source, target_images):
         """bn_mode='domain', after training (and callbacks restoring weights): statistics of the final weights.
@@ -496,12 +568,11 @@ class DomainAdapter(keras.Model):
         return None
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", **kwargs):
-        """Evaluate the classifier on labeled images: ``(x, y)`` arrays or a dataset of ``(x, y)``."""
+        """Evaluate the model on labeled images: ``(x, y)`` arrays or a dataset of ``(x, y)`` (masks for segmentation)."""
         batch_size = data.check_positive_int(batch_size, "batch_size", allow_none=True) or 32
         if isinstance(x, tf.data.Dataset) and y is not None:
             raise ValueError("Argument `y` must be None when `x` is a dataset of (images, labels).")
-        dataset = data.evaluation_dataset(x if isinstance(x, tf.data.Dataset) else (x, y), argument="x, y",
-                                          image_shape=self.image_shape, num_classes=self.num_classes, batch_size=batch_size)
+        dataset = self._evaluation_dataset(x if isinstance(x, tf.data.Dataset) else (x, y), "x, y", batch_size)
         try:
             return super().evaluate(dataset, verbose=verbose, **kwargs)
         except tf.errors.InvalidArgumentError as error:
@@ -509,7 +580,8 @@ class DomainAdapter(keras.Model):
             raise
 
     def predict(self, x, batch_size=None, verbose="auto", **kwargs):
-        """Class probabilities for images ``x`` (an array or a dataset of images)."""
+        """Class probabilities for images ``x`` (an array or a dataset of images); per pixel for segmentation,
+        predictions for regression."""
         if not isinstance(x, tf.data.Dataset):
             data.check_images(data.to_numpy(x, "x"), "x", self.image_shape)
         return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)

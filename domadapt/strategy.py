@@ -42,8 +42,11 @@ _CAPABILITIES = {"transforms_source": "transform_source", "transforms_target": "
 class AdapterView:
     """The part of a ``DomainAdapter`` a strategy may read and change during ``fit``.
 
-    Read: ``backbone``, ``classifier``, ``feature_extractor``, ``num_classes``,
-    ``feature_dim``, ``image_shape``. Change: learning-rate groups, the weight of
+    Read: ``backbone``, ``classifier``, ``feature_extractor``, ``num_classes``
+    (``None`` for regression), ``feature_dim``, ``image_shape``, ``task`` (a
+    :mod:`domadapt.tasks` object) and ``output_shape_per_image`` (the head's output
+    per image: ``(num_classes,)``, the regression output, or the logits'
+    ``(H, W, num_classes)``). Change: learning-rate groups, the weight of
     the labeled-target loss, and a retrace of the train step after changing which
     layers train. Nothing else of the adapter is a strategy's business.
     """
@@ -55,6 +58,8 @@ class AdapterView:
         self.num_classes = adapter.num_classes
         self.feature_dim = adapter.feature_dim
         self.image_shape = adapter.image_shape
+        self.task = adapter.task
+        self.output_shape_per_image = adapter.output_shape_per_image
         self._set_parameter_groups = set_parameter_groups
         self._set_target_labeled_weight = set_target_labeled_weight
         self._retrace = retrace
@@ -133,6 +138,13 @@ class Strategy(keras.layers.Layer):
         needs_target_labeled: whether it needs ``fit(target_labeled=)``.
         transforms_source, transforms_target, augments_in_step: which input hooks
             the adapter calls. A subclass that defines a hook declares it by default.
+        tasks: the tasks the strategy supports, among ``"classification"``,
+            ``"regression"`` and ``"segmentation"`` (default: classification only).
+            In every task ``Step.*_features`` are pooled features; ``Step.*_logits``
+            are the head's outputs: class logits ``(batch, classes)``, regression
+            predictions, or per-pixel logits ``(batch, H, W, classes)``. Declare a
+            task only where the loss is right for those shapes; ``DomainAdapter``
+            raises a ValueError for any other pairing before training.
         log_names: names reported to the progress bar and ``History``. A tuple
             (each averaged over the epoch) or a dict ``{name: "mean" | "last"}``;
             "last" shows the current value (for schedules such as a lambda).
@@ -165,6 +177,7 @@ class Strategy(keras.layers.Layer):
     transforms_source: bool = False
     transforms_target: bool = False
     augments_in_step: bool = False
+    tasks: tuple = ("classification",)
     log_names: tuple | dict = ()
 
     def __init_subclass__(cls, **kwargs):
@@ -365,7 +378,8 @@ class Step:
         target_images: the unlabeled target batch.
         source_features, target_features: pooled backbone features, float32,
             shape ``(batch, feature_dim)``.
-        source_logits, target_logits: head outputs, float32, ``(batch, num_classes)``.
+        source_logits, target_logits: head outputs, float32, ``(batch, num_classes)``;
+            ``(batch, H, W, num_classes)`` for segmentation, predictions for regression.
         target_labeled_*: the few labeled target images, when ``target_labeled`` is given.
         progress: training progress in [0, 1]: steps of this run / (epochs *
             steps_per_epoch), from 0 at each ``fit`` call (a resumed run continues

@@ -27,6 +27,11 @@ class EntropyMinimization(WeightedStrategy):
     a target with a very different class mix lower it (``0`` is plain entropy
     minimisation).
 
+    Segmentation (``DomainAdapter(task="segmentation")``): H is taken per pixel and
+    averaged over pixels (ADVENT's entropy loss, Vu et al. 2019), the marginal over
+    every pixel of the batch. Pixel classes are rarely balanced (road and sky
+    dominate driving scenes), so pass ``diversity=0`` there: plain ADVENT.
+
     Reports ``entropy_loss``.
 
     Args:
@@ -47,6 +52,7 @@ class EntropyMinimization(WeightedStrategy):
 
     log_names = ("entropy_loss",)
     default_schedule = "ganin"
+    tasks = ("classification", "segmentation")
 
     def __init__(self, weight=0.1, schedule=None, diversity=1.0, **kwargs):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
@@ -58,7 +64,9 @@ class EntropyMinimization(WeightedStrategy):
         probabilities = step.target_probabilities
         value = keras.ops.mean(ops.entropy(probabilities))
         if self.diversity:
-            value = value - self.diversity * ops.entropy(keras.ops.mean(probabilities, axis=0))
+            # The marginal over every prediction of the batch: images, or pixels for segmentation.
+            flat = keras.ops.reshape(probabilities, (-1, keras.ops.shape(probabilities)[-1]))
+            value = value - self.diversity * ops.entropy(keras.ops.mean(flat, axis=0))
         return {"entropy_loss": self.current_weight(step) * value}
 
     def get_config(self):

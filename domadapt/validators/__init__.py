@@ -23,8 +23,9 @@ from domadapt.validators.reverse import ReverseValidation
 from domadapt.validators.select import Selection, select
 from domadapt.validators.snd import SoftNeighborhoodDensity
 from domadapt.validators.source_accuracy import SourceAccuracy
+from domadapt.validators.source_error import SourceError
 
 __all__ = [
     "ComparisonTable", "DeepEmbeddedValidation", "Entropy", "FeatureMMD", "InformationMaximization", "ReverseValidation",
-    "Selection", "SoftNeighborhoodDensity", "SourceAccuracy", "Validator", "compare", "select", "validate",
+    "Selection", "SoftNeighborhoodDensity", "SourceAccuracy", "SourceError", "Validator", "compare", "select", "validate",
 ]

@@ -37,15 +37,38 @@ class Validator:
     name = "validator"
     higher_is_better = True
     reference = ""
+    # The model tasks (DomainAdapter(task=...)) the score is defined for; da.validate checks it.
+    tasks = ("classification",)
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         raise NotImplementedError
+
+    def check_task(self, model):
+        """A ValueError when ``model``'s task (a DomainAdapter's ``task``; else classification) is not in ``tasks``."""
+        task = task_of(model)
+        if task not in self.tasks:
+            raise ValueError(
+                f"Validator {self.name!r} does not apply to task={task!r} (it supports {', '.join(self.tasks)}). "
+                f"Choose validators that do, e.g. validators={list(TASK_VALIDATORS.get(task, ()))}."
+            )
 
     def ranking_score(self, value):
         return value if self.higher_is_better else -value
 
     def __repr__(self):
         return f"{self.name} ({'higher' if self.higher_is_better else 'lower'} is better)"
+
+
+# Validators that apply to each task; da.validate uses them when called with its default for another task.
+TASK_VALIDATORS = {
+    "regression": ("source_error", "dev", "mmd"),
+    "segmentation": ("source_error", "entropy", "information_maximization", "dev", "mmd"),
+}
+
+
+def task_of(model):
+    """The task name of a DomainAdapter (``"classification"`` for anything else)."""
+    return getattr(getattr(model, "task", None), "name", "classification")
 
 
 def images_of(value, argument):

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import stats
 
 from domadapt.health import prediction_collapse_reason
-from domadapt.validators.base import Validator, entropies, images_of, labeled, outputs
+from domadapt.validators.base import TASK_VALIDATORS, Validator, entropies, images_of, labeled, outputs, task_of
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization
@@ -19,6 +19,7 @@ from domadapt.validators.mmd import FeatureMMD
 from domadapt.validators.reverse import ReverseValidation
 from domadapt.validators.snd import SoftNeighborhoodDensity
 from domadapt.validators.source_accuracy import SourceAccuracy
+from domadapt.validators.source_error import SourceError
 
 VALIDATORS = {
     "source_accuracy": SourceAccuracy,
@@ -28,6 +29,7 @@ VALIDATORS = {
     "dev": DeepEmbeddedValidation,
     "mmd": FeatureMMD,
     "reverse": ReverseValidation,
+    "source_error": SourceError,  # regression and segmentation
 }
 DEFAULT_VALIDATORS = ("source_accuracy", "entropy", "information_maximization", "snd", "dev", "mmd", "reverse")
 # The recommendation rule (see ``recommend``): candidates more than SOURCE_DROP below the
@@ -64,7 +66,10 @@ def validate(model, source=None, target=None, validators=DEFAULT_VALIDATORS, *, 
         model: a ``da.DomainAdapter`` or a Keras classifier (probabilities out).
         source: held-out labeled source ``(images, labels)``.
         target: unlabeled target images (an array, or ``(images, labels)`` whose labels are ignored).
-        validators: names (see ``VALIDATORS``) or Validator objects.
+        validators: names (see ``VALIDATORS``) or Validator objects. Each must support
+            the model's task (``Validator.tasks``); with the default and a regression or
+            segmentation adapter, the validators of that task are used
+            (``TASK_VALIDATORS``: source_error, dev, mmd; and entropy, IM for segmentation).
         feature_extractor: features of a plain classifier (a DomainAdapter has its own).
 
     Example:
@@ -73,7 +78,13 @@ def validate(model, source=None, target=None, validators=DEFAULT_VALIDATORS, *, 
     scores = da.validate(adapter, source=(xs_val, ys_val), target=xt_val, validators=["entropy", "snd"])
     ```
     """
-    return {v.name: v(model, source, target, feature_extractor=feature_extractor) for v in resolve_validators(validators)}
+    task = task_of(model)
+    if task != "classification" and tuple(validators) == DEFAULT_VALIDATORS:
+        validators = TASK_VALIDATORS[task]
+    resolved = resolve_validators(validators)
+    for validator in resolved:
+        validator.check_task(model)
+    return {v.name: v(model, source, target, feature_extractor=feature_extractor) for v in resolved}
 
 
 @dataclass
@@ -287,6 +298,12 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         raise TypeError(f"Argument `recommend_by` must be a tuple of validator names; received {recommend_by!r}.")
     if source_drop is not None and not (isinstance(source_drop, (int, float)) and 0 <= source_drop <= 1):
         raise ValueError(f"Argument `source_drop` must be a fraction in [0, 1] or None; received {source_drop!r}.")
+    for name, model in candidates.items():
+        if task_of(model) != "classification":
+            raise ValueError(
+                f"da.compare ranks classifiers (its guards read source accuracy and class collapse); candidate {name!r} "
+                f"has task={task_of(model)!r}. Score each candidate with da.validate(model, source, target) instead."
+            )
     resolved = resolve_validators(validators)
     scores = {name: validate(model, source, target, resolved) for name, model in candidates.items()}
     directions = {v.name: "higher" if v.higher_is_better else "lower" for v in resolved}

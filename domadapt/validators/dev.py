@@ -3,7 +3,8 @@
 import numpy as np
 
 from domadapt import ops
-from domadapt.validators.base import Validator, images_of, labeled, outputs
+from domadapt.validators.base import Validator, images_of, labeled, outputs, task_of
+from domadapt.validators.source_error import labeled_any, per_example_losses
 
 
 class DeepEmbeddedValidation(Validator):
@@ -14,24 +15,33 @@ class DeepEmbeddedValidation(Validator):
     target risk is estimated by the weighted source loss w_i l_i, with the paper's
     control variate: DEV = mean(w l) + eta mean(w) - eta, eta = -Cov(w l, w) / Var(w).
     When source and target coincide, w is about 1 and DEV is about the plain source loss.
+
+    The loss l is the cross-entropy for classification, the squared error (mean over
+    outputs) for regression and the mean per-pixel cross-entropy of an image (ignored
+    pixels left out) for segmentation.
     """
 
     name = "dev"
     higher_is_better = False
+    tasks = ("classification", "regression", "segmentation")
 
     def __init__(self, max_samples=2000, seed=0):
         self.max_samples = int(max_samples)
         self.seed = seed
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
-        source_images, source_labels = labeled(source, "source")
+        self.check_task(model)
+        if task_of(model) == "classification":
+            source_images, source_labels = labeled(source, "source")
+        else:
+            source_images, source_labels = labeled_any(source, "source")
         target_images = images_of(target, "target")
         rng = np.random.default_rng(self.seed)
         if len(target_images) > self.max_samples:
             target_images = target_images[rng.choice(len(target_images), self.max_samples, replace=False)]
         source_probabilities, source_features = outputs(model, source_images, feature_extractor, domain="source")
         _, target_features = outputs(model, target_images, feature_extractor)
-        losses = -np.log(np.clip(source_probabilities[np.arange(len(source_labels)), source_labels], 1e-12, 1.0))
+        losses = per_example_losses(model, source_probabilities, source_labels)
 
         # Half of the source trains the domain classifier; the other half is weighted.
         order = rng.permutation(len(source_features))

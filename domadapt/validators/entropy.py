@@ -14,7 +14,9 @@ class Entropy(Validator):
 
     name = "entropy"
     higher_is_better = False
+    tasks = ("classification", "segmentation")  # segmentation: the mean over pixels (ADVENT's entropy)
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        self.check_task(model)
         probabilities, _ = outputs(model, images_of(target, "target"))
         return float(np.mean(entropies(probabilities)))

@@ -15,8 +15,11 @@ class InformationMaximization(Validator):
 
     name = "information_maximization"
     higher_is_better = True
+    tasks = ("classification", "segmentation")  # segmentation: over pixels (H of the mean pixel prediction)
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        self.check_task(model)
         probabilities, _ = outputs(model, images_of(target, "target"))
+        probabilities = probabilities.reshape(-1, probabilities.shape[-1])
         marginal = probabilities.mean(axis=0, keepdims=True)
         return float(entropies(marginal)[0] - np.mean(entropies(probabilities)))

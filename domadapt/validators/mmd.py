@@ -23,6 +23,7 @@ class FeatureMMD(Validator):
 
     name = "mmd"
     higher_is_better = False
+    tasks = ("classification", "regression", "segmentation")  # pooled features in every task
 
     def __init__(self, max_samples=1000, seed=0, *, kernel="rbf", bandwidth="median", estimator="unbiased"):
         ops.check_kernel_options(kernel, bandwidth, estimator)
@@ -31,6 +32,7 @@ class FeatureMMD(Validator):
         self.kernel, self.bandwidth, self.estimator = kernel, bandwidth, estimator
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        self.check_task(model)
         rng = np.random.default_rng(self.seed)
         sampled = []
         for value, argument in ((source, "source"), (target, "target")):

@@ -38,6 +38,7 @@ class ReverseValidation(Validator):
         self.seed = seed
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        self.check_task(model)
         source_images, source_labels = labeled(source, "source")
         target_images = images_of(target, "target")
         if len(target_images) > self.max_samples:

@@ -31,6 +31,7 @@ class SoftNeighborhoodDensity(Validator):
         self.seed = seed
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        self.check_task(model)
         images = images_of(target, "target")
         if len(images) > self.max_samples:
             images = images[np.random.default_rng(self.seed).choice(len(images), self.max_samples, replace=False)]

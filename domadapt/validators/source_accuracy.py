@@ -16,6 +16,7 @@ class SourceAccuracy(Validator):
     higher_is_better = True
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        self.check_task(model)
         images, labels = labeled(source, "source")
         probabilities, _ = outputs(model, images, domain="source")
         return float(np.mean(np.argmax(probabilities, axis=1) == labels))
