@@ -59,9 +59,11 @@ def test_estimators_recover_known_target_proportions(method):
 
 
 def test_long_tailed_target_estimate_error_and_interval():
-    # 10 overlapping classes (sd 0.8 at spacing 2: ~21% of source images misclassified), long-tailed target
-    # (imbalance 10, total variation 0.295 from the source). Measured over seeds 0-4, 3,000 held-out source
-    # and 2,000 target images: TV error BBSE 0.025-0.04, EM (BCTS) 0.015-0.03; raw predicted shares 0.05.
+    # 10 overlapping classes (sd 0.8 at spacing 2: 19% of source images misclassified), long-tailed target
+    # (imbalance 10, total variation 0.295 from the source), 3,000 held-out source and 2,000 target images.
+    # Measured, seeds 0-4: TV error BBSE 0.023-0.054 (mean of seeds 0-2: 0.039), EM (BCTS) 0.024-0.034 (0.027);
+    # interval coverage 0.8-1.0. (The raw predicted shares are close too here, 0.016-0.024: a smooth tail
+    # survives symmetric confusions; the 3-class test above shows the gain over them.)
     classifier, centres = gaussian_classifier(10, spread=0.8)
     truth = long_tailed(10)
     for method, bound in (("bbse", 0.06), ("em", 0.05)):
@@ -81,7 +83,8 @@ def test_long_tailed_target_estimate_error_and_interval():
 
 def test_balanced_targets_are_not_flagged_beyond_the_stated_rate():
     # 20 balanced targets (same mix, same look): the test's false-alarm rate is alpha = 5%, so 20 resamples
-    # flag 1 on average; 4 or more has probability 1.6% under a 5% rate. Measured with these seeds: 0 of 20.
+    # flag 1 on average; 4 or more has probability 1.6% under a 5% rate. Measured with these seeds: 0 of 20
+    # (p-values 0.15-1.0: the simulated same-mix targets make the test conservative).
     classifier, centres = gaussian_classifier()
     rng = np.random.default_rng(10)
     source = sample(centres, np.full(3, 1 / 3), 1500, rng)
