@@ -4,6 +4,12 @@ further re-estimation of the statistics on the unlabeled target would still add.
 
     .venv/bin/python benchmarks/batchnorm_domains.py            # 2 shifts x 3 methods x 2 modes x 3 seeds
     .venv/bin/python benchmarks/batchnorm_domains.py --seeds 0 --shifts fog
+    .venv/bin/python benchmarks/batchnorm_domains.py --backbone mobilenetv3small --methods source_only dann mmd cdan entropy
+
+``--backbone mobilenetv3small``: keras.applications' MobileNetV3Small (``weights=None``:
+nothing can be downloaded here; BN nested inside the application model) on the images
+resized to 32 px, its minimum input. Rows merge into the JSON by (backbone, shift, method,
+mode, seed), so partial reruns keep the rest.
 
 Data and backbone come from the shifts suite (``benchmarks/shifts.py``: ``load_shift``,
 ``batchnorm_cnn``), at reduced sizes (a full run: ~40 min on 2 cores loaded by ~7 jobs).
@@ -26,19 +32,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shifts import RESULTS_DIR, SHIFTS, Sizes, batchnorm_cnn, configure_determinism, load_shift, machine_description  # noqa: E402
 
 SIZES = Sizes(source_train=1500, target_train=1500, target_test=1000, source_test=500)
-METHODS = ("source_only", "dann", "mmd")
+METHODS = ("source_only", "dann", "mmd", "cdan", "entropy")
+BACKBONES = ("batchnorm_cnn", "mobilenetv3small")
 BN_MODES = ("joint", "domain")
 
 
-def run_one(data, method, bn_mode, seed, epochs, batch_size):
+def make_backbone(name, input_shape):
+    import keras
+
+    if name == "batchnorm_cnn":
+        return batchnorm_cnn(input_shape), keras.layers.Rescaling(1 / 255)
+    backbone = keras.applications.MobileNetV3Small(input_shape=input_shape, include_top=False, weights=None,
+                                                   include_preprocessing=False, pooling="avg")
+    return backbone, keras.layers.Rescaling(1 / 127.5, offset=-1)  # MobileNetV3's [-1, 1] input range
+
+
+def resized(data, side):
+    import tensorflow as tf
+
+    return {key: (tf.cast(tf.image.resize(value, (side, side)), "uint8").numpy() if key.endswith("_x") else value)
+            for key, value in data.items()}
+
+
+def run_one(data, method, bn_mode, seed, epochs, batch_size, backbone_name="batchnorm_cnn"):
     import keras
 
     import domadapt as da
 
     keras.utils.set_random_seed(seed)
-    strategies = {"source_only": [], "dann": [da.DANN()], "mmd": [da.MMD()]}[method]
-    adapter = da.DomainAdapter(batchnorm_cnn(data["source_x"].shape[1:]), num_classes=10, strategies=strategies,
-                               preprocess=keras.layers.Rescaling(1 / 255), bn_mode=bn_mode)
+    strategies = {"source_only": [], "dann": [da.DANN()], "mmd": [da.MMD()], "cdan": [da.CDAN()],
+                  "entropy": [da.EntropyMinimization()]}[method]
+    backbone, preprocess = make_backbone(backbone_name, data["source_x"].shape[1:])
+    adapter = da.DomainAdapter(backbone, num_classes=10, strategies=strategies, preprocess=preprocess, bn_mode=bn_mode)
     adapter.compile(optimizer=keras.optimizers.Adam(1e-3))
     started = time.perf_counter()
     adapter.fit(source=(data["source_x"], data["source_y"]), target=data["target_x"], epochs=epochs,
@@ -52,34 +77,42 @@ def run_one(data, method, bn_mode, seed, epochs, batch_size):
     source = accuracy(adapter.source_classifier, data["source_test_x"], data["source_test_y"])
     da.reestimate_batchnorm_statistics(adapter.classifier, data["target_x"])  # the adapter is not used after this
     reestimated = accuracy(adapter.classifier, data["target_test_x"], data["target_test_y"])
-    return {"method": method, "bn_mode": bn_mode, "seed": seed, "target_accuracy": exported,
+    return {"backbone": backbone_name, "method": method, "bn_mode": bn_mode, "seed": seed, "target_accuracy": exported,
             "target_accuracy_reestimated": reestimated, "source_accuracy": source, "train_seconds": round(seconds, 1)}
 
 
 def render(rows, machine, epochs):
     lines = ["# Batch-norm statistics per domain (issue #25)", "",
-             f"Machine: {machine}. Backbone: the shifts suite's `batchnorm_cnn`; {SIZES.source_train} source / "
-             f"{SIZES.target_train} unlabeled target training images, {SIZES.target_test} held-out target test "
-             f"images; {epochs} epochs, Adam 1e-3, every strategy with its defaults. Mean ± std over seeds.", "",
-             "| shift | method | seeds | joint (old default): exported | joint: re-estimated | domain (new default): "
-             "exported | domain: gain of a further re-estimation | domain: source accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Machine: {machine}. {SIZES.source_train} source / {SIZES.target_train} unlabeled target training "
+             f"images, {SIZES.target_test} held-out target test images; {epochs} epochs, Adam 1e-3, every strategy "
+             "with its defaults at the time of its row (DANN and CDAN weight 0.1, EntropyMinimization with its "
+             "diversity term). Mean ± std (population) over seeds. Backbones: `batchnorm_cnn` (the shifts suite's "
+             "CNN with BatchNormalization) and `mobilenetv3small` (keras.applications, weights=None, 32 px).", ""]
 
     def mean_std(values):
         return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
-    for shift in dict.fromkeys(r["shift"] for r in rows):
-        for method in METHODS:
-            cell = {mode: [r for r in rows if r["shift"] == shift and r["method"] == method and r["bn_mode"] == mode]
-                    for mode in BN_MODES}
-            if not cell["joint"] or not cell["domain"]:
-                continue
-            joint, domain = cell["joint"], cell["domain"]
-            gain = [r["target_accuracy_reestimated"] - r["target_accuracy"] for r in domain]
-            lines.append(f"| {shift} | {method} | {len(domain)} | {mean_std([r['target_accuracy'] for r in joint])} | "
-                         f"{mean_std([r['target_accuracy_reestimated'] for r in joint])} | "
-                         f"{mean_std([r['target_accuracy'] for r in domain])} | {100 * np.mean(gain):+.1f} "
-                         f"(max {100 * np.max(np.abs(gain)):.1f}) | {mean_std([r['source_accuracy'] for r in domain])} |")
+    for backbone in BACKBONES:
+        backbone_rows = [r for r in rows if r.get("backbone", "batchnorm_cnn") == backbone]
+        if not backbone_rows:
+            continue
+        lines += [f"## `{backbone}`", "",
+                  "| shift | method | seeds | joint (old default): exported | joint: re-estimated | domain (new default): "
+                  "exported | domain: gain of a further re-estimation | domain: source accuracy |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for shift in dict.fromkeys(r["shift"] for r in backbone_rows):
+            for method in METHODS:
+                cell = {mode: [r for r in backbone_rows if r["shift"] == shift and r["method"] == method
+                               and r["bn_mode"] == mode] for mode in BN_MODES}
+                if not cell["joint"] or not cell["domain"]:
+                    continue
+                joint, domain = cell["joint"], cell["domain"]
+                gain = [r["target_accuracy_reestimated"] - r["target_accuracy"] for r in domain]
+                lines.append(f"| {shift} | {method} | {len(domain)} | {mean_std([r['target_accuracy'] for r in joint])} | "
+                             f"{mean_std([r['target_accuracy_reestimated'] for r in joint])} | "
+                             f"{mean_std([r['target_accuracy'] for r in domain])} | {100 * np.mean(gain):+.1f} "
+                             f"(max {100 * np.max(np.abs(gain)):.1f}) | {mean_std([r['source_accuracy'] for r in domain])} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -89,25 +122,35 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--backbone", default="batchnorm_cnn", choices=BACKBONES)
     parser.add_argument("--out", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     configure_determinism()
     machine = machine_description()
-    rows, out = [], Path(args.out)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "batchnorm_domains.json"
+    key = lambda row: (row.get("backbone", "batchnorm_cnn"), row["shift"], row["method"], row["bn_mode"], row["seed"])  # noqa: E731
+    kept = {key(row): row for row in (json.loads(json_path.read_text())["rows"] if json_path.exists() else [])}
     data = {name: load_shift(SHIFTS[name], SIZES) for name in args.shifts}
+    if args.backbone == "mobilenetv3small":
+        data = {name: resized(value, 32) for name, value in data.items()}
     # Seed-major, results written after every run: an interrupted run leaves whole seeds.
     for seed in args.seeds:
         for name in args.shifts:
-            for method in METHODS:
+            for method in args.methods:
                 for bn_mode in BN_MODES:
-                    row = {"shift": name, **run_one(data[name], method, bn_mode, seed, args.epochs, args.batch_size)}
-                    rows.append(row)
+                    row = {"shift": name, **run_one(data[name], method, bn_mode, seed, args.epochs, args.batch_size,
+                                                    args.backbone)}
+                    row["machine"] = machine
+                    kept[key(row)] = row
                     print(json.dumps(row), flush=True)
-                    (out / "batchnorm_domains.json").write_text(json.dumps(
+                    rows = sorted(kept.values(), key=lambda r: (r.get("backbone", "batchnorm_cnn"), r["shift"],
+                                                                METHODS.index(r["method"]), r["bn_mode"], r["seed"]))
+                    json_path.write_text(json.dumps(
                         {"machine": machine, "epochs": args.epochs, "sizes": SIZES.__dict__, "rows": rows}, indent=1))
                     (out / "batchnorm_domains.md").write_text(render(rows, machine, args.epochs))
-    print(render(rows, machine, args.epochs))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def run_strategy_test(strategy_factory, *, image_shape=(16, 16, 3), num_classes=
                         f"received {type(strategy_factory).__name__}.")
     from domadapt.adapter import DomainAdapter
     from domadapt.strategy import Strategy
+    from domadapt.tasks import Segmentation, supported_tasks
 
     strategy = strategy_factory()
     name = type(strategy).__name__
@@ -86,12 +87,17 @@ def run_strategy_test(strategy_factory, *, image_shape=(16, 16, 3), num_classes=
     def images(offset):
         return np.clip(rng.normal(128 + offset, 40, (count, *image_shape)), 0, 255).astype("uint8")
 
-    source = (images(0), np.arange(count) % num_classes)
+    # A strategy without classification (segmentation only) runs on masks, logits upsampled to the images.
+    segmentation = "classification" not in supported_tasks(strategy)
+    labels = (np.arange(count * image_shape[0] * image_shape[1]).reshape(count, *image_shape[:2]) % num_classes
+              if segmentation else np.arange(count) % num_classes)
+    source = (images(0), labels)
     target = images(40)
-    target_labeled = (target[:num_classes], np.arange(num_classes))
+    target_labeled = (target[:num_classes], labels[:num_classes])
     keras.utils.set_random_seed(seed)
     adapter = DomainAdapter(_tiny_backbone(image_shape), num_classes=num_classes, strategies=[strategy],
-                            preprocess=keras.layers.Rescaling(1 / 255))
+                            preprocess=keras.layers.Rescaling(1 / 255),
+                            task=Segmentation(upsample_logits=True) if segmentation else "classification")
     adapter.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
     history = adapter.fit(source=source, target=target, target_labeled=target_labeled, epochs=1, batch_size=8,
                           steps_per_epoch=steps, seed=seed, verbose=0)

@@ -17,7 +17,7 @@ print(da.gap.mmd(source, target), da.gap.frechet(source, target), da.gap.proxy_a
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
 from domadapt.gap.features import features
 from domadapt.gap.kernels import MMDTestResult, kid, mmd, mmd_test
-from domadapt.gap.label_shift import LabelShiftResult, label_shift, prior_corrected
+from domadapt.gap.label_shift import LabelShiftResult, label_shift, label_shift_check, prior_corrected
 from domadapt.gap.report import GapReport, measure
 from domadapt.gap.statistics import coral, frechet
 
@@ -31,6 +31,7 @@ __all__ = [
     "frechet",
     "kid",
     "label_shift",
+    "label_shift_check",
     "measure",
     "mmd",
     "mmd_test",
