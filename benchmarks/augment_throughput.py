@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 import domadapt as da  # noqa: E402
 from domadapt.augment import PRESETS  # noqa: E402
-from domadapt.strategies import _tf_presets  # noqa: E402
+from domadapt.strategies.mimic_augment import tf_presets as _tf_presets  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BATCH = 32

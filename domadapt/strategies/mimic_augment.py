@@ -15,6 +15,9 @@ from domadapt.strategies._tf_presets import RGB_ONLY, TF_METHODS, TF_PRESETS
 from domadapt.strategies._weather_table import PRESET_PARAMETERS, method_parameters, preset_parameters
 from domadapt.strategy import Strategy
 
+# The in-graph engine, for benchmarks and users who call it outside a train step.
+tf_presets = _tf_presets
+
 try:
     import albumentations as A
 except ImportError:  # a declared dependency; the error says how to get it
