@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from domadapt import ops
+from domadapt import _distribute, ops
 from domadapt.strategies.base import WeightedStrategy
 
 
@@ -64,8 +64,10 @@ class EntropyMinimization(WeightedStrategy):
         probabilities = step.target_probabilities
         value = keras.ops.mean(ops.entropy(probabilities))
         if self.diversity:
-            # The marginal over every prediction of the batch: images, or pixels for segmentation.
-            flat = keras.ops.reshape(probabilities, (-1, keras.ops.shape(probabilities)[-1]))
+            # The marginal over every prediction of the global batch (images, or pixels for
+            # segmentation): it is not a mean of per-replica terms, so tf.distribute must gather it.
+            flat = _distribute.gather_replicas(
+                keras.ops.reshape(probabilities, (-1, keras.ops.shape(probabilities)[-1])))
             value = value - self.diversity * ops.entropy(keras.ops.mean(flat, axis=0))
         return {"entropy_loss": self.current_weight(step) * value}
 
