@@ -46,7 +46,9 @@ class AdapterView:
     (``None`` for regression), ``feature_dim``, ``image_shape``, ``task`` (a
     :mod:`domadapt.tasks` object) and ``output_shape_per_image`` (the head's output
     per image: ``(num_classes,)``, the regression output, or the logits'
-    ``(H, W, num_classes)``). Change: learning-rate groups, the weight of
+    ``(H, W, num_classes)``) and ``reestimates_batchnorm_on_target`` (True when the
+    adapter itself re-estimates every batch-norm layer on the target images at the end
+    of ``fit``, as ``bn_mode="domain"`` does, so a strategy need not). Change: learning-rate groups, the weight of
     the labeled-target loss, and a retrace of the train step after changing which
     layers train. Nothing else of the adapter is a strategy's business.
     """
@@ -60,6 +62,7 @@ class AdapterView:
         self.image_shape = adapter.image_shape
         self.task = adapter.task
         self.output_shape_per_image = adapter.output_shape_per_image
+        self.reestimates_batchnorm_on_target = bool(adapter.source_batchnorm_statistics)
         self._set_parameter_groups = set_parameter_groups
         self._set_target_labeled_weight = set_target_labeled_weight
         self._retrace = retrace

@@ -221,7 +221,9 @@ class FineTune(Strategy):
         view.set_parameter_groups(self.parameter_groups)
         if self.target_weight is not None and context.target_labeled_size is not None:
             view.set_target_labeled_weight(self.target_weight)
-        if self.batchnorm == "adapt":
+        # Under bn_mode="domain" the adapter re-estimates every BN layer on the target at
+        # the end of fit; doing it here too would only repeat the pass.
+        if self.batchnorm == "adapt" and not getattr(view, "reestimates_batchnorm_on_target", False):
             self._callbacks.append(_AdaptAtEnd(view.classifier, view.backbone, context.target_images))
         if self.verbose:
             self._print_split(blocks, candidate_blocks, per_class)
