@@ -144,25 +144,32 @@ class TrainingHealth(keras.layers.Layer):
     def update(self, step):
         """Add one step's statistics (a :class:`domadapt.strategy.Step`); no gradient, no host sync."""
         k = self.num_classes
-        add = lambda variable, value: variable.assign_add(_distribute.replica_sum(value))  # noqa: E731
+        updates = []  # (variable, this replica's value): summed over replicas in ONE all-reduce below
         logits = ops.stop_gradient(ops.cast(step.source_logits, "float32"))
         labels = ops.cast(ops.reshape(step.source_labels, (-1,)), "int32")
-        add(self.source_correct, ops.sum(ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32")))
-        add(self.source_count, ops.cast(ops.shape(labels)[0], "float32"))
-        add(self.source_label_counts, ops.sum(ops.one_hot(labels, k), axis=0))
+        updates += [(self.source_correct, ops.sum(ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), "float32"))),
+                    (self.source_count, ops.cast(ops.shape(labels)[0], "float32")),
+                    (self.source_label_counts, ops.sum(ops.one_hot(labels, k), axis=0))]
         features = [step.source_features]
         if step.target_logits is not None:
             probabilities = ops.softmax(ops.stop_gradient(ops.cast(step.target_logits, "float32")), axis=-1)
-            add(self.target_probability_sum, ops.sum(probabilities, axis=0))
-            add(self.target_predicted_counts, ops.sum(ops.one_hot(ops.argmax(probabilities, axis=-1), k), axis=0))
-            add(self.target_entropy_sum, ops.sum(da_ops.entropy(probabilities)))
-            add(self.target_count, ops.cast(ops.shape(probabilities)[0], "float32"))
+            updates += [(self.target_probability_sum, ops.sum(probabilities, axis=0)),
+                        (self.target_predicted_counts, ops.sum(ops.one_hot(ops.argmax(probabilities, axis=-1), k), axis=0)),
+                        (self.target_entropy_sum, ops.sum(da_ops.entropy(probabilities))),
+                        (self.target_count, ops.cast(ops.shape(probabilities)[0], "float32"))]
             features.append(step.target_features)
         features = ops.stop_gradient(ops.cast(ops.concatenate([f for f in features if f is not None], axis=0), "float32"))
         # Per-batch variance (centred on the batch), averaged: stable where sum/sum-of-squares
         # would cancel. Under tf.distribute each replica's variance of its slice, averaged.
-        add(self.feature_variance_sum, ops.mean(ops.var(features, axis=0)) / _distribute.replica_count())
-        add(self.feature_batches, 1.0 / _distribute.replica_count())
+        updates += [(self.feature_variance_sum, ops.mean(ops.var(features, axis=0)) / _distribute.replica_count()),
+                    (self.feature_batches, ops.convert_to_tensor(1.0 / _distribute.replica_count(), "float32"))]
+        flat = [ops.reshape(ops.cast(value, "float32"), (-1,)) for _, value in updates]
+        summed = _distribute.replica_sum(ops.concatenate(flat, axis=0))  # one collective per step, not nine
+        offset = 0
+        for variable, value in updates:
+            size = int(np.prod(variable.shape))
+            variable.assign_add(ops.reshape(summed[offset:offset + size], variable.shape))
+            offset += size
 
     def read(self):
         """The statistics since the last :meth:`reset`, as Python numbers (one small device-to-host read).
