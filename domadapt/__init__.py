@@ -22,14 +22,14 @@ import sys as _sys
 # Public name -> the module that defines it (a submodule's own name maps to None).
 _EXPORTS = {
     **{name: None for name in ("augment", "backbones", "callbacks", "data", "datasets", "gap", "layers",
-                               "strategies", "validators")},
+                               "strategies", "tasks", "validators")},
     "DomainAdapter": "domadapt.adapter",
     "adapt_batchnorm": "domadapt.batchnorm",
     "reestimate_batchnorm_statistics": "domadapt.batchnorm",
     **{name: "domadapt.test_time" for name in ("TestTimeAdapter", "adapt_at_test_time")},
     **{name: "domadapt.strategies" for name in ("CDAN", "BNM", "CORAL", "DANN", "MCC", "MMD", "ConditionalAdversarial",
                                                "EntropyMinimization", "FineTune", "GradientReversal", "MimicAugment",
-                                               "SelfTraining")},
+                                               "OutputAdversarial", "SelfTraining")},
     **{name: "domadapt.strategy" for name in ("Recipe", "Step", "Strategy")},
     **{name: "domadapt.validators" for name in ("compare", "select", "validate")},
 }
@@ -73,6 +73,7 @@ __all__ = [
     "FineTune",
     "GradientReversal",
     "MimicAugment",
+    "OutputAdversarial",
     "Recipe",
     "SelfTraining",
     "Step",
@@ -92,6 +93,7 @@ __all__ = [
     "select",
     "shifts",
     "strategies",
+    "tasks",
     "validate",
     "validators",
 ]

@@ -402,7 +402,18 @@ def pair(source, target=None, target_labeled=None, *, image_shape, num_classes, 
     labeled_stream = None
     if target_labeled is not None:
         labeled_stream = _make_stream(target_labeled, argument="target_labeled", labeled=True, **shape)
-    _check_streams_agree([s for s in (source_stream, target_stream, labeled_stream) if s is not None], shape["image_shape"])
+    return _paired_streams(source_stream, target_stream, labeled_stream, image_shape=shape["image_shape"],
+                           batch_size=batch_size, target_batch_size=target_batch_size, steps_per_epoch=steps_per_epoch,
+                           shuffle=shuffle, seed=seed, shuffle_buffer=shuffle_buffer, start_epoch=start_epoch,
+                           pair_target=pair_target)
+
+
+def _paired_streams(source_stream, target_stream, labeled_stream, *, image_shape, batch_size=None,
+                    target_batch_size=None, steps_per_epoch=None, shuffle=True, seed=None, shuffle_buffer=10_000,
+                    start_epoch=0, pair_target=True) -> PairedData:
+    """:func:`pair` on checked streams: the labels' check is the caller's (class indices here, the
+    task's labels in :func:`domadapt.tasks.pair`); the rest (agreement, batching, resuming) is shared."""
+    _check_streams_agree([s for s in (source_stream, target_stream, labeled_stream) if s is not None], image_shape)
     batch_size = check_positive_int(batch_size, "batch_size", allow_none=True) or source_stream.user_batch_size or 32
     target_batch_size = check_positive_int(target_batch_size, "target_batch_size", allow_none=True) or batch_size
     steps_per_epoch = check_positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True)

@@ -48,23 +48,8 @@ TASKS = ("classification", "regression", "segmentation")
 
 
 def supported_tasks(strategy) -> tuple:
-    """The tasks ``strategy`` declares in its class attribute ``tasks`` (nearest class in its MRO).
-
-    DANN, MMD and CORAL align pooled features and work for every task; their
-    modules do not declare ``tasks`` yet, so it is recorded here (``recorded``)
-    until they do.
-    """
-    from domadapt.strategies.coral import CORAL
-    from domadapt.strategies.dann import DANN
-    from domadapt.strategies.mmd import MMD
-
-    recorded = {DANN: TASKS, MMD: TASKS, CORAL: TASKS}
-    for cls in type(strategy).__mro__:
-        if "tasks" in cls.__dict__:
-            return tuple(cls.__dict__["tasks"])
-        if cls in recorded:
-            return recorded[cls]
-    return ("classification",)
+    """The tasks ``strategy`` declares in its class attribute ``tasks`` (default: classification only)."""
+    return tuple(getattr(type(strategy), "tasks", ("classification",)))
 
 
 def check_strategies(strategies, task) -> None:
@@ -86,8 +71,9 @@ def check_strategies(strategies, task) -> None:
 
 
 def _examples(name):
-    return {"regression": "da.DANN, da.MMD, da.CORAL",
-            "segmentation": "da.DANN, da.MMD, da.CORAL, da.EntropyMinimization, OutputAdversarial"}.get(name, "")
+    return {"regression": "da.DANN, da.MMD, da.CORAL, da.MimicAugment",
+            "segmentation": "da.DANN, da.MMD, da.CORAL, da.EntropyMinimization, da.OutputAdversarial, "
+                            "da.MimicAugment"}.get(name, "")
 
 
 class Task:
@@ -443,36 +429,10 @@ def pair(task, source, target=None, target_labeled=None, *, image_shape, output_
                                                                    image_shape=image_shape, num_classes=2)
     labeled_stream = None if target_labeled is None else _labeled_stream(task, target_labeled, "target_labeled",
                                                                          image_shape, output_shape)
-    data._check_streams_agree([s for s in (source_stream, target_stream, labeled_stream) if s is not None], image_shape)
-    batch_size = data.check_positive_int(batch_size, "batch_size", allow_none=True) or source_stream.user_batch_size or 32
-    target_batch_size = data.check_positive_int(target_batch_size, "target_batch_size", allow_none=True) or batch_size
-    steps_per_epoch = data.check_positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True)
-    if steps_per_epoch is None:
-        steps_per_epoch = data._steps_for(source_stream, batch_size)
-        if steps_per_epoch is None:
-            raise ValueError("Argument `steps_per_epoch` is required: the size of the `source` dataset is unknown "
-                             "(e.g. after filter() or repeat()).")
-    first_step = int(start_epoch) * steps_per_epoch
-
-    def stream(s, size, offset):
-        stream_seed = None if seed is None else int(seed) + offset
-        batches = data._batched_forever(s, size, shuffle=shuffle, seed=stream_seed, shuffle_buffer=shuffle_buffer)
-        return batches.skip(first_step) if first_step else batches
-
-    streams = {"step": tf.data.Dataset.counter(start=first_step), "source": stream(source_stream, batch_size, 0)}
-    if pair_target and target_stream is not None:
-        streams["target"] = stream(target_stream, target_batch_size, 1)
-    if labeled_stream is not None:
-        streams["target_labeled"] = stream(labeled_stream, min(batch_size, labeled_stream.size or batch_size), 2)
-    target_images = None
-    if target_stream is not None:
-        target_images = target_stream.images if target_stream.images is not None else target_stream.dataset
-    return data.PairedData(
-        dataset=tf.data.Dataset.zip(streams), steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-        target_batch_size=target_batch_size, source_size=source_stream.size,
-        target_size=None if target_stream is None else target_stream.size,
-        target_labeled_size=None if labeled_stream is None else labeled_stream.size, target_images=target_images,
-    )
+    return data._paired_streams(source_stream, target_stream, labeled_stream, image_shape=image_shape,
+                                batch_size=batch_size, target_batch_size=target_batch_size,
+                                steps_per_epoch=steps_per_epoch, shuffle=shuffle, seed=seed,
+                                shuffle_buffer=shuffle_buffer, start_epoch=start_epoch, pair_target=pair_target)
 
 
 def evaluation_dataset(task, value, *, argument, image_shape, output_shape, batch_size):

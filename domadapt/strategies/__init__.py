@@ -16,6 +16,7 @@ from domadapt.strategies.gradient_reversal import GradientReversal
 from domadapt.strategies.mimic_augment import MimicAugment
 from domadapt.strategies.mmd import MMD
 from domadapt.strategies.nuclear_norm import BNM
+from domadapt.strategies.output_adversarial import OutputAdversarial
 from domadapt.strategies.self_training import SelfTraining
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "GradientReversal",
     "MMD",
     "MimicAugment",
+    "OutputAdversarial",
     "SelfTraining",
     "Strategy",
     "WeightedStrategy",

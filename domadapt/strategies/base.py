@@ -78,6 +78,17 @@ class WeightedStrategy(Strategy):
         return cls(**deserialize_schedule(config))
 
 
+def deserialize_discriminator_config(config):
+    """A config with its schedule and its ``discriminator`` (a serialised Keras model, or None) rebuilt.
+
+    Shared by the strategies that own a discriminator (here and in ``output_adversarial``).
+    """
+    config = deserialize_schedule(config)
+    if config.get("discriminator") is not None:
+        config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
+    return config
+
+
 def _default_discriminator(hidden_units, dropout, name):
     layers = []
     for units in hidden_units:
@@ -241,7 +252,4 @@ class AdversarialStrategy(ClassWeightedAlignment, Strategy):
 
     @classmethod
     def from_config(cls, config):
-        config = deserialize_schedule(config)
-        if config.get("discriminator") is not None:
-            config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
-        return cls(**config)
+        return cls(**deserialize_discriminator_config(config))

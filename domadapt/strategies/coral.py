@@ -7,6 +7,7 @@ import keras
 from domadapt import _distribute, ops
 from domadapt.strategies._class_weights import ClassWeightedAlignment
 from domadapt.strategies.base import WeightedStrategy
+from domadapt.tasks import TASKS
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -33,6 +34,7 @@ class CORAL(ClassWeightedAlignment, WeightedStrategy):
     """
 
     log_names = ("coral_loss",)
+    tasks = TASKS  # pooled features exist in every task
 
     def __init__(self, weight=1.0, schedule=None, *, class_weights=None, **kwargs):
         super().__init__(weight=weight, schedule=schedule, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from domadapt.strategies.base import AdversarialStrategy
+from domadapt.tasks import TASKS
 
 
 @keras.saving.register_keras_serializable(package="domadapt")
@@ -54,6 +55,8 @@ class DANN(AdversarialStrategy):
     partial = da.DANN(hidden_units=(32,), class_weights="auto")  # target lacking some classes
     ```
     """
+
+    tasks = TASKS  # pooled features exist in every task
 
     def __init__(self, weight=0.1, schedule="ganin", **kwargs):
         super().__init__(weight=weight, schedule=schedule, **kwargs)

@@ -14,6 +14,7 @@ from domadapt.strategies import _tf_presets
 from domadapt.strategies._tf_presets import RGB_ONLY, TF_METHODS, TF_PRESETS
 from domadapt.strategies._weather_table import PRESET_PARAMETERS, method_parameters, preset_parameters
 from domadapt.strategy import Strategy
+from domadapt.tasks import TASKS
 
 # The in-graph engine, for benchmarks and users who call it outside a train step.
 tf_presets = _tf_presets
@@ -102,6 +103,33 @@ def _gpu_available():
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def _moves_pixels(transform):
+    """Whether an albumentations transform may move pixels, and so masks: any part that is not image-only."""
+    if isinstance(transform, A.BaseCompose):
+        return any(_moves_pixels(t) for t in transform.transforms)
+    return not isinstance(transform, A.ImageOnlyTransform)
+
+
+def _check_masks(masks, images, ignore_index):
+    """Masks as int32 ``(N, H, W)`` matching ``images``; ``(N, H, W, 1)`` is accepted."""
+    masks = np.asarray(masks)
+    if masks.ndim == 4 and masks.shape[-1] == 1:
+        masks = masks[..., 0]
+    if masks.shape != images.shape[:3]:
+        raise ValueError(
+            f"Argument `masks`: expected one mask per image, shape {images.shape[:3]} (N, H, W); received "
+            f"{np.asarray(masks).shape}."
+        )
+    if not np.issubdtype(masks.dtype, np.integer):
+        raise TypeError(f"Argument `masks`: expected integer class indices; received dtype {masks.dtype}.")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer))
+                                     or ignore_index < 0):
+        raise ValueError(
+            f"Argument `ignore_index` must be a non-negative integer or None; received ignore_index={ignore_index!r}."
+        )
+    return masks.astype(np.int32)
+
+
 def _check_unit(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"Argument `{name}` must be a number in [0, 1]; received {name}={value!r}.")
@@ -115,7 +143,12 @@ class MimicAugment(Strategy):
     Built on albumentations: a weather/lighting preset, any albumentations
     transform, or target-referenced style transfer (:meth:`from_target`). Runs in
     the adapter's ``tf.data`` pipeline (parallel map workers), before batches reach
-    the accelerator; labels are untouched.
+    the accelerator. Labels are untouched, except segmentation masks: a custom
+    transform that moves pixels (flip, crop, rotation) moves each mask with its
+    image, and pixels it creates (rotated-in corners, padding) become the task's
+    ``ignore_index``. Presets and ``from_target`` change pixel values only, so masks
+    stay bit-identical; so do regression targets, for which a transform that moves
+    pixels is refused (a steering angle or depth map cannot be moved for it).
 
     Presets (severity s in [0, 1]; see ``PRESETS`` for the exact parameters):
     ``rain`` (RandomRain, drizzle/heavy/torrential, brightness 1 - 0.3 s), ``fog``
@@ -148,7 +181,8 @@ class MimicAugment(Strategy):
             never waits on CPU workers; every preset and every ``from_target`` method
             has one, drawing its parameters from the same table as the albumentations
             engine (same statistics, not the same pixels); not for custom
-            albumentations transforms. ``"auto"`` (default): ``"tf"`` when TensorFlow
+            albumentations transforms (they may move pixels, which the in-graph
+            engine never does). ``"auto"`` (default): ``"tf"`` when TensorFlow
             sees a GPU (``tf.config.list_logical_devices("GPU")``) and the transform
             has an in-graph version, otherwise ``"albumentations"``; decided when the
             strategy is first used (``active_engine``), so configuring GPUs after
@@ -164,6 +198,7 @@ class MimicAugment(Strategy):
     """
 
     uses_target = False
+    tasks = TASKS
 
     def __init__(self, transform="rain", severity=0.5, p=1.0, apply_to="source", seed=None, engine="auto", **kwargs):
         reference_method = kwargs.pop("reference_method", None)
@@ -212,6 +247,14 @@ class MimicAugment(Strategy):
         self._seed_generator = None
         self._reference_variable = None
         self._local = threading.local()
+        # Set by setup() from the adapter's task: whether source labels are masks to move, and their fill.
+        self._moves_masks = False
+        self._ignore_index = None
+
+    @property
+    def moves_pixels(self):
+        """Whether the transform may move pixels (flips, crops, rotations): never for presets and ``from_target``."""
+        return self.reference_method is None and not isinstance(self.transform, str) and _moves_pixels(self.transform)
 
     @property
     def active_engine(self):
@@ -234,6 +277,18 @@ class MimicAugment(Strategy):
         return self.active_engine == "tf"
 
     def setup(self, adapter):
+        task = getattr(adapter, "task", None)
+        task_name = getattr(task, "name", "classification")
+        if task_name == "regression" and self.moves_pixels:
+            raise ValueError(
+                f"MimicAugment: the transform {type(self.transform).__name__} moves pixels, but regression targets "
+                "cannot be moved with the images (a steering angle, a depth map). With task='regression' use a "
+                "preset, from_target() or pixel-level albumentations transforms only."
+            )
+        self._moves_masks = task_name == "segmentation" and self.moves_pixels
+        self._ignore_index = getattr(task, "ignore_index", None)
+        if self.moves_pixels and None not in adapter.image_shape[:2]:
+            self._check_keeps_size(adapter.image_shape)
         if self.engine == "albumentations" or self._in_graph_name is None:
             return
         # Made for engine="auto" whichever engine it resolves to, so that an adapter saved
@@ -258,6 +313,17 @@ class MimicAugment(Strategy):
             )
             if self.references is not None:
                 self._assign_references()
+
+    def _check_keeps_size(self, image_shape):
+        """A ValueError now, not deep in tf.data, when the transform changes the image size."""
+        image = np.zeros(image_shape, np.uint8)
+        output = self._transform_for(image.shape)(image=image, mask=np.zeros(image.shape[:2], np.int32))
+        if output["image"].shape != image.shape:
+            raise ValueError(
+                f"Argument `transform`: {type(self.transform).__name__} turns {image.shape} images into "
+                f"{output['image'].shape}; MimicAugment keeps the image size (a crop must be resized back, e.g. "
+                "A.RandomResizedCrop(size=(H, W)))."
+            )
 
     def _assign_references(self):
         variable = self._reference_variable
@@ -341,17 +407,46 @@ class MimicAugment(Strategy):
             cache[image_shape] = transform
         return cache[image_shape]
 
-    def augment(self, images, seed=None):
-        """Augment a numpy batch ``(N, H, W, C)`` eagerly and return it (same shape, dtype and range)."""
+    def augment(self, images, seed=None, *, masks=None, ignore_index=255):
+        """Augment a numpy batch ``(N, H, W, C)`` eagerly and return it (same shape, dtype and range).
+
+        With ``masks`` (segmentation masks ``(N, H, W)`` of class indices) it returns
+        ``(images, masks)``: a transform that moves pixels moves each mask exactly as
+        its image (nearest-neighbour, so no new class values), and the pixels it
+        creates get ``ignore_index`` whatever the transform's ``fill_mask``
+        (``None``: the transform's ``fill_mask`` is kept). Presets and
+        ``from_target`` return the masks unchanged.
+
+        Example:
+
+        ```python
+        import albumentations as A, numpy as np, domadapt as da
+        images = (np.random.rand(2, 16, 16, 3) * 255).astype("uint8")
+        masks = np.random.randint(0, 3, (2, 16, 16))
+        flipped, moved = da.MimicAugment(A.HorizontalFlip(p=1.0)).augment(images, masks=masks)
+        assert (moved == masks[:, :, ::-1]).all()
+        ```
+        """
         images = np.asarray(images)
         if images.ndim != 4:
             raise ValueError(f"Argument `images`: expected a batch of shape (N, H, W, C); received {images.shape}.")
         if not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating)):
             raise TypeError(f"Argument `images`: expected uint8 or float images; received dtype {images.dtype}.")
+        if masks is not None:
+            mask_dtype = np.asarray(masks).dtype
+            checked = _check_masks(masks, images, ignore_index)
+            if not self.moves_pixels:
+                return self.augment(images, seed), np.array(masks, copy=True)
+            augmented, moved = self._augment(images, seed, checked, ignore_index)
+            return augmented, moved.reshape(np.shape(masks)).astype(mask_dtype)
+        return self._augment(images, seed)
+
+    def _augment(self, images, seed, masks=None, ignore_index=None):
+        """``augment``'s work on checked inputs; with masks (int32), returns ``(images, masks)``."""
         if self.reference_method is not None and self.references is None:
             raise ValueError("No reference images yet: pass target_images to from_target(), or call set_references().")
         if len(images) == 0:
-            return images.copy()
+            return images.copy() if masks is None else (images.copy(), masks.copy())
         base = self.seed if seed is None else int(seed)
         batch_seed = zlib.crc32(np.ascontiguousarray(images).tobytes(), base & 0xFFFFFFFF)
         if self.active_engine == "tf":
@@ -381,13 +476,28 @@ class MimicAugment(Strategy):
         )
         references = self._references_like(work) if self.reference_method is not None else None
         output = np.empty_like(work)
+        moved_masks = None if masks is None else masks.copy()
+        # Two constant masks go through with the class mask: a pixel the transform kept holds 1 in the
+        # first and 2 in the second, a pixel it created holds the same fill value in both.
+        ones = np.ones(images.shape[1:3], np.uint8)
         for index, image in enumerate(work):
             if rng.random() >= self.p:
                 output[index] = image
                 continue
             source = np.repeat(image, 3, axis=-1) if expand else image
             extra = {METHODS[self.reference_method]: references} if references is not None else {}
-            result = transform(image=source, **extra)["image"]
+            if masks is None:
+                result = transform(image=source, **extra)["image"]
+            else:
+                transformed = transform(image=source, masks=[masks[index], ones, 2 * ones], **extra)
+                result, (moved, first, second) = transformed["image"], transformed["masks"]
+            if result.shape[:2] != image.shape[:2]:
+                raise ValueError(
+                    f"Argument `transform` turns {image.shape} images into {result.shape}; MimicAugment keeps the "
+                    "image size (a crop must be resized back, e.g. A.RandomResizedCrop(size=(H, W)))."
+                )
+            if masks is not None:
+                moved_masks[index] = moved if ignore_index is None else np.where(first == second, ignore_index, moved)
             if self.reference_method == "pda":
                 weight = rng.uniform(*_pda_blend_range(self.severity))
                 result = weight * result + (1.0 - weight) * source
@@ -398,7 +508,8 @@ class MimicAugment(Strategy):
             output = output * scale
         if images.dtype == np.uint8:
             output = np.clip(np.round(output), 0, 255)
-        return output.astype(images.dtype)
+        output = output.astype(images.dtype)
+        return output if masks is None else (output, moved_masks)
 
     def _references_like(self, work):
         """References converted to the batch's dtype, range and channel layout."""
@@ -413,18 +524,32 @@ class MimicAugment(Strategy):
             references.append(np.ascontiguousarray(reference))
         return references
 
-    def _augment_tensor(self, images, step):
-        def augment(batch, step_number):
+    def _augment_tensor(self, images, step, masks=None):
+        def step_seed(step_number):
             # A seed of its own for every (seed, step): fresh draws each epoch, the same on a rerun.
-            seed = np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(step_number)]).generate_state(1)[0]
-            return self.augment(batch, seed=int(seed))
+            return int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(step_number)]).generate_state(1)[0])
 
         step = tf.constant(0, tf.int64) if step is None else tf.cast(step, tf.int64)
-        augmented = tf.numpy_function(augment, [images, step], images.dtype, stateful=False)
+        if masks is None:
+            augmented = tf.numpy_function(lambda batch, s: self.augment(batch, seed=step_seed(s)), [images, step],
+                                          images.dtype, stateful=False)
+            augmented.set_shape(images.shape)
+            return augmented
+
+        def augment_with_masks(batch, batch_masks, step_number):
+            augmented, moved = self.augment(batch, seed=step_seed(step_number), masks=batch_masks,
+                                            ignore_index=self._ignore_index)
+            return augmented, moved.astype(batch_masks.dtype)
+
+        augmented, moved = tf.numpy_function(augment_with_masks, [images, masks, step], [images.dtype, masks.dtype],
+                                             stateful=False)
         augmented.set_shape(images.shape)
-        return augmented
+        moved.set_shape(masks.shape)
+        return augmented, moved
 
     def transform_source(self, images, labels, step=None):
+        if self._moves_masks:  # segmentation masks move with their images
+            return self._augment_tensor(images, step, masks=labels)
         return self._augment_tensor(images, step), labels
 
     def transform_target(self, images, step=None):

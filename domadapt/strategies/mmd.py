@@ -9,6 +9,7 @@ import keras
 from domadapt import _distribute, ops
 from domadapt.strategies._class_weights import ClassWeightedAlignment
 from domadapt.strategies.base import WeightedStrategy
+from domadapt.tasks import TASKS
 
 # The 0.1 argument `kernels=` and the options it stands for.
 _OLD_KERNELS = {"multi": ("rbf", "multi"), "rbf": ("rbf", "mean"), "linear": ("linear", "multi")}
@@ -72,6 +73,7 @@ class MMD(ClassWeightedAlignment, WeightedStrategy):
     """
 
     log_names = ("mmd_loss",)
+    tasks = TASKS  # pooled features exist in every task
     default_schedule = "ganin"
 
     def __init__(self, weight=1.0, schedule=None, *, kernel="rbf", bandwidth="multi", estimator="biased",

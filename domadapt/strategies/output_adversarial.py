@@ -6,9 +6,8 @@ import keras
 from keras import ops
 
 from domadapt.layers.gradient_reversal import GradientReversal as ReversalLayer
-from domadapt.strategies._schedule import check_schedule, check_weight, deserialize_schedule, scheduled, \
-    serialize_schedule
-from domadapt.strategy import Strategy
+from domadapt.strategies._schedule import check_schedule, check_weight, scheduled, serialize_schedule
+from domadapt.strategies.base import Strategy, deserialize_discriminator_config
 
 
 def _default_discriminator(filters, name):
@@ -58,10 +57,9 @@ class OutputAdversarial(Strategy):
 
     ```python
     import keras, domadapt as da
-    from domadapt.strategies.output_adversarial import OutputAdversarial
     backbone = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, padding="same", activation="relu")])
     adapter = da.DomainAdapter(backbone, num_classes=3, task="segmentation",
-                               strategies=[OutputAdversarial(weight=0.01, filters=(16, 32))])
+                               strategies=[da.OutputAdversarial(weight=0.01, filters=(16, 32))])
     ```
     """
 
@@ -113,7 +111,4 @@ class OutputAdversarial(Strategy):
 
     @classmethod
     def from_config(cls, config):
-        config = deserialize_schedule(config)
-        if config.get("discriminator") is not None:
-            config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
-        return cls(**config)
+        return cls(**deserialize_discriminator_config(config))
