@@ -11,21 +11,6 @@ from domadapt._training import with_input_transforms
 from domadapt.strategies.mimic_augment import PRESETS
 
 
-@pytest.fixture(scope="module")
-def photos():
-    """Smooth synthetic 'scenes': colour gradients with a bright square, uint8."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:48, 0:48] / 47.0
-    images = []
-    for _ in range(8):
-        colour = rng.uniform(0.2, 1.0, 3)
-        image = (0.5 * x[..., None] + 0.5 * y[..., None]) * colour
-        top, left = rng.integers(4, 30, 2)
-        image[top : top + 14, left : left + 14] = 0.95
-        images.append(image)
-    return (np.stack(images) * 255).astype("uint8")
-
-
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_changes_images_keeps_format_and_is_reproducible(preset, photos):
     strategy = da.MimicAugment(preset, severity=0.8, seed=0)
@@ -211,3 +196,109 @@ def test_tf_engine_config_round_trip_and_clear_errors():
         da.MimicAugment(A.ToGray(p=1.0), engine="tf")
     with pytest.raises(ValueError, match="Argument `engine`"):
         da.MimicAugment("night", engine="opencv")
+
+
+# ---------------------------------------------------------------------- segmentation masks
+def _masks(photos):
+    """Class masks for the photos (the bright square is class 1, the rest 0) with an ignored (255) top band."""
+    masks = (photos.min(axis=-1) > 230).astype("int32")
+    masks[:, :5] = 255
+    return masks
+
+
+def _segmentation_adapter(strategies, size=48):
+    backbone = keras.Sequential([keras.Input((size, size, 3)), keras.layers.Conv2D(4, 3, padding="same")])
+    return da.DomainAdapter(backbone, num_classes=2, task=da.tasks.Segmentation(ignore_index=255),
+                            strategies=strategies)
+
+
+def _first_source_batch(adapter, images, masks, batch_size=8):
+    paired = da.tasks.pair(adapter.task, (images, masks), image_shape=adapter.image_shape,
+                           output_shape=adapter.output_shape_per_image, batch_size=batch_size, shuffle=False)
+    (images, masks), = [element["source"] for element in with_input_transforms(paired.dataset, adapter.strategies).take(1)]
+    return images.numpy(), masks.numpy()
+
+
+def test_a_horizontal_flip_moves_each_mask_exactly_as_its_image(photos):
+    import albumentations as A
+
+    masks = _masks(photos)
+    assert 0 < (masks == 1).sum() and (masks == 255).sum() == 8 * 5 * 48
+    flipped, moved = da.MimicAugment(A.HorizontalFlip(p=1.0), seed=0).augment(photos, masks=masks)
+    np.testing.assert_array_equal(flipped, photos[:, :, ::-1])
+    np.testing.assert_array_equal(moved, masks[:, :, ::-1])
+    assert moved.dtype == masks.dtype
+    # p=0.5 inside a Compose with rain: each image is flipped or not, and its mask follows it.
+    strategy = da.MimicAugment(A.Compose([A.HorizontalFlip(p=0.5), A.RandomRain(p=1.0)]), seed=1)
+    assert strategy.moves_pixels
+    rainy, moved = strategy.augment(photos, masks=masks)
+    was_flipped = [np.array_equal(m, mask[:, ::-1]) for m, mask in zip(moved, masks)]
+    assert 0 < sum(was_flipped) < 8  # both cases occur
+    for image, original, flip in zip(rainy, photos, was_flipped):
+        unflipped = image[:, ::-1] if flip else image  # rain streaks aside, the flipped photo
+        other = image if flip else image[:, ::-1]
+        assert np.abs(unflipped.astype(int) - original).mean() < np.abs(other.astype(int) - original).mean() - 5
+    # The same through the adapter's tf.data pipeline (masks are the source labels there).
+    adapter = _segmentation_adapter([da.MimicAugment(A.HorizontalFlip(p=1.0), seed=0)])
+    images, moved = _first_source_batch(adapter, photos, masks)
+    np.testing.assert_array_equal(images, photos[:, :, ::-1])
+    np.testing.assert_array_equal(moved, masks[:, :, ::-1])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS) + ["fda", "histogram", "pda"])
+def test_weather_presets_and_style_transfer_leave_masks_bit_identical(name, photos):
+    masks = _masks(photos)
+
+    def make():
+        if name in ("fda", "histogram", "pda"):
+            return da.MimicAugment.from_target(photos[::-1] // 3, method=name, severity=0.8, seed=0)
+        return da.MimicAugment(name, severity=0.8, seed=0)
+
+    assert not make().moves_pixels
+    images, kept = make().augment(photos, masks=masks)
+    np.testing.assert_array_equal(kept, masks)
+    np.testing.assert_array_equal(images, make().augment(photos))  # the same draws as without masks
+    assert np.mean(images != photos) > 0.05
+    adapter = _segmentation_adapter([make()])
+    images, kept = _first_source_batch(adapter, photos, masks)
+    np.testing.assert_array_equal(kept, masks)
+    assert np.mean(images != photos) > 0.05
+
+
+def test_ignored_pixels_survive_a_rotation_and_created_pixels_become_ignored(photos):
+    import albumentations as A
+
+    masks = _masks(photos)
+    rotate = A.Rotate(limit=(30, 30), p=1.0)  # fill_mask=0 (albumentations' default): the corners would be class 0
+    _, moved = da.MimicAugment(rotate, seed=0).augment(photos, masks=masks)
+    # The reference: the same fixed rotation told to fill the mask with 255.
+    reference = np.stack([A.Rotate(limit=(30, 30), p=1.0, fill_mask=255)(image=p, mask=m)["mask"]
+                          for p, m in zip(photos, masks)])
+    np.testing.assert_array_equal(moved, reference)
+    created = A.Rotate(limit=(30, 30), p=1.0)(image=photos[0], mask=np.ones((48, 48), np.uint8))["mask"] == 0
+    assert 300 < created.sum() < 1500  # the four corners
+    assert np.all(moved[:, created] == 255)
+    # The rotated top band (ignored) stays ignored: ignored pixels exist beyond the created corners.
+    assert np.all((moved == 255).sum(axis=(1, 2)) > created.sum() + 100)
+    assert rotate.fill_mask == 0  # the user's transform is not modified
+    _, kept_fill = da.MimicAugment(rotate, seed=0).augment(photos, masks=masks, ignore_index=None)
+    assert np.all(kept_fill[:, created] == 0)  # no ignore index: the transform's own fill_mask
+
+
+def test_mask_arguments_and_tasks_are_checked(photos):
+    import albumentations as A
+
+    flip = da.MimicAugment(A.HorizontalFlip(p=1.0))
+    with pytest.raises(ValueError, match=r"Argument `masks`: expected one mask per image, shape \(8, 48, 48\)"):
+        flip.augment(photos, masks=np.zeros((8, 40, 40), int))
+    with pytest.raises(TypeError, match="Argument `masks`: expected integer class indices"):
+        flip.augment(photos, masks=np.zeros((8, 48, 48), "float32"))
+    with pytest.raises(ValueError, match="`ignore_index` must be a non-negative integer"):
+        flip.augment(photos, masks=np.zeros((8, 48, 48), int), ignore_index=-1)
+    backbone = keras.Sequential([keras.Input((48, 48, 3)), keras.layers.Conv2D(4, 3)])
+    with pytest.raises(ValueError, match="HorizontalFlip moves pixels, but regression targets cannot be moved"):
+        da.DomainAdapter(backbone, task="regression", strategies=[flip])
+    da.DomainAdapter(backbone, task="regression", strategies=[da.MimicAugment("rain")])  # pixel-level: fine
+    with pytest.raises(ValueError, match=r"RandomCrop turns \(48, 48, 3\) images into \(32, 32, 3\)"):
+        _segmentation_adapter([da.MimicAugment(A.RandomCrop(32, 32, p=1.0))])
+    assert da.tasks.supported_tasks(flip) == da.tasks.TASKS

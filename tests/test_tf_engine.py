@@ -15,18 +15,9 @@ METHODS = sorted(TF_METHODS)
 
 
 @pytest.fixture(scope="module")
-def photos():
-    """Smooth synthetic 'scenes' (colour gradients with a bright square), uint8, 32 of them."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:48, 0:48] / 47.0
-    images = []
-    for _ in range(8):
-        colour = rng.uniform(0.2, 1.0, 3)
-        image = (0.5 * x[..., None] + 0.5 * y[..., None]) * colour
-        top, left = rng.integers(4, 30, 2)
-        image[top : top + 14, left : left + 14] = 0.95
-        images.append(image)
-    return np.concatenate([(np.stack(images) * 255).astype("uint8")] * 4)
+def photos(photos):
+    """The shared photos (conftest) four times over: 32 images, enough for stable batch statistics."""
+    return np.concatenate([photos] * 4)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +156,8 @@ def test_bad_engine_is_a_clear_error_at_construction():
         da.MimicAugment("rain", engine="opencv")
     with pytest.raises(ValueError, match="not for custom albumentations transforms"):
         da.MimicAugment(A.ToGray(p=1.0), engine="tf")
+    # The in-graph engine changes pixel values only; a transform that moves pixels (and masks) has no
+    # in-graph version: an error with engine="tf", the albumentations engine with "auto".
+    with pytest.raises(ValueError, match="not for custom albumentations transforms"):
+        da.MimicAugment(A.HorizontalFlip(p=1.0), engine="tf")
+    assert da.MimicAugment(A.HorizontalFlip(p=1.0), engine="auto")._in_graph_name is None
