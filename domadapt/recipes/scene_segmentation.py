@@ -4,8 +4,9 @@ Source: labeled road scenes (images and masks) in good weather. Target: unlabele
 scenes at night, in rain, fog or snow. Source images are rendered in the target's
 condition (a MimicAugment preset, which leaves the masks as they are), and MMD
 aligns the pooled features of the two domains, or, with ``alignment="output"``, a
-discriminator aligns the per-pixel softmax maps (AdaptSegNet). About half the source images keep their own look (``p=0.5``), so
-the model still sees the conditions it was labeled in. For flips and crops, add
+discriminator aligns the per-pixel softmax maps (AdaptSegNet). About half the
+source images keep their own look (``p=0.5``), so the model still sees the
+conditions it was labeled in. For flips and crops, add
 ``da.MimicAugment(A.HorizontalFlip(p=0.5)) + recipe()``: masks move with their images.
 
 Measured on synthetic night scenes (tests/test_recipes_and_cli.py: 32x32 grey
