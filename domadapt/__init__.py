@@ -22,7 +22,7 @@ import sys as _sys
 # Public name -> the module that defines it (a submodule's own name maps to None).
 _EXPORTS = {
     **{name: None for name in ("augment", "backbones", "callbacks", "data", "datasets", "gap", "layers",
-                               "strategies", "tasks", "validators")},
+                               "shifts", "strategies", "tasks", "validators")},
     "DomainAdapter": "domadapt.adapter",
     "adapt_batchnorm": "domadapt.batchnorm",
     "reestimate_batchnorm_statistics": "domadapt.batchnorm",

@@ -142,3 +142,20 @@ def test_the_wheel_ships_the_built_in_recipes(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     built_in = {f"domadapt/recipes/{p.name}" for p in (PACKAGE / "recipes").glob("*.py")}
     assert {"domadapt/recipes/sunny_to_rainy.py", "domadapt/recipes/few_labels.py"} <= built_in <= names
+
+
+def test_every_listed_name_resolves_and_every_export_is_listed():
+    assert [name for name in da.__all__ if not hasattr(da, name)] == []
+    assert set(da._EXPORTS) == set(da.__all__) - {"__version__"}
+
+
+def test_segmentation_names_are_public():
+    from domadapt.strategies.output_adversarial import OutputAdversarial
+    from domadapt.tasks import Segmentation
+
+    assert da.OutputAdversarial is da.strategies.OutputAdversarial is OutputAdversarial
+    assert da.tasks.Segmentation is Segmentation and da.tasks.get("segmentation") == Segmentation(255)
+    # Declared on the classes (no table elsewhere): feature alignment and augmentation serve every task.
+    for strategy in (da.DANN, da.MMD, da.CORAL, da.MimicAugment):
+        assert strategy.tasks == da.tasks.TASKS, strategy
+    assert da.OutputAdversarial.tasks == ("segmentation",)
