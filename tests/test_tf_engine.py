@@ -128,6 +128,7 @@ def test_auto_engine_picks_tf_only_with_a_gpu_and_serialises_the_choice(monkeypa
     assert da.MimicAugment("fog").active_engine == "tf"
     assert da.MimicAugment.from_target(method="fda").active_engine == "tf"
     assert da.MimicAugment(A.ToGray(p=1.0)).active_engine == "albumentations"  # no in-graph version
+    assert da.MimicAugment(A.HorizontalFlip(p=1.0)).active_engine == "albumentations"  # moves pixels and masks
     clone = da.MimicAugment.from_config(da.MimicAugment("snow", seed=2, engine="auto").get_config())
     assert clone.engine == "auto" and clone.active_engine == "tf"
     restored = da.MimicAugment.from_config(da.MimicAugment.from_target(method="pda", engine="tf").get_config())
@@ -157,7 +158,6 @@ def test_bad_engine_is_a_clear_error_at_construction():
     with pytest.raises(ValueError, match="not for custom albumentations transforms"):
         da.MimicAugment(A.ToGray(p=1.0), engine="tf")
     # The in-graph engine changes pixel values only; a transform that moves pixels (and masks) has no
-    # in-graph version: an error with engine="tf", the albumentations engine with "auto".
+    # in-graph version: an error with engine="tf" (with "auto", the albumentations engine: the test above).
     with pytest.raises(ValueError, match="not for custom albumentations transforms"):
         da.MimicAugment(A.HorizontalFlip(p=1.0), engine="tf")
-    assert da.MimicAugment(A.HorizontalFlip(p=1.0), engine="auto")._in_graph_name is None
