@@ -16,7 +16,9 @@ name or one of the objects below (for options):
 In every task the strategies see *pooled* features (``Step.source_features``,
 global-average pooled for segmentation), so feature-alignment strategies (DANN,
 MMD, CORAL) work unchanged; ``Step.source_logits`` holds the head's outputs (per
-pixel for segmentation). A strategy declares the tasks it supports in its class
+pixel for segmentation). ``MimicAugment`` moves each mask with its image when its
+transform moves pixels (flips, crops, rotations) and leaves it untouched otherwise
+(presets, style transfer). A strategy declares the tasks it supports in its class
 attribute ``tasks`` (default: classification only); an unsupported pairing is a
 ``ValueError`` when the adapter is built.
 
@@ -24,9 +26,8 @@ Example:
 
 ```python
 import keras, domadapt as da
-from domadapt.tasks import Segmentation
 backbone = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, padding="same", activation="relu")])
-adapter = da.DomainAdapter(backbone, num_classes=3, task=Segmentation(ignore_index=255))
+adapter = da.DomainAdapter(backbone, num_classes=3, task=da.tasks.Segmentation(ignore_index=255))
 ```
 """
 

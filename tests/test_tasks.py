@@ -10,7 +10,6 @@ import tensorflow as tf
 
 import domadapt as da
 from domadapt import tasks
-from domadapt.strategies.output_adversarial import OutputAdversarial
 
 
 # ---------------------------------------------------------------------- regression
@@ -195,7 +194,7 @@ def test_output_adversarial_discriminator_learns_and_reports_its_accuracy():
     # 0.997, 0.996, 0.999, 0.996 (at lr 1e-2 it oscillated, 0.07-0.69). On a low-contrast target the
     # 12x12 maps of this tiny model stayed indistinguishable (about 0.5).
     keras.utils.set_random_seed(0)
-    observer = OutputAdversarial(weight=0.0, schedule="constant", filters=(8, 16))
+    observer = da.OutputAdversarial(weight=0.0, schedule="constant", filters=(8, 16))
     adapter = _segmentation_adapter([observer])
     adapter.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = adapter.fit(source=(source, masks), target=target, epochs=6, batch_size=16, verbose=0, seed=0)
@@ -205,7 +204,8 @@ def test_output_adversarial_discriminator_learns_and_reports_its_accuracy():
 
 
 def test_segmentation_adapter_saves_loads_and_exports(tmp_path):
-    adapter = _segmentation_adapter([da.EntropyMinimization(0.01, diversity=0.0), OutputAdversarial(0.1, schedule="constant", filters=(8,))])
+    adapter = _segmentation_adapter([da.EntropyMinimization(0.01, diversity=0.0),
+                                     da.OutputAdversarial(0.1, schedule="constant", filters=(8,))])
     adapter.compile(optimizer="adam", metrics=["accuracy"])
     images, masks = _squares(4)
     masks[:, 0] = 255
@@ -268,7 +268,7 @@ def test_unsupported_strategy_task_pairings_fail_before_training():
     with pytest.raises(ValueError, match="Strategy EntropyMinimization does not support task='regression'"):
         da.DomainAdapter(_vector_backbone(), task="regression", strategies=[da.EntropyMinimization()])
     with pytest.raises(ValueError, match="Strategy OutputAdversarial does not support task='classification'"):
-        da.DomainAdapter(_vector_backbone(), num_classes=2, strategies=[OutputAdversarial()])
+        da.DomainAdapter(_vector_backbone(), num_classes=2, strategies=[da.OutputAdversarial()])
     with pytest.raises(ValueError, match="class_weights.* classification only"):
         da.DomainAdapter(_vector_backbone(), task="regression", strategies=[da.DANN(class_weights="auto")])
     with pytest.raises(ValueError, match="Argument `task` must be one of"):
