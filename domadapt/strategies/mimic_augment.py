@@ -318,7 +318,7 @@ class MimicAugment(Strategy):
         """A ValueError now, not deep in tf.data, when the transform changes the image size."""
         image = np.zeros(image_shape, np.uint8)
         output = self._transform_for(image.shape)(image=image, mask=np.zeros(image.shape[:2], np.int32))
-        if output["image"].shape != image.shape:
+        if output["image"].shape[:2] != image.shape[:2]:
             raise ValueError(
                 f"Argument `transform`: {type(self.transform).__name__} turns {image.shape} images into "
                 f"{output['image'].shape}; MimicAugment keeps the image size (a crop must be resized back, e.g. "
@@ -412,10 +412,10 @@ class MimicAugment(Strategy):
 
         With ``masks`` (segmentation masks ``(N, H, W)`` of class indices) it returns
         ``(images, masks)``: a transform that moves pixels moves each mask exactly as
-        its image (nearest-neighbour, so no new class values), and the pixels it
-        creates get ``ignore_index`` whatever the transform's ``fill_mask``
-        (``None``: the transform's ``fill_mask`` is kept). Presets and
-        ``from_target`` return the masks unchanged.
+        its image (nearest-neighbour, albumentations' default for masks: no new class
+        values), and the pixels it creates get ``ignore_index`` whatever the
+        transform's ``fill_mask`` (``None``: the transform's ``fill_mask`` is kept).
+        Presets and ``from_target`` return the masks unchanged.
 
         Example:
 
@@ -479,7 +479,7 @@ class MimicAugment(Strategy):
         moved_masks = None if masks is None else masks.copy()
         # Two constant masks go through with the class mask: a pixel the transform kept holds 1 in the
         # first and 2 in the second, a pixel it created holds the same fill value in both.
-        ones = np.ones(images.shape[1:3], np.uint8)
+        ones = None if masks is None else np.ones(images.shape[1:3], np.uint8)
         for index, image in enumerate(work):
             if rng.random() >= self.p:
                 output[index] = image
