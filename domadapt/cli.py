@@ -558,6 +558,10 @@ def _run(args, recipe_module=None):
 
     recipe_module = recipe_module or load_recipe(args.recipe)
     recipe_name = getattr(recipe_module, "__file__", None) or recipe_module.__name__
+    task = getattr(recipe_module, "task", "classification")
+    if task != "classification":
+        raise CommandError(f"recipe {args.recipe!r} trains {task} models, and `domadapt run` trains classifiers "
+                           "from class folders; use the recipe from Python (see its docstring).")
     # Everything that can be refused is checked before --out is touched.
     backbone, pretrained = _load_run_backbone(args, image_shape(source))
     resume = _prepare_out(args, recipe_name)

@@ -165,6 +165,10 @@ def test_cli_run_reports_a_missing_folder_and_an_empty_class(tmp_path, tiny, cap
     assert "class_1 holds no readable image" in capsys.readouterr().err
     assert cli_main(["run", "no_such_recipe", "--source", str(tmp_path / "source"), *common]) == 2
     assert "not found" in capsys.readouterr().err
+    # A segmentation recipe would silently train a classifier on class folders: refused, nothing written.
+    write_folders(tmp_path / "ok", tiny)
+    assert cli_main(["run", "scene_segmentation", "--source", str(tmp_path / "ok" / "source"), *common]) == 2
+    assert "trains segmentation models" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_cli_lists_built_in_recipes_and_a_local_recipe_comes_first(tmp_path, capsys, monkeypatch):
