@@ -37,8 +37,10 @@ BBSE_RIDGE = 0.01
 # alone the two are one distribution (held-out AUC 0.5). When it separates them (AUC at least
 # APPEARANCE_AUC, and significant at APPEARANCE_SIGNIFICANCE) the target also looks different, the
 # estimate is biased by an amount nothing here measures, and the verdict is "inconclusive".
-# APPEARANCE_AUC was chosen on development data of benchmarks/label_shift.py (see
-# benchmarks/results/label_shift.md, "dev" rows) and reported on held-out shifts.
+# APPEARANCE_AUC: the smallest multiple of 0.025 above the AUC of all 72 development same-domain
+# targets of benchmarks/label_shift.py (label shift alone, max 0.573), so label shift alone is not
+# called inconclusive; the 0.01 level was fixed beforehand. Held-out shifts and draws report it
+# (benchmarks/results/label_shift.md): no same-mix target with an appearance shift called "shifted".
 APPEARANCE_AUC = 0.575
 APPEARANCE_SIGNIFICANCE = 0.01
 # Probabilities below this are clipped before the log: the domain classifier's features stay bounded.
@@ -118,8 +120,8 @@ class LabelShiftResult:
         """True when the class mix differs: the same-mix test rejects at ``alpha`` and the target's look did not change.
 
         False when :attr:`status` is ``"inconclusive"``: an appearance change alone
-        moves the estimate (measured up to 0.5 total variation with a same-mix
-        target, benchmarks/results/label_shift.md), so a large estimate proves nothing.
+        moves the estimate (0.18-0.56 total variation with a same-mix target on
+        benchmarks/results/label_shift.md's shifts), so a large estimate proves nothing.
         """
         return self.status == "shifted"
 
@@ -446,17 +448,21 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
 
     The assumption check: both estimators assume the classes *look* the same in
     both domains. When the target also looks different (rain, another camera,
-    handwriting instead of fonts), an unchanged class mix alone is estimated up to
-    0.5 total variation away from the source (benchmarks/results/label_shift.md),
-    so the test would cry "label shift". A linear domain classifier therefore tries
+    handwriting instead of fonts), an unchanged class mix was estimated 0.18-0.56
+    total variation away from the source (0.8 under fog; means per shift,
+    benchmarks/results/label_shift.md), so the test would cry "label shift". A linear domain classifier therefore tries
     to tell the target's calibrated log-probabilities from the held-out source's
     re-sampled to the estimated mix; under label shift alone it cannot (AUC 0.5).
     When it can (``appearance_auc`` >= 0.575, one-sided p < 0.01; threshold chosen
     on development shifts, reported on others) ``status`` is ``"inconclusive"``
     and ``shifted`` is False, whatever the estimate: the verdict says so and why.
     An estimate from a model adapted to the target (e.g. a ``DomainAdapter`` with
-    ``da.MMD(class_weights="auto")``) was much closer to the truth in that case
-    (benchmarks/results/label_shift.md); pass it as ``model``.
+    ``da.MMD(class_weights="auto")``) was closer to the truth (mean total variation
+    error 0.18 against 0.40 on held-out shifts, not yet within 0.1), but its
+    outputs still failed the check: pass it as ``model`` for a better estimate, not
+    for a verdict. The check sees appearance changes that alter how the outputs
+    are distributed (e.g. lower confidence); one that moves them exactly as a change
+    of class mix would (a translation of 1-D features) passes unseen.
 
     Args:
         model: a ``da.DomainAdapter`` or a Keras classifier (images -> class
