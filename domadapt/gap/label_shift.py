@@ -171,8 +171,9 @@ class LabelShiftResult:
 
     def __str__(self):
         level = f"{100 * (1 - self.alpha):g}%"
-        lines = [self.verdict, f"{'class':>5} {'source':>8} {'target':>8}   {level} interval ({self.method}, "
-                 f"{self.num_source} source / {self.num_target} target images)"]
+        lines = [self.verdict] + ([f"why: {self.reason}"] if self.inconclusive else [])
+        lines.append(f"{'class':>5} {'source':>8} {'target':>8}   {level} interval ({self.method}, "
+                     f"{self.num_source} source / {self.num_target} target images)")
         for k, (p, q, (low, high)) in enumerate(zip(self.source_proportions, self.target_proportions, self.interval)):
             lines.append(f"{k:>5} {p:>8.3f} {q:>8.3f}   [{low:.3f}, {high:.3f}]")
         return "\n".join(lines)
