@@ -242,8 +242,8 @@ class InfoMax(EATA):
     times the entropy of the target's class marginal (SHOT-IM, Liang et al. ICML 2020):
     each prediction is made confident while the predictions as a whole keep covering
     every class. Plain entropy minimisation drifts towards the classes a shift already
-    favours (fog pushes a Fashion-MNIST CNN towards a few classes); the marginal term
-    pushes back, which lets a larger learning rate and more passes help instead of hurt.
+    favours; the marginal term pushes back, which lets a larger learning rate and more
+    passes help instead of hurt (on the development shifts, below).
     The marginal is the batch mean mixed with a running estimate (weight
     ``statistics_prior / (statistics_prior + n)``), so batches of 1-8 images do not
     turn the term into entropy maximisation of each image.
@@ -256,7 +256,8 @@ class InfoMax(EATA):
     (a plateau: 5 is its start); weight 5 at EATA's learning rate 1e-3: +2.4.
 
     The marginal term assumes roughly balanced classes in the target: on a target where
-    one class truly dominates, use ``"eata"`` or ``InfoMax(diversity=0.5)``.
+    one class truly dominates, use ``"eata"`` (no marginal term) or a smaller ``diversity``
+    (not measured on imbalanced targets here).
 
     Args:
         learning_rate: Adam's learning rate for a batch of 64 (scaled by n/64 below).
@@ -780,8 +781,9 @@ def adapt_at_test_time_command(args):
     target = _match_channels(read_images(args.target, size, args.max_images, seed=1), model)
     print(f"{len(target)} target images; adapting {model.name} with {args.method} ...")
     adapted = adapt_at_test_time(model, target, method=args.method, epochs=args.epochs, batch_size=args.batch_size)
+    epochs = args.epochs if args.epochs is not None else getattr(METHODS[args.method], "default_epochs", None)
     summary = {"classifier": str(args.classifier), "target": str(args.target), "method": args.method,
-               "epochs": args.epochs, "batch_size": args.batch_size, "num_target_images": int(len(target))}
+               "epochs": epochs, "batch_size": args.batch_size, "num_target_images": int(len(target))}
     for name, candidate in (("before", model), ("after", adapted)):
         probabilities = candidate.predict(target, batch_size=256, verbose=0)
         summary[f"target_mean_entropy_{name}"] = float(np.mean(da_ops.entropy(probabilities)))

@@ -95,7 +95,7 @@ def test_each_method_gains_on_the_fogged_target_and_leaves_the_model_unchanged(t
     assert np.mean(gains) > 0.30, gains
 
 
-def test_default_infomax_gains_over_norm_where_eata_does_not(trained):
+def test_default_infomax_gains_a_measured_margin_over_norm(trained):
     """The marginal term, the 3x learning rate and 3 passes of the default add a measured margin over "norm"."""
     margins = []
     for model in trained["models"]:
