@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import domadapt as da  # noqa: E402
 from domadapt import tasks  # noqa: E402
 from domadapt.strategies.output_adversarial import OutputAdversarial  # noqa: E402
+from domadapt.datasets import shape_scenes  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MACHINE = "2-core AMD EPYC virtual machine, no GPU (CPU shared with other jobs while it ran)"
@@ -76,38 +77,6 @@ def regression_run(method, seed, epochs):
 
 
 # ---------------------------------------------------------------------- segmentation
-def shapes_scenes(rng, n, size=32, night=False):
-    """Images (n, size, size, 1) in [0, 1] and masks (n, size, size): 0 background, 1 square, 2 disc, 255 edges."""
-    yy, xx = np.mgrid[:size, :size]
-    images = np.zeros((n, size, size, 1), "float32")
-    masks = np.zeros((n, size, size), "int32")
-    for i in range(n):
-        mask = np.zeros((size, size), "int32")
-        edge = np.zeros((size, size), bool)
-        for _ in range(rng.integers(1, 4)):
-            radius = rng.integers(3, 7)
-            cy, cx = rng.integers(radius, size - radius, 2)
-            if rng.random() < 0.5:
-                inside = (np.abs(yy - cy) <= radius) & (np.abs(xx - cx) <= radius)
-                grown = (np.abs(yy - cy) <= radius + 1) & (np.abs(xx - cx) <= radius + 1)
-                label = 1
-            else:
-                distance = np.hypot(yy - cy, xx - cx)
-                inside, grown, label = distance <= radius, distance <= radius + 1, 2
-            edge |= grown & ~inside
-            mask[inside] = label
-        edge &= mask == 0
-        texture = 0.5 + 0.5 * np.sin(xx / rng.uniform(1.5, 4.0) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(1.5, 4.0))
-        if night:  # low contrast, dark, noisy
-            image = 0.05 + 0.10 * texture + 0.40 * (mask > 0) + rng.normal(0, 0.08, mask.shape)
-        else:
-            image = 0.15 + 0.25 * texture + 0.6 * (mask > 0) + rng.normal(0, 0.02, mask.shape)
-        images[i, ..., 0] = np.clip(image, 0, 1)
-        mask[edge] = 255
-        masks[i] = mask
-    return images, masks
-
-
 def segmentation_backbone():
     return keras.Sequential([
         keras.Input((32, 32, 1)),
@@ -120,9 +89,9 @@ def segmentation_backbone():
 
 def segmentation_run(method, seed, epochs):
     rng = np.random.default_rng(seed)
-    source = shapes_scenes(rng, 512)
-    target = shapes_scenes(rng, 512, night=True)
-    test = shapes_scenes(rng, 256, night=True)
+    source = shape_scenes(rng, 512)
+    target = shape_scenes(rng, 512, night=True)
+    test = shape_scenes(rng, 256, night=True)
     keras.utils.set_random_seed(seed)
     strategies = {"source-only": [], "oracle": [], "DANN": [da.DANN(weight=0.3, hidden_units=(64,), dropout=0.0)],
                   "MMD": [da.MMD(1.0)], "entropy (ADVENT)": [da.EntropyMinimization(0.1, diversity=0.0)],
@@ -133,7 +102,7 @@ def segmentation_run(method, seed, epochs):
     history = adapter.fit(source=target if method == "oracle" else source, target=target[0], epochs=epochs,
                           batch_size=32, verbose=0, seed=seed)
     scores = adapter.evaluate(*test, verbose=0, return_dict=True)
-    source_scores = adapter.evaluate(*shapes_scenes(rng, 256), verbose=0, return_dict=True)
+    source_scores = adapter.evaluate(*shape_scenes(rng, 256), verbose=0, return_dict=True)
     result = {"target_mean_iou": float(scores["mean_iou"]), "target_pixel_accuracy": float(scores["accuracy"]),
               "source_mean_iou": float(source_scores["mean_iou"])}
     for name in ("domain_acc", "output_domain_acc"):

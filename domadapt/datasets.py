@@ -1,6 +1,7 @@
 """Image data, offline: folders and arrays of images (read in memory or streamed; the
 rules are in :mod:`domadapt.folders`), the IDX format (Fashion-MNIST), and a
-ready-made source/target pair (sunny vs rainy Fashion-MNIST) with a small CNN for it.
+ready-made source/target pair (sunny vs rainy Fashion-MNIST) with a small CNN for it,
+and synthetic segmentation scenes (shapes by day and at night).
 
 The pair and the CNN are what the demo and the benchmarks train on; they live here,
 in one public place, so that editing the demo cannot change a benchmark.
@@ -41,6 +42,7 @@ __all__ = [
     "read_images",
     "read_labeled_folder",
     "render_rain",
+    "shape_scenes",
     "small_cnn",
 ]
 
@@ -218,3 +220,65 @@ def small_cnn(input_shape):
         ],
         name="small_cnn",
     )
+
+
+def shape_scenes(rng, n, size=32, night=False):
+    """Synthetic segmentation scenes: squares and discs on a textured background.
+
+    Masks hold 0 (background), 1 (square), 2 (disc) and 255 (ignored) on a one-pixel
+    ring around each shape. ``night=True`` renders the same kind of scene dark,
+    low-contrast and noisy, by its own code (not a MimicAugment preset), so it can
+    serve as a target shift that the presets were not built from. Used by
+    ``benchmarks/tasks.py`` and the segmentation tests.
+
+    Args:
+        rng: a ``numpy.random.Generator`` (or an int seed for a fresh one); draws
+            continue from it, so successive calls give new scenes.
+        n: number of scenes.
+        size: height and width in pixels.
+        night: render at night.
+
+    Returns:
+        ``(images, masks)``: float32 ``(n, size, size, 1)`` in [0, 1] and int32 ``(n, size, size)``.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from domadapt.datasets import shape_scenes
+    rng = np.random.default_rng(0)
+    day, day_masks = shape_scenes(rng, 4)
+    night, night_masks = shape_scenes(rng, 4, night=True)
+    print(day.shape, sorted(np.unique(day_masks)))  # (4, 32, 32, 1) [0, 1, 2, 255] (classes vary)
+    ```
+    """
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.zeros((n, size, size, 1), "float32")
+    masks = np.zeros((n, size, size), "int32")
+    for i in range(n):
+        mask = np.zeros((size, size), "int32")
+        edge = np.zeros((size, size), bool)
+        for _ in range(rng.integers(1, 4)):
+            radius = rng.integers(3, 7)
+            cy, cx = rng.integers(radius, size - radius, 2)
+            if rng.random() < 0.5:
+                inside = (np.abs(yy - cy) <= radius) & (np.abs(xx - cx) <= radius)
+                grown = (np.abs(yy - cy) <= radius + 1) & (np.abs(xx - cx) <= radius + 1)
+                label = 1
+            else:
+                distance = np.hypot(yy - cy, xx - cx)
+                inside, grown, label = distance <= radius, distance <= radius + 1, 2
+            edge |= grown & ~inside
+            mask[inside] = label
+        edge &= mask == 0
+        texture = 0.5 + 0.5 * np.sin(xx / rng.uniform(1.5, 4.0) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(1.5, 4.0))
+        if night:  # low contrast, dark, noisy
+            image = 0.05 + 0.10 * texture + 0.40 * (mask > 0) + rng.normal(0, 0.08, mask.shape)
+        else:
+            image = 0.15 + 0.25 * texture + 0.6 * (mask > 0) + rng.normal(0, 0.02, mask.shape)
+        images[i, ..., 0] = np.clip(image, 0, 1)
+        mask[edge] = 255
+        masks[i] = mask
+    return images, masks

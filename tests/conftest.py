@@ -93,40 +93,6 @@ def photos():
     return (np.stack(images) * 255).astype("uint8")
 
 
-def night_scenes(rng, n, size=32, night=False):
-    """Segmentation scenes: images (n, size, size, 1) in [0, 1] and masks (n, size, size) with 0 background,
-    1 square, 2 disc, 255 (ignored) on a one-pixel ring around each shape; ``night=True`` renders them dark,
-    low-contrast and noisy (by hand, not with a MimicAugment preset). The scenes of benchmarks/tasks.py."""
-    yy, xx = np.mgrid[:size, :size]
-    images = np.zeros((n, size, size, 1), "float32")
-    masks = np.zeros((n, size, size), "int32")
-    for i in range(n):
-        mask = np.zeros((size, size), "int32")
-        edge = np.zeros((size, size), bool)
-        for _ in range(rng.integers(1, 4)):
-            radius = rng.integers(3, 7)
-            cy, cx = rng.integers(radius, size - radius, 2)
-            if rng.random() < 0.5:
-                inside = (np.abs(yy - cy) <= radius) & (np.abs(xx - cx) <= radius)
-                grown = (np.abs(yy - cy) <= radius + 1) & (np.abs(xx - cx) <= radius + 1)
-                label = 1
-            else:
-                distance = np.hypot(yy - cy, xx - cx)
-                inside, grown, label = distance <= radius, distance <= radius + 1, 2
-            edge |= grown & ~inside
-            mask[inside] = label
-        edge &= mask == 0
-        texture = 0.5 + 0.5 * np.sin(xx / rng.uniform(1.5, 4.0) + rng.uniform(0, 6)) * np.cos(yy / rng.uniform(1.5, 4.0))
-        if night:
-            image = 0.05 + 0.10 * texture + 0.40 * (mask > 0) + rng.normal(0, 0.08, mask.shape)
-        else:
-            image = 0.15 + 0.25 * texture + 0.6 * (mask > 0) + rng.normal(0, 0.02, mask.shape)
-        images[i, ..., 0] = np.clip(image, 0, 1)
-        mask[edge] = 255
-        masks[i] = mask
-    return images, masks
-
-
 @pytest.fixture
 def pathological_folder(tmp_path):
     """A labeled photo folder with every pathology (broken files, odd formats, hidden entries, a symlink loop):

@@ -185,7 +185,7 @@ def test_cli_lists_built_in_recipes_and_a_local_recipe_comes_first(tmp_path, cap
 # ---------------------------------------------------------------------- segmentation
 def _night_scene_mean_iou(seed, strategies):
     """Target mean IoU after training on day scenes with ``strategies`` (night scenes unlabeled)."""
-    from conftest import night_scenes
+    from domadapt.datasets import shape_scenes as night_scenes
 
     rng = np.random.default_rng(seed)
     source, target, test = night_scenes(rng, 256), night_scenes(rng, 256, night=True), night_scenes(rng, 128, night=True)
