@@ -253,7 +253,10 @@ class InfoMax(EATA):
     fog, low light and rain: over "norm", EATA gained +0.3 points on the development
     shifts, EATA with a 3x learning rate +0.7, with 3 passes +0.5, with the marginal
     term (weight 1) +0.7; all three together +2.5, with weight 3 +3.6, 5 +4.1, 10 +4.1
-    (a plateau: 5 is its start); weight 5 at EATA's learning rate 1e-3: +2.4.
+    (a plateau: 5 is its start); weight 5 at EATA's learning rate 1e-3: +2.4. On the
+    held-out shifts (3 seeds, one-shot): +12.4 ± 1.8 points over "norm" on average (fog
+    21.4% -> 46.8%, low light 74.6% -> 78.1%, rain 68.0% -> 76.3%); over a 10-pass
+    fog -> low light -> rain stream it rose from 55.7% to 66.8% (EATA 54.9% -> 56.9%).
 
     The marginal term assumes roughly balanced classes in the target: on a target where
     one class truly dominates, use ``"eata"`` (no marginal term) or a smaller ``diversity``
