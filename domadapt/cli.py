@@ -975,7 +975,7 @@ def adapt_at_test_time(args):
     import numpy as np
 
     import domadapt as da
-    from domadapt import ops
+    from domadapt import ops, test_time
     from domadapt.validators.compare import collapse_reason
 
     out = Path(args.out)
@@ -1022,7 +1022,9 @@ def adapt_at_test_time(args):
     print(f"{num_target} target images; adapting {model.name} with {args.method} ...")
     adapted = da.adapt_at_test_time(model, target, method=args.method, epochs=args.epochs, batch_size=args.batch_size)
     summary = {"classifier": str(args.classifier), "target": str(args.target), "method": args.method,
-               "epochs": args.epochs, "batch_size": args.batch_size, "num_target_images": int(num_target)}
+               "epochs": args.epochs if args.epochs is not None else getattr(test_time.METHODS[args.method],
+                                                                           "default_epochs", None),
+               "batch_size": args.batch_size, "num_target_images": int(num_target)}
     batches = target.batch(256) if hasattr(target, "batch") else target
     for name, candidate in (("before", model), ("after", adapted)):
         probabilities = candidate.predict(batches, verbose=0)

@@ -13,7 +13,6 @@ measured on two models trained once per module (seeds 0 and 1, 2-core CPU):
 | TestTimeAdapter(eata), batch size 1, one pass over all 797 images | 32.1% | 38.6% |
 """
 
-import argparse
 import json
 import warnings
 
@@ -22,7 +21,8 @@ import numpy as np
 import pytest
 
 import domadapt as da
-from domadapt.test_time import EATA, InfoMax, Norm, Tent, adapt_at_test_time_command, add_arguments
+from domadapt.cli import main as cli_main
+from domadapt.test_time import EATA, InfoMax, Norm, Tent
 from domadapt.validators.compare import collapse_reason
 
 SEEDS = (0, 1)
@@ -245,14 +245,11 @@ def test_command_line_on_folders(trained, tmp_path):
         for root in (tmp_path / "target", tmp_path / "labeled" / str(label)):
             root.mkdir(parents=True, exist_ok=True)
             keras.utils.save_img(root / f"{index}.png", np.repeat(image, 3, axis=-1), scale=False)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([str(tmp_path / "classifier.keras"), str(tmp_path / "target"), "--out",
-                              str(tmp_path / "out"), "--method", "norm", "--eval", str(tmp_path / "labeled")])
-    assert adapt_at_test_time_command(args) == 0
+    arguments = ["adapt-at-test-time", str(tmp_path / "classifier.keras"), str(tmp_path / "target"), "--out",
+                 str(tmp_path / "out"), "--method", "norm", "--eval", str(tmp_path / "labeled")]
+    assert cli_main(arguments) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["eval_accuracy_after"] > summary["eval_accuracy_before"] + 0.25
     reloaded = keras.models.load_model(tmp_path / "out" / "classifier.keras")
     assert reloaded.predict(images[:2, ..., :1], verbose=0).shape == (2, 10)
-    with pytest.raises(FileExistsError):
-        adapt_at_test_time_command(args)
+    assert cli_main(arguments) == 2  # files already in --out: refused without --overwrite
