@@ -128,7 +128,8 @@ def run(args, out_dir, machine):
     path = out_dir / "label_shift.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     payload = {"description": "benchmarks/label_shift.py", "machine": machine, "rows": [],
-               **{key: previous[key] for key in ("estimates", "estimate_machine", "estimate_settings", "estimate_seconds") if key in previous}}
+               **{key: previous[key] for key in ("estimates", "estimate_machine", "estimate_settings", "estimate_seconds",
+                                                      "appearance_auc_choice") if key in previous}}
     sizes = QUICK_SIZES if args.quick else SIZES
     for shift_name in args.shifts:
         shift = suite.SHIFTS[shift_name]
