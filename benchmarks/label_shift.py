@@ -194,9 +194,9 @@ def draw(labels, kind, count, seed, resample):
 
 
 def _logits(adapter, images):
-    from domadapt.gap.label_shift import _score_model
+    from domadapt.gap.label_shift import logits_model
 
-    return np.asarray(_score_model(adapter.classifier).predict(images, batch_size=512, verbose=0), np.float32)
+    return np.asarray(logits_model(adapter.classifier).predict(images, batch_size=512, verbose=0), np.float32)
 
 
 def source_only_outputs(group, names, seed, args, cache):

@@ -343,6 +343,8 @@ def estimate_label_shift(classifier, source, target, class_names, export=None, o
     if result.differs:
         print(f"warning: {verdict}. Alignment without class weights can pull target images onto classes the target "
               "lacks; consider class_weights= (da.gap.label_shift(...).importance_weights) or a prior correction.")
+    elif result.inconclusive:
+        print(f"Label shift: {verdict}\n  why: {result.reason}")
     else:
         print(f"Label shift: {verdict}")
     if export:

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["LabelShiftResult", "label_shift", "label_shift_check", "prior_corrected"]
+__all__ = ["LabelShiftResult", "label_shift", "label_shift_check", "logits_model", "prior_corrected"]
 
 METHODS = ("bbse", "em")
 # Ridge of BBSE's solve, relative to the mean diagonal of the confusion's Gram matrix: it only
@@ -378,8 +378,21 @@ def _scores(classifier, images, batch_size):
     return np.log(np.clip(outputs, 1e-30, None)) if looks_normalised else outputs
 
 
-def _score_model(classifier):
-    """The classifier cut before its final softmax (exact logits), or the classifier itself when it has none."""
+def logits_model(classifier):
+    """The classifier cut before its final softmax (exact logits), or the classifier itself when it has none.
+
+    ``label_shift`` calibrates these scores (BCTS); taking logits rather than the log of
+    rounded probabilities keeps very confident predictions finite.
+
+    Example:
+
+    ```python
+    import keras
+    from domadapt.gap.label_shift import logits_model
+    classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    print(logits_model(classifier).output_shape)  # (None, 3): the scores before the softmax
+    ```
+    """
     try:
         pre_softmax, logits_layer = _logits_tensor(classifier)
         logits = pre_softmax if logits_layer is None else logits_layer(pre_softmax)
@@ -517,7 +530,7 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
         if images.ndim < 2 or len(images) < 2:
             raise ValueError(f"Argument `{name}`: expected a batch of at least 2 images; received shape {images.shape}.")
     source_labels = _as_labels(source[1], len(source_images))
-    scorer = _score_model(classifier)
+    scorer = logits_model(classifier)
     source_scores = _scores(scorer, source_images, batch_size)
     target_scores = _scores(scorer, target_images, batch_size)
     num_classes = source_scores.shape[1]
