@@ -10,7 +10,7 @@ _POOLING = {
     4: keras.layers.GlobalAveragePooling2D,
     5: keras.layers.GlobalAveragePooling3D,
 }
-BN_MODES = ("domain", "joint", "separate")
+BN_MODES = ("domain", "domain_affine", "joint", "separate")
 
 
 class Untracked:

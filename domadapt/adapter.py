@@ -60,6 +60,11 @@ class DomainAdapter(keras.Model):
             ``REESTIMATION_IMAGES`` images each): ``classifier`` then carries the
             target's statistics (AdaBN, Li et al. 2016) and ``source_classifier`` the
             source's. Without ``fit(target=)`` the model keeps source statistics.
+            ``"domain_affine"``: as ``"domain"``, and each domain also has its own
+            scale and shift (gamma, beta) as in DSBN: the model's are trained on target
+            batches (by the strategies' losses only, since target labels are absent),
+            the source's are adapter weights trained on source batches;
+            ``source_classifier`` carries them. Frozen BN layers share theirs.
             ``"joint"`` (before 0.2): one concatenated pass, statistics of the mixed
             batch, no re-estimation. ``"separate"``: one pass per domain through the
             same moving statistics, no re-estimation. Backbones without batch norm
@@ -142,7 +147,10 @@ class DomainAdapter(keras.Model):
         self._batchnorm = _construction.Untracked(layers=batchnorm_layers(self._functional.classifier))
         # Per-domain statistics: the source's moving mean and variance of every BN layer (saved with the adapter).
         self.source_batchnorm_statistics = []
-        if bn_mode == "domain":
+        # bn_mode="domain_affine": the source's own scale (gamma) and shift (beta) too, trained on source batches;
+        # one dict per BN layer, {"gamma": variable, "beta": variable} for the parameters the layer has.
+        self.source_batchnorm_affine = []
+        if bn_mode in ("domain", "domain_affine"):
             for index, layer in enumerate(self._batchnorm.layers):
                 for statistic in (layer.moving_mean, layer.moving_variance):
                     variable = self.add_weight(shape=statistic.shape, initializer="zeros", trainable=False,
@@ -150,6 +158,16 @@ class DomainAdapter(keras.Model):
                                                name=f"source_{statistic.name}_{index}")
                     variable.assign(ops.cast(statistic, "float32"))
                     self.source_batchnorm_statistics.append(variable)
+                if bn_mode == "domain_affine":
+                    affine = {}
+                    for parameter in ("gamma", "beta"):
+                        original = getattr(layer, parameter)
+                        if original is not None:  # scale=False / center=False layers have none
+                            affine[parameter] = self.add_weight(
+                                shape=original.shape, initializer="zeros", trainable=True, dtype=original.dtype,
+                                name=f"source_{parameter}_{index}")
+                            affine[parameter].assign(original)
+                    self.source_batchnorm_affine.append(affine)
 
         # === Strategies ===
         self.strategies = flatten_strategies(strategies)
@@ -214,22 +232,49 @@ class DomainAdapter(keras.Model):
 
     @contextlib.contextmanager
     def _source_statistics(self):
-        """Within the block, the model's batch-norm layers carry the source statistics (validators use it)."""
+        """Within the block, the model's batch-norm layers carry the source statistics (and, with
+        bn_mode='domain_affine', the source's scale and shift): validators use it. Values are swapped,
+        so already-compiled predict functions see them."""
         if not self.source_batchnorm_statistics:
             yield
             return
-        model_statistics = self._batchnorm_statistics()
-        saved = [tf.identity(variable.value) for variable in model_statistics]
+        model_variables = self._batchnorm_statistics() + [v for v, _ in self._affine_pairs()]
+        source_variables = self.source_batchnorm_statistics + [s for _, s in self._affine_pairs()]
+        saved = [tf.identity(variable.value) for variable in model_variables]
         try:
-            for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
+            for variable, source in zip(model_variables, source_variables):
                 variable.assign(ops.cast(source, variable.dtype))
             yield
         finally:
-            for variable, value in zip(model_statistics, saved):
+            for variable, value in zip(model_variables, saved):
                 variable.assign(value)
 
     def _batchnorm_statistics(self):
         return [s for layer in self._batchnorm.layers for s in (layer.moving_mean, layer.moving_variance)]
+
+    def _affine_pairs(self):
+        """(the layer's gamma/beta, the source's copy) for bn_mode='domain_affine'; empty otherwise."""
+        return [(getattr(layer, parameter), variable)
+                for layer, affine in zip(self._batchnorm.layers, self.source_batchnorm_affine)
+                for parameter, variable in affine.items()]
+
+    @contextlib.contextmanager
+    def _source_affine_in_graph(self):
+        """While a train step is traced, every trainable BN layer reads the source's gamma/beta variables,
+        so the source pass trains them (value swaps would send the gradients to the target's). Layers
+        frozen now share the layer's own (pretrained) parameters."""
+        swapped = []
+        try:
+            for layer, affine in zip(self._batchnorm.layers, self.source_batchnorm_affine):
+                if not layer.trainable:
+                    continue
+                for parameter, variable in affine.items():
+                    swapped.append((layer, parameter, getattr(layer, parameter)))
+                    object.__setattr__(layer, parameter, variable)  # bypass Keras' tracking: a temporary alias
+            yield
+        finally:
+            for layer, parameter, original in swapped:
+                object.__setattr__(layer, parameter, original)
 
     @property
     def feature_extractor(self):
@@ -317,13 +362,14 @@ class DomainAdapter(keras.Model):
         below are ordered.
         """
         batches = [ops.cast(b, "float32") for b in batches]
-        if self.bn_mode == "domain" and training and self.source_batchnorm_statistics:
+        if training and self.source_batchnorm_statistics:
             model_statistics = self._batchnorm_statistics()
             target_statistics = [tf.identity(variable.value) for variable in model_statistics]
             for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
                 variable.assign(source)
-            source_features, head_input = self._encode(batches[0], training)
-            source_logits = self._decode(head_input, training)
+            with self._source_affine_in_graph():
+                source_features, head_input = self._encode(batches[0], training)
+                source_logits = self._decode(head_input, training)
             for variable, source in zip(model_statistics, self.source_batchnorm_statistics):
                 source.assign(variable)
             for variable, value in zip(model_statistics, target_statistics if len(batches) > 1 else ()):
@@ -479,6 +525,17 @@ class DomainAdapter(keras.Model):
         if getattr(self, "optimizer", None) is None:
             raise RuntimeError("Call adapter.compile(optimizer=...) before adapter.fit(...).")
         _training.check_fit_arguments(source, epochs, target_labeled_weight, kwargs)
+        try:
+            local_devices = len(self.distribute_strategy.extended.worker_devices)
+        except RuntimeError:  # the default (no-op) strategy has no device list: one device
+            local_devices = 1
+        if self.source_batchnorm_affine and local_devices > 1:
+            # The source pass re-points each BN layer at the source's gamma/beta while the step is traced;
+            # tf.distribute traces one replica per thread on the same layer objects, so they would interleave.
+            raise ValueError(
+                "bn_mode='domain_affine' trains on one device per worker only; this adapter's tf.distribute "
+                f"strategy has {local_devices} local devices. Use "
+                "bn_mode='domain' (per-domain statistics, shared scale/shift), which supports several devices.")
         check_requirements(self.strategies, target=target, target_labeled=target_labeled)
         callbacks = list(callbacks or [])
         # Resuming: every stream starts where an uninterrupted run would be at that epoch.
@@ -539,7 +596,13 @@ class DomainAdapter(keras.Model):
             variable.assign(ops.cast(source_statistic, variable.dtype))
         source_images = source.map(lambda *element: element[0]) if isinstance(source, tf.data.Dataset) else source[0]
         trained = [layer for layer in self._batchnorm.layers if layer.trainable]
+        # A layer's statistics depend on the scale and shift of the layers before it: the source's here.
+        target_affine = [tf.identity(variable.value) for variable, _ in self._affine_pairs()]
+        for variable, source_parameter in self._affine_pairs():
+            variable.assign(source_parameter)
         reestimate(classifier, trained, source_images, max_images=REESTIMATION_IMAGES)
+        for (variable, _), value in zip(self._affine_pairs(), target_affine):
+            variable.assign(value)
         for source_statistic, variable in zip(self.source_batchnorm_statistics, self._batchnorm_statistics()):
             source_statistic.assign(ops.cast(variable, "float32"))
         if target_images is not None:

@@ -21,7 +21,8 @@ _MISSING = object()
 
 
 def batchnorm_layers(model):
-    """Every ``keras.layers.BatchNormalization`` in ``model``, nested models included, in call order."""
+    """Every ``keras.layers.BatchNormalization`` in ``model``, nested models included (in the order Keras
+    tracks them, which need not be call order)."""
     return [layer for layer in model._flatten_layers(include_self=True)
             if isinstance(layer, keras.layers.BatchNormalization)]
 

@@ -164,3 +164,87 @@ def test_few_target_images_warn_once_and_bad_arguments_are_clear_errors():
         da.DomainAdapter(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]), num_classes=2, bn_mode="target")
     with pytest.raises(ValueError, match="no BatchNormalization"):
         da.reestimate_batchnorm_statistics(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), np.ones((4, 4)))
+
+
+def _affine_adapter(strategies, frozen_first=False, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8), keras.layers.BatchNormalization(name="bn_a"),
+                                 keras.layers.ReLU(), keras.layers.Dense(8), keras.layers.BatchNormalization(name="bn_b")])
+    if frozen_first:
+        backbone.get_layer("bn_a").trainable = False
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=strategies, bn_mode="domain_affine")
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
+    rng = np.random.default_rng(seed)
+    source_images = rng.normal(size=(256, 3)).astype("float32")
+    source = (source_images, (source_images[:, 0] > 0).astype("int64"))
+    target = (rng.normal(size=(256, 3)) * 3.0 + 2.0).astype("float32")
+    adapter.fit(source=source, target=target, epochs=2, batch_size=64, verbose=0, seed=seed)
+    return adapter, source, target
+
+
+def test_domain_affine_trains_the_source_scale_and_shift_on_source_batches_only():
+    adapter, _, _ = _affine_adapter([])
+    for layer, affine in zip(batchnorm_layers(adapter.classifier), adapter.source_batchnorm_affine):
+        # Source-only: no loss reaches the target's scale and shift; the source's learned from the labels.
+        np.testing.assert_array_equal(layer.gamma.numpy(), np.ones(8, "float32"))
+        np.testing.assert_array_equal(layer.beta.numpy(), np.zeros(8, "float32"))
+        assert np.abs(affine["gamma"].numpy() - 1.0).max() > 1e-3 and np.abs(affine["beta"].numpy()).max() > 1e-3
+    adapted, _, _ = _affine_adapter([da.MMD()])
+    moved = [np.abs(layer.gamma.numpy() - 1.0).max() for layer in batchnorm_layers(adapted.classifier)]
+    assert max(moved) > 1e-3, moved  # an alignment loss trains the target's
+
+
+def test_domain_affine_source_classifier_carries_the_source_parameters_and_survives_save_load(tmp_path):
+    adapter, (source_images, _), target = _affine_adapter([da.MMD()])
+    expected = keras.models.clone_model(adapter.classifier)
+    expected.set_weights(adapter.classifier.get_weights())
+    statistics = iter(adapter.source_batchnorm_statistics)
+    copies = {layer.name: layer for layer in batchnorm_layers(expected)}
+    for original, affine in zip(adapter._batchnorm.layers, adapter.source_batchnorm_affine):
+        layer = copies[original.name]
+        layer.gamma.assign(affine["gamma"])
+        layer.beta.assign(affine["beta"])
+        layer.moving_mean.assign(next(statistics))
+        layer.moving_variance.assign(next(statistics))
+    np.testing.assert_allclose(adapter.source_classifier.predict(source_images, verbose=0),
+                               expected.predict(source_images, verbose=0), atol=1e-5)
+    assert not np.allclose(adapter.classifier.predict(source_images, verbose=0),
+                           expected.predict(source_images, verbose=0), atol=1e-3)
+    adapter.save(tmp_path / "adapter.keras")
+    restored = keras.saving.load_model(tmp_path / "adapter.keras")
+    assert restored.bn_mode == "domain_affine"
+    for model in ("classifier", "source_classifier"):
+        np.testing.assert_allclose(getattr(restored, model).predict(target, verbose=0),
+                                   getattr(adapter, model).predict(target, verbose=0), atol=1e-5)
+
+
+def test_domain_affine_frozen_layer_shares_its_scale_and_shift():
+    adapter, _, _ = _affine_adapter([da.MMD()], frozen_first=True)
+    (frozen, frozen_affine), (trained, trained_affine) = sorted(
+        zip(adapter._batchnorm.layers, adapter.source_batchnorm_affine), key=lambda pair: pair[0].name)  # bn_a, bn_b
+    assert not frozen.trainable and trained.trainable
+    np.testing.assert_array_equal(frozen_affine["gamma"].numpy(), frozen.gamma.numpy())
+    np.testing.assert_array_equal(frozen_affine["beta"].numpy(), frozen.beta.numpy())
+    assert not np.allclose(trained_affine["gamma"].numpy(), trained.gamma.numpy())
+
+
+def test_domain_affine_under_xla_and_mixed_precision_trains_both_domains_parameters():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        backbone = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                                     keras.layers.ReLU()])
+        adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD()], bn_mode="domain_affine")
+        adapter.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+        rng = np.random.default_rng(0)
+        source_images = rng.normal(size=(256, 3)).astype("float32")
+        history = adapter.fit(source=(source_images, (source_images[:, 0] > 0).astype("int64")),
+                              target=(rng.normal(size=(256, 3)) * 3.0 + 2.0).astype("float32"), epochs=2,
+                              batch_size=64, verbose=0, seed=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(history.history["loss"]))
+    (layer,), (affine,) = adapter._batchnorm.layers, adapter.source_batchnorm_affine
+    assert affine["gamma"].dtype == "float32"
+    assert np.abs(affine["beta"].numpy() - layer.beta.numpy()).max() > 1e-3  # each domain trained its own
+    assert np.abs(layer.beta.numpy()).max() > 1e-4

@@ -65,6 +65,7 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device_for_every_strategy():
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stderr[-3000:]
     results = json.loads(lines[-1][len("RESULT "):])
+    assert "AFFINE bn_mode='domain_affine' trains on one device per worker only" in run.stdout, run.stdout[-2000:]
     assert len(results) == 9
     # bn_mode="domain" with synchronized BatchNormalization: target (exported) and source
     # moving statistics, re-estimated after fit, agree with one device's.

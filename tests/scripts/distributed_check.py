@@ -2,7 +2,8 @@
 
 Run by tests/test_reliability.py in a subprocess: logical devices must be set
 before TensorFlow starts, which a pytest process has long done.
-Prints one JSON line: {strategy name: max relative weight difference}.
+Prints one JSON line: {strategy name: max relative weight difference}, then one line on
+bn_mode="domain_affine" (refused on several devices).
 """
 
 import json
@@ -95,6 +96,15 @@ def main():
                       # The collapse guard's in-graph statistics add over replicas (not per replica).
                       "health": [single.health.read()["num_source"], mirrored.health.read()["num_source"]]}
     print("RESULT " + json.dumps(gaps))
+    with mirrored_strategy.scope():  # per-domain scale/shift is refused before any graph is traced
+        backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+        adapter = da.DomainAdapter(backbone, num_classes=2, bn_mode="domain_affine")
+        adapter.compile(optimizer="adam")
+    try:
+        adapter.fit(source=(source_x, source_y), target=target_x, epochs=1, batch_size=32, verbose=0)
+        print("AFFINE trained")
+    except ValueError as error:
+        print("AFFINE " + str(error))
 
 
 if __name__ == "__main__":
