@@ -215,7 +215,11 @@ class CollapseGuard(keras.callbacks.Callback):
 
     * the target predictions collapse (:func:`prediction_collapse_reason`: image-class
       information I < ``information_threshold`` log K, exactly uniform outputs
-      included, or one class for >= ``single_class_share`` of the target images);
+      included, or one class for >= ``single_class_share`` of the target images)
+      (the information part only after an earlier period of this fit, warm-up
+      included, in which they did not collapse: predictions never informative but
+      spread over classes are a model still learning the target, as a batch-norm CNN
+      at Adam 1e-3 on foggy digits for its first 60 steps, not a strategy's doing);
     * the target predictions drift onto one class: the most predicted class takes at
       least ``drift_share`` of the target images and at least ``drift_ratio`` times
       the lowest such share seen earlier in this fit (warm-up included). The
@@ -328,6 +332,7 @@ class CollapseGuard(keras.callbacks.Callback):
         self._largest_feature_std = 0.0
         self._best_source_accuracy = None
         self._lowest_top_class_share = None
+        self._predictions_were_healthy = False
         self._epochs_done = 0
         self._epoch = 0
         self._steps = 0
@@ -375,8 +380,12 @@ class CollapseGuard(keras.callbacks.Callback):
             reason = prediction_collapse_reason(statistics["target_mean_probabilities"],
                                                 statistics["target_mean_entropy"], share,
                                                 self.information_threshold, self.single_class_share)
-            if reason is not None:
+            # Outputs that were never informative in this fit, while still spread over classes (a
+            # model still learning the target), are no strategy's doing: that part of the rule judges
+            # a fall from healthy predictions, as the drift rule does. One class for every image counts always.
+            if reason is not None and (self._predictions_were_healthy or share >= self.single_class_share):
                 reasons.append(reason.replace("its target predictions", "target predictions"))
+            self._predictions_were_healthy = self._predictions_were_healthy or reason is None
             lowest = self._lowest_top_class_share
             if (reason is None and self.drift_ratio is not None and lowest is not None
                     and share >= max(self.drift_share, self.drift_ratio * lowest)):

@@ -211,3 +211,24 @@ def test_drift_rule_fires_on_a_late_concentration_only(shares, fires_at):
     assert not any(off.collapse_reasons(_period(s), epochs_done=i) for i, s in enumerate(shares))
     with pytest.raises(ValueError, match="drift_ratio"):
         da.callbacks.CollapseGuard(drift_ratio=1.0)
+
+
+def _uncertain_period(top_class_share=0.35, num_classes=10):
+    """Statistics of a period whose target outputs are nearly uniform (I = 0.006 log K) but whose argmax is spread."""
+    period = _period(top_class_share, num_classes)
+    mean = np.full(num_classes, 1.0 / num_classes)
+    period.update(target_mean_probabilities=mean, target_mean_entropy=0.994 * np.log(num_classes))
+    return period
+
+
+def test_uninformative_target_outputs_count_only_after_informative_ones():
+    # A batch-norm CNN at Adam 1e-3 on foggy digits (benchmarks/foggy_digits.py): target outputs near-uniform,
+    # spread over classes, for the first 4 epochs. That was flagged at the end of warm-up and reset to the
+    # initial weights (MMD 62.8% against 69.6% unguarded, seed 0).
+    guard = da.callbacks.CollapseGuard()
+    assert not any(guard.collapse_reasons(_uncertain_period(), epochs_done=i) for i in range(4))
+    assert not guard.collapse_reasons(_period(0.2), epochs_done=4)
+    assert any("information I(image; class)" in r for r in guard.collapse_reasons(_uncertain_period(), epochs_done=5))
+    # One class for every image counts from the start.
+    fresh = da.callbacks.CollapseGuard()
+    assert any("target predictions collapse" in r for r in fresh.collapse_reasons(_period(0.995), epochs_done=0))
