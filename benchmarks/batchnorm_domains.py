@@ -69,10 +69,10 @@ def run_one(data, method, bn_mode, seed, epochs, batch_size, backbone_name="batc
     adapter.compile(optimizer=keras.optimizers.Adam(1e-3))
     started = time.perf_counter()
     if method == "oracle":  # trained on the labeled target training split: the ceiling of the gap-closed column
-        adapter.fit(source=(data["target_x"], data["target_y"]), epochs=epochs, batch_size=batch_size, seed=seed,
+        history = adapter.fit(source=(data["target_x"], data["target_y"]), epochs=epochs, batch_size=batch_size, seed=seed,
                     verbose=0)
     else:
-        adapter.fit(source=(data["source_x"], data["source_y"]), target=data["target_x"], epochs=epochs,
+        history = adapter.fit(source=(data["source_x"], data["source_y"]), target=data["target_x"], epochs=epochs,
                     batch_size=batch_size, seed=seed, verbose=0)
     seconds = time.perf_counter() - started
 
@@ -84,7 +84,9 @@ def run_one(data, method, bn_mode, seed, epochs, batch_size, backbone_name="batc
     da.reestimate_batchnorm_statistics(adapter.classifier, data["target_x"])  # the adapter is not used after this
     reestimated = accuracy(adapter.classifier, data["target_test_x"], data["target_test_y"])
     return {"backbone": backbone_name, "method": method, "bn_mode": bn_mode, "seed": seed, "target_accuracy": exported,
-            "target_accuracy_reestimated": reestimated, "source_accuracy": source, "train_seconds": round(seconds, 1)}
+            "target_accuracy_reestimated": reestimated, "source_accuracy": source, "train_seconds": round(seconds, 1),
+            # The collapse guard's adaptation scale after each epoch (1.0 throughout: it never backed off).
+            "adaptation_scale": [float(v) for v in history.history.get("adaptation_scale", [])]}
 
 
 def render(rows, machine, epochs):

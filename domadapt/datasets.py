@@ -1,7 +1,8 @@
 """Image data, offline: folders and arrays of images (read in memory or streamed; the
 rules are in :mod:`domadapt.folders`), the IDX format (Fashion-MNIST), and a
 ready-made source/target pair (sunny vs rainy Fashion-MNIST) with a small CNN for it,
-and synthetic segmentation scenes (shapes by day and at night).
+foggy 8x8 digits with a batch-normalised CNN, and synthetic segmentation scenes
+(shapes by day and at night).
 
 The pair and the CNN are what the demo and the benchmarks train on; they live here,
 in one public place, so that editing the demo cannot change a benchmark.
@@ -34,7 +35,9 @@ __all__ = [
     "RESIZE_POLICIES",
     "ImageFolder",
     "SkippedFile",
+    "batchnorm_digits_cnn",
     "decode_image",
+    "foggy_digits",
     "image_folder",
     "load_fashion_mnist",
     "load_sunny_rainy",
@@ -194,6 +197,55 @@ def load_sunny_rainy(directory=None, per_domain=4000, test_size=2000, seed=0, sh
         "source_test_x": rgb(test_x[:test_size]),
         "source_test_y": test_y[:test_size].astype("int64"),
     }
+
+
+def foggy_digits(seed=0):
+    """scikit-learn's 1,797 handwritten 8x8 digits: half clean (source), the other half through a
+    foggy, low-contrast, noisy camera (target): ``0.35 x + 0.55 + N(0, 0.06)``, pixels in [0, 1].
+
+    The batch-norm shift of issue #25: per-domain statistics recover most of it
+    (``benchmarks/results/foggy_digits.md``). Returns ``((source_images, source_labels),
+    (target_images, target_labels))``, images ``(N, 8, 8, 1)`` float32.
+
+    Example:
+
+    ```python
+    from domadapt.datasets import foggy_digits
+    (source_images, source_labels), (target_images, target_labels) = foggy_digits()
+    print(source_images.shape, target_images.mean() > source_images.mean())  # (898, 8, 8, 1) True
+    ```
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(digits.images))
+    images = (digits.images[order] / 16.0).astype("float32")[..., None]
+    labels = digits.target[order].astype("int64")
+    half = len(images) // 2
+    target = 0.35 * images[half:] + 0.55 + rng.normal(0.0, 0.06, images[half:].shape)
+    return (images[:half], labels[:half]), (target.astype("float32"), labels[half:])
+
+
+def batchnorm_digits_cnn():
+    """A headless CNN with BatchNormalization for 8x8 one-channel images (two 3x3 convolutions, 16 and
+    32 filters, each followed by BatchNormalization and ReLU; the second with stride 2).
+
+    Example:
+
+    ```python
+    from domadapt.datasets import batchnorm_digits_cnn
+    print(batchnorm_digits_cnn().output_shape)  # (None, 4, 4, 32)
+    ```
+    """
+    import keras
+
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same"), keras.layers.BatchNormalization(name="bn_0"), keras.layers.ReLU(),
+        keras.layers.Conv2D(32, 3, strides=2, padding="same"), keras.layers.BatchNormalization(name="bn_1"),
+        keras.layers.ReLU(),
+    ])
 
 
 def small_cnn(input_shape):

@@ -5,31 +5,10 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
-
 import domadapt as da
 from domadapt.batchnorm import batchnorm_layers
-
-
-def foggy_digits(seed=0):
-    """Clean 8x8 digits (source) and the other half through a foggy, low-contrast, noisy camera (target)."""
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(digits.images))
-    images = (digits.images[order] / 16.0).astype("float32")[..., None]
-    labels = digits.target[order].astype("int64")
-    half = len(images) // 2
-    target = 0.35 * images[half:] + 0.55 + rng.normal(0.0, 0.06, images[half:].shape)
-    return (images[:half], labels[:half]), (target.astype("float32"), labels[half:])
-
-
-def bn_cnn():
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(16, 3, padding="same"), keras.layers.BatchNormalization(name="bn_0"), keras.layers.ReLU(),
-        keras.layers.Conv2D(32, 3, strides=2, padding="same"), keras.layers.BatchNormalization(name="bn_1"),
-        keras.layers.ReLU(),
-    ])
+from domadapt.datasets import batchnorm_digits_cnn as bn_cnn
+from domadapt.datasets import foggy_digits
 
 
 def accuracy(model, images, labels):
