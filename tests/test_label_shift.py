@@ -193,6 +193,34 @@ def test_label_shift_check_warns_for_unweighted_alignment_only():
     assert _construction.unweighted_alignment(adapter.strategies) == ["CORAL"]
 
 
+def test_compare_estimates_the_class_mix_and_names_the_unweighted_aligners():
+    classifier, centres = gaussian_classifier()
+    rng = np.random.default_rng(7)
+    source = sample(centres, np.full(3, 1 / 3), 2000, rng)
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(keras.Sequential([keras.Input((1,)), keras.layers.Dense(8, activation="relu")]),
+                               num_classes=3, strategies=[da.DANN(hidden_units=(8,))])
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
+    adapter.fit(source=source, target=source[0], epochs=3, batch_size=128, verbose=0, seed=0)
+    candidates = {"source-only": classifier, "dann": adapter}
+    held_out = sample(centres, np.full(3, 1 / 3), 2000, rng)
+    cheap = ("source_accuracy", "information_maximization")
+    partial_x, _ = sample(centres, np.array([0.5, 0.5, 0.0]), 1000, rng)
+    with pytest.warns(UserWarning, match=r"class mix differs.*dann \(DANN\) align the domains as if"):
+        table = da.compare(candidates, source=held_out, target=partial_x, validators=cheap)
+    assert table.class_mix["shifted"] and table.class_mix["target_proportions"][2] < 0.05
+    assert "class_mix" in table.to_dict()
+    balanced_x, _ = sample(centres, np.full(3, 1 / 3), 1000, rng)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = da.compare(candidates, source=held_out, target=balanced_x, validators=cheap)
+    assert not table.class_mix["shifted"] and not any("class mix" in str(w.message) for w in caught)
+    # Nothing aligns without weights, or the check is off: no estimate.
+    assert da.compare({"source-only": classifier}, source=held_out, target=partial_x, validators=cheap).class_mix is None
+    assert da.compare(candidates, source=held_out, target=partial_x, validators=cheap,
+                      check_class_mix=False).class_mix is None
+
+
 def test_label_shift_input_errors():
     classifier, centres = gaussian_classifier()
     x = np.zeros((10, 1), "float32")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from domadapt import _construction
 from domadapt.health import prediction_collapse_reason
 from domadapt.validators.base import TASK_VALIDATORS, Validator, entropies, images_of, labeled, outputs, task_of
 from domadapt.validators.dev import DeepEmbeddedValidation
@@ -102,6 +103,9 @@ class ComparisonTable:
         correlations: ``{validator: Spearman rho with target accuracy}`` when given.
         excluded: ``{candidate: short reason}`` for candidates not eligible for the
             recommendation (source-accuracy drop, collapse).
+        class_mix: the target's estimated class mix (``da.gap.label_shift`` with the
+            recommended candidate, as a dict) when a candidate aligns without class
+            weights; ``None`` otherwise.
     """
 
     scores: dict
@@ -112,6 +116,7 @@ class ComparisonTable:
     target_accuracy: dict = field(default_factory=dict)
     correlations: dict = field(default_factory=dict)
     excluded: dict = field(default_factory=dict)
+    class_mix: dict | None = None
 
     def __str__(self):
         names = list(self.directions)
@@ -140,7 +145,7 @@ class ComparisonTable:
     def to_dict(self):
         return {"scores": self.scores, "directions": self.directions, "recommended": self.recommended,
                 "reasons": self.reasons, "warnings": self.warnings, "target_accuracy": self.target_accuracy,
-                "correlations": self.correlations, "excluded": self.excluded}
+                "correlations": self.correlations, "excluded": self.excluded, "class_mix": self.class_mix}
 
     def to_json(self, path, overwrite=False):
         path = Path(path)
@@ -270,7 +275,7 @@ def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=(
 
 def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS, *, target_labels=None,
             recommend_by=RECOMMENDING, source_drop=SOURCE_DROP, collapse_threshold=COLLAPSE_THRESHOLD,
-            collapse_samples=2000):
+            collapse_samples=2000, check_class_mix=True):
     """Score several trained candidates, rank them, and recommend one.
 
     The recommendation (:func:`recommend`) is the best mean rank over the validators
@@ -286,6 +291,16 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     recommendation) is issued once, as a Python ``UserWarning``, and kept in
     ``table.warnings``. With ``target_labels`` (for your own labeled slice), the
     table adds true target accuracy and each validator's Spearman correlation with it.
+
+    The class mix (``check_class_mix``, on by default): when a candidate aligns the
+    domains without class weights (DANN, CDAN, MMD, CORAL without ``class_weights=``),
+    the target's class mix is estimated with the recommended candidate
+    (``da.gap.label_shift``, BBSE, on the labeled ``source`` and the target images) and
+    kept in ``table.class_mix``; when it differs from the source's ("class mix
+    differs"), a warning names those candidates (negative transfer under label shift)
+    and the fix (``class_weights="auto"``). An "inconclusive" estimate (the target also
+    looks different, which most adaptation targets do) does not warn: read
+    ``table.class_mix["reason"]``. The recommendation itself is unchanged.
 
     Example:
 
@@ -340,6 +355,26 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         if top != recommended:
             table_warnings.append(f"validators disagree: {name} prefers {top}")
 
+    class_mix = None
+    unweighted = {c: _construction.unweighted_alignment(getattr(model, "strategies", None) or [])
+                  for c, model in candidates.items()}
+    unweighted = {c: names for c, names in unweighted.items() if names}
+    if check_class_mix and unweighted and source is not None and target is not None:
+        from domadapt.gap.label_shift import label_shift  # the gap tools load after the validators
+
+        try:
+            result = label_shift(candidates[recommended], source, target, bootstrap=100)
+        except (ValueError, TypeError) as error:  # e.g. too few images per class: the table stands without it
+            result, class_mix = None, {"status": "not estimated", "reason": str(error)}
+        else:
+            class_mix = result.to_dict()
+        if result is not None and result.shifted:
+            names = ", ".join(f"{c} ({', '.join(strategies)})" for c, strategies in unweighted.items())
+            table_warnings.append(
+                f"{result.verdict} (estimated with {recommended}): {names} align the domains as if their class mixes "
+                "were equal, which pulls target images onto classes the target lacks (negative transfer); retrain "
+                "them with class_weights='auto'")
+
     target_accuracy, correlations = {}, {}
     if target_labels is not None:
         target_labels = np.asarray(target_labels).reshape(-1)
@@ -353,7 +388,7 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
                 rho = stats.spearmanr([oriented[name][c] for c in scores], accuracies).statistic
                 correlations[name] = float(rho)
     table = ComparisonTable(scores, directions, recommended, reasons, table_warnings, target_accuracy, correlations,
-                            excluded)
+                            excluded, class_mix)
     for message in table_warnings:
         warnings.warn(message, stacklevel=2)
     return table
