@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shifts import RESULTS_DIR, SHIFTS, Sizes, batchnorm_cnn, configure_determinism, load_shift, machine_description  # noqa: E402
+from shifts import (  # noqa: E402
+    RESULTS_DIR, SHIFTS, Sizes, batchnorm_cnn, configure_determinism, kept_rows, load_shift, machine_description,
+)
 
 SIZES = Sizes(source_train=1500, target_train=1500, target_test=1000, source_test=500)
 METHODS = ("source_only", "oracle", "dann", "mmd", "cdan", "entropy", "bnm")
@@ -151,10 +153,8 @@ def main(argv=None):
     configure_determinism()
     machine = machine_description()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "batchnorm_domains.json"
     key = lambda row: (row.get("backbone", "batchnorm_cnn"), row["shift"], row["method"], row["bn_mode"], row["seed"])  # noqa: E731
-    kept = {key(row): row for row in (json.loads(json_path.read_text())["rows"] if json_path.exists() else [])}
+    json_path, kept = kept_rows(out, "batchnorm_domains.json", key)
     data = {name: load_shift(SHIFTS[name], SIZES) for name in args.shifts}
     if args.backbone == "mobilenetv3small":
         data = {name: resized(value, 32) for name, value in data.items()}

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shifts import RESULTS_DIR, configure_determinism, machine_description  # noqa: E402
+from shifts import RESULTS_DIR, configure_determinism, kept_rows, machine_description  # noqa: E402
 
 from domadapt.datasets import batchnorm_digits_cnn, foggy_digits  # noqa: E402
 
@@ -87,10 +87,8 @@ def main(argv=None):
     configure_determinism()
     machine = machine_description()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "foggy_digits.json"
     key = lambda row: (row["method"], row["bn_mode"], row["seed"])  # noqa: E731
-    kept = {key(row): row for row in (json.loads(json_path.read_text())["rows"] if json_path.exists() else [])}
+    json_path, kept = kept_rows(out, "foggy_digits.json", key)
     source, target = foggy_digits()
     for seed in args.seeds:
         for method in args.methods:

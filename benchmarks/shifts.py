@@ -314,6 +314,15 @@ def row_key(row):
     return (row["shift"], row["method"], row["seed"], row["backbone"])
 
 
+def kept_rows(out, filename, key):
+    """``(path, {key(row): row})`` of the results file ``out/filename`` (created folder; no rows if new),
+    so that a partial rerun replaces only the rows it measures again."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    return path, {key(row): row for row in (json.loads(path.read_text())["rows"] if path.exists() else [])}
+
+
 def merge_rows(path: Path, new_rows, machine):
     """Replace the rows of ``path`` that share a key with ``new_rows``; keep the others."""
     existing = json.loads(path.read_text()) if path.exists() else {"rows": []}
