@@ -158,7 +158,16 @@ def restored_epoch(callbacks):
             )
             if os.path.exists(path):
                 with open(path) as file:
-                    return int(json.load(file).get("epoch", 0))
+                    text = file.read()
+                try:
+                    return int(json.loads(text).get("epoch", 0))
+                except (ValueError, AttributeError):
+                    raise ValueError(
+                        f"`callbacks`: the BackupAndRestore metadata {path!r} is unreadable ({text[:40]!r}): the "
+                        "process was probably killed while keras.callbacks.BackupAndRestore rewrote it. Remove the "
+                        "file to resume from its saved weights at epoch 0, or the folder to start afresh; "
+                        "da.callbacks.BackupAndRestore replaces the file atomically and avoids this."
+                    ) from None
     return 0
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+
 import keras
 
 from domadapt.health import CollapseGuard, CollapseWarning  # noqa: F401  (da.callbacks.CollapseGuard)
@@ -130,3 +135,45 @@ class StopOnNonFinite(keras.callbacks.Callback):
             "dropped, so the weights are finite. Common causes: a learning rate or strategy weight too high, NaN or "
             "inf in the input images, float16 overflow without loss scaling."
         )
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` whose ``training_metadata.json`` is replaced atomically.
+
+    Keras truncates the metadata file and then writes it: a process killed in
+    between leaves an empty file, and the next ``fit`` fails to resume with a JSON
+    error (seen in the project's SIGKILL test of ``domadapt run --resume``). Here the
+    new metadata goes to a temporary file in the same folder, which then replaces
+    the old one (``os.replace``): a kill leaves either the previous epoch's metadata
+    or the new one. Weights are saved as in Keras (a partial weights file is
+    detected on loading and the ``double_checkpoint`` copy used).
+
+    Example:
+
+    ```python
+    import numpy as np, keras, domadapt as da
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])
+    adapter = da.DomainAdapter(backbone, num_classes=2)
+    adapter.compile(optimizer="adam")
+    backup = da.callbacks.BackupAndRestore("/tmp/domadapt-backup", double_checkpoint=True)
+    adapter.fit(source=(np.random.rand(32, 2), np.random.randint(0, 2, 32)), epochs=2, verbose=0, callbacks=[backup])
+    ```
+    """
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        metadata = self._training_metadata_path
+        if self.double_checkpoint and os.path.exists(self._weights_path):
+            shutil.copyfile(self._weights_path, self._prev_weights_path)
+        if self.double_checkpoint and os.path.exists(metadata):
+            shutil.copyfile(metadata, self._prev_training_metadata_path)
+        self.model.save_weights(filepath=self._weights_path, overwrite=True)
+        handle, temporary = tempfile.mkstemp(dir=self.backup_dir, prefix=".training_metadata.", suffix=".partial")
+        try:
+            with os.fdopen(handle, "w") as file:
+                file.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            os.replace(temporary, metadata)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise

@@ -517,7 +517,10 @@ def _completed_epochs(backup):
 def _callbacks(args, resume, name):
     import keras
 
-    callbacks = [keras.callbacks.BackupAndRestore(str(resume / name), delete_checkpoint=False, double_checkpoint=True)]
+    import domadapt as da
+
+    # domadapt's BackupAndRestore: its metadata file survives a kill mid-write (Keras' can be left empty).
+    callbacks = [da.callbacks.BackupAndRestore(str(resume / name), delete_checkpoint=False, double_checkpoint=True)]
     if args.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(Path(args.tensorboard) / name)))
     return callbacks

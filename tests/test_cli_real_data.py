@@ -422,3 +422,52 @@ def test_domains_scaled_255x_apart_or_of_different_sizes_fail_before_training():
     any_size.compile(optimizer="adam")
     with pytest.raises(ValueError, match=r"`source` images of shape \(8, 8, 3\), `target` images of shape \(12, 12, 3\)"):
         any_size.fit(source=source, target=np.full((8, 12, 12, 3), 100, "uint8"), epochs=1, verbose=0)
+
+
+def test_backup_metadata_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    """da.callbacks.BackupAndRestore (what `domadapt run` uses): the metadata is replaced atomically.
+
+    The SIGKILL test above once killed Keras' own callback between truncating training_metadata.json and
+    writing it; the resume then failed with "Expecting value" (an empty JSON file)."""
+    import domadapt as da
+    import domadapt.callbacks as callbacks_module
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+
+    def interrupted_save(callback_class, folder):
+        callback = callback_class(str(folder), double_checkpoint=True)
+        callback.set_model(model)
+        callback._current_epoch, callback._last_batch_seen = 1, 0
+        callback._save_model()
+        callback._current_epoch = 2
+
+        def crash(*args, **kwargs):
+            raise KeyboardInterrupt  # the process dies while the metadata is being written
+
+        monkeypatch.setattr(json, "dumps", crash)
+        with pytest.raises(KeyboardInterrupt):
+            callback._save_model()
+        monkeypatch.undo()
+        return (folder / "training_metadata.json").read_text()
+
+    assert interrupted_save(keras.callbacks.BackupAndRestore, tmp_path / "keras") == ""  # Keras: truncated
+    kept = interrupted_save(da.callbacks.BackupAndRestore, tmp_path / "domadapt")
+    assert json.loads(kept) == {"epoch": 1, "batch": 0}
+    assert not [p for p in (tmp_path / "domadapt").iterdir() if ".partial" in p.name]  # no temporary file left
+    assert callbacks_module.BackupAndRestore.__mro__[1] is keras.callbacks.BackupAndRestore
+
+
+def test_fit_with_an_emptied_keras_backup_says_which_file_and_what_to_do(tmp_path):
+    """Keras' own callback can leave an empty metadata file (see above): fit names it instead of a JSON error."""
+    import domadapt as da
+
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)])
+    adapter = da.DomainAdapter(backbone, num_classes=2)
+    adapter.compile(optimizer="adam")
+    (tmp_path / "training_metadata.json").write_text("")
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path))
+    source = (np.random.rand(16, 2).astype("float32"), np.random.randint(0, 2, 16))
+    with pytest.raises(ValueError, match=r"`callbacks`: the BackupAndRestore metadata .*training_metadata.json.* unreadable"):
+        adapter.fit(source=source, epochs=1, verbose=0, callbacks=[backup])
+    assert (tmp_path / "training_metadata.json").read_text() == ""  # the user's file is left as it was
