@@ -165,7 +165,7 @@ class DomainAdapter(keras.Model):
                         if original is not None:  # scale=False / center=False layers have none
                             affine[parameter] = self.add_weight(
                                 shape=original.shape, initializer="zeros", trainable=True, dtype=original.dtype,
-                                name=f"source_{parameter}_{index}")
+                                constraint=original.constraint, name=f"source_{parameter}_{index}")
                             affine[parameter].assign(original)
                     self.source_batchnorm_affine.append(affine)
 
@@ -252,11 +252,21 @@ class DomainAdapter(keras.Model):
     def _batchnorm_statistics(self):
         return [s for layer in self._batchnorm.layers for s in (layer.moving_mean, layer.moving_variance)]
 
-    def _affine_pairs(self):
-        """(the layer's gamma/beta, the source's copy) for bn_mode='domain_affine'; empty otherwise."""
+    def _affine_pairs(self, include_frozen=False):
+        """(the layer's gamma/beta, the source's copy) of every trainable BN layer for bn_mode='domain_affine';
+        empty otherwise. Frozen layers share their own parameters between the domains (as in the train step)."""
         return [(getattr(layer, parameter), variable)
                 for layer, affine in zip(self._batchnorm.layers, self.source_batchnorm_affine)
+                if layer.trainable or include_frozen
                 for parameter, variable in affine.items()]
+
+    def _share_frozen_affine(self):
+        """Set the source copies of frozen BN layers to the layers' own gamma/beta (what both domains use while
+        frozen), so a layer unfrozen later starts its source copy from them, not from stale values."""
+        for layer, affine in zip(self._batchnorm.layers, self.source_batchnorm_affine):
+            if not layer.trainable:
+                for parameter, variable in affine.items():
+                    variable.assign(ops.cast(getattr(layer, parameter), variable.dtype))
 
     @contextlib.contextmanager
     def _source_affine_in_graph(self):
@@ -597,12 +607,16 @@ class DomainAdapter(keras.Model):
         source_images = source.map(lambda *element: element[0]) if isinstance(source, tf.data.Dataset) else source[0]
         trained = [layer for layer in self._batchnorm.layers if layer.trainable]
         # A layer's statistics depend on the scale and shift of the layers before it: the source's here.
-        target_affine = [tf.identity(variable.value) for variable, _ in self._affine_pairs()]
-        for variable, source_parameter in self._affine_pairs():
-            variable.assign(source_parameter)
-        reestimate(classifier, trained, source_images, max_images=REESTIMATION_IMAGES)
-        for (variable, _), value in zip(self._affine_pairs(), target_affine):
-            variable.assign(value)
+        # The target's trained gamma/beta live only in `target_affine` meanwhile: restored whatever happens.
+        pairs = self._affine_pairs()
+        target_affine = [tf.identity(variable.value) for variable, _ in pairs]
+        try:
+            for variable, source_parameter in pairs:
+                variable.assign(source_parameter)
+            reestimate(classifier, trained, source_images, max_images=REESTIMATION_IMAGES)
+        finally:
+            for (variable, _), value in zip(pairs, target_affine):
+                variable.assign(value)
         for source_statistic, variable in zip(self.source_batchnorm_statistics, self._batchnorm_statistics()):
             source_statistic.assign(ops.cast(variable, "float32"))
         if target_images is not None:
@@ -613,13 +627,19 @@ class DomainAdapter(keras.Model):
         """Give each strategy its FitContext; build the optimizer on every variable that may train."""
         self._target_labeled_weight = target_labeled_weight
         self._parameter_groups = None
-        view = AdapterView(self, set_parameter_groups=lambda groups: setattr(self, "_parameter_groups", groups),
+        def set_parameter_groups(groups):
+            # The source's gamma/beta copies (bn_mode='domain_affine') train at their layer's rate.
+            pairs = self._affine_pairs(include_frozen=True)
+            self._parameter_groups = groups.with_aliases(pairs) if groups is not None and pairs else groups
+
+        view = AdapterView(self, set_parameter_groups=set_parameter_groups,
                            set_target_labeled_weight=lambda weight: setattr(self, "_target_labeled_weight", weight),
                            retrace=lambda: self.make_train_function(force=True))
         context = FitContext.of(paired, epochs=epochs, initial_epoch=start_epoch, adapter=view)
         with self.distribute_strategy.scope():  # variables made here belong to the adapter's tf.distribute strategy
             for strategy in self.strategies:
                 call_on_fit_start(strategy, context)
+            self._share_frozen_affine()  # after the strategies: FineTune decides which layers train
             if not self.optimizer.built:  # on frozen variables too: unfreezing later keeps the others' state
                 self.optimizer.build(_training.trainable_in_principle(self))
 

@@ -145,7 +145,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     error (seen in the project's SIGKILL test of ``domadapt run --resume``). Here the
     new metadata goes to a temporary file in the same folder, which then replaces
     the old one (``os.replace``): a kill leaves either the previous epoch's metadata
-    or the new one. Weights are saved as in Keras (a partial weights file is
+    or the new one (on local paths; remote ones such as ``gs://`` are written as Keras
+    does). Weights are saved as in Keras (a partial weights file is
     detected on loading and the ``double_checkpoint`` copy used).
 
     Example:
@@ -161,6 +162,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def _save_model(self):
+        if "://" in str(self.backup_dir):  # gs://, s3://, ram://: Keras' file_utils writes there, os cannot
+            return super()._save_model()
         os.makedirs(self.backup_dir, exist_ok=True)
         metadata = self._training_metadata_path
         if self.double_checkpoint and os.path.exists(self._weights_path):
@@ -172,6 +175,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             with os.fdopen(handle, "w") as file:
                 file.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a plain open() would not
             os.replace(temporary, metadata)
         except BaseException:
             if os.path.exists(temporary):

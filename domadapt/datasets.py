@@ -201,7 +201,8 @@ def load_sunny_rainy(directory=None, per_domain=4000, test_size=2000, seed=0, sh
 
 def foggy_digits(seed=0):
     """scikit-learn's 1,797 handwritten 8x8 digits: half clean (source), the other half through a
-    foggy, low-contrast, noisy camera (target): ``0.35 x + 0.55 + N(0, 0.06)``, pixels in [0, 1].
+    foggy, low-contrast, noisy camera (target): ``0.35 x + 0.55 + N(0, 0.06)``. Source pixels lie in
+    [0, 1]; target pixels are not clipped (the noise takes 0.5% of them above 1).
 
     The batch-norm shift of issue #25: per-domain statistics recover most of it
     (``benchmarks/results/foggy_digits.md``). Returns ``((source_images, source_labels),

@@ -60,6 +60,14 @@ class ParameterGroups:
         """The learning-rate multiplier of ``variable`` (1.0 when in no group)."""
         return self._multipliers.get(id(variable), (None, 1.0))[1]
 
+    def with_aliases(self, pairs):
+        """A copy in which the ``alias`` of each ``(original, alias)`` pair moves with ``original``'s multiplier
+        (the source domain's copy of a batch-norm scale trains at the rate of the layer's own)."""
+        groups = [([variable], multiplier) for variable, multiplier in self._multipliers.values()]
+        groups += [([alias], self._multipliers[id(original)][1]) for original, alias in pairs
+                   if id(original) in self._multipliers and id(alias) not in self._multipliers]
+        return ParameterGroups(groups)
+
     def key(self) -> tuple:
         """A hashable description (for deciding when a train function must be retraced)."""
         return tuple(sorted((variable.path, m) for variable, m in self._multipliers.values() if m != 1.0))

@@ -227,3 +227,71 @@ def test_domain_affine_under_xla_and_mixed_precision_trains_both_domains_paramet
     assert affine["gamma"].dtype == "float32"
     assert np.abs(affine["beta"].numpy() - layer.beta.numpy()).max() > 1e-3  # each domain trained its own
     assert np.abs(layer.beta.numpy()).max() > 1e-4
+
+
+def test_domain_affine_layer_given_weights_after_construction_then_frozen_shares_them_everywhere():
+    """Weights loaded after the adapter is built (then the layer frozen): training's source pass uses the layer's
+    own scale/shift, and so must source_classifier and the validators' source scoring (they used stale copies)."""
+    from domadapt.validators.base import outputs
+
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8), keras.layers.BatchNormalization(name="bn"),
+                                 keras.layers.ReLU()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD()], bn_mode="domain_affine")
+    layer = backbone.get_layer("bn")
+    layer.gamma.assign(np.full(8, 3.0, "float32"))
+    layer.beta.assign(np.full(8, -1.0, "float32"))
+    layer.trainable = False
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
+    rng = np.random.default_rng(0)
+    source_images = rng.normal(size=(256, 3)).astype("float32")
+    source_labels = (source_images[:, 0] > 0).astype("int64")
+    adapter.fit(source=(source_images, source_labels), target=(rng.normal(size=(256, 3)) * 3 + 2).astype("float32"),
+                epochs=2, batch_size=64, verbose=0)
+    (affine,) = adapter.source_batchnorm_affine
+    np.testing.assert_array_equal(affine["gamma"].numpy(), np.full(8, 3.0, "float32"))
+    np.testing.assert_array_equal(affine["beta"].numpy(), np.full(8, -1.0, "float32"))
+    # As trained: the layer's own scale/shift with the source statistics.
+    as_trained = keras.models.clone_model(adapter.classifier)
+    as_trained.set_weights(adapter.classifier.get_weights())
+    (copy,) = batchnorm_layers(as_trained)
+    copy.moving_mean.assign(adapter.source_batchnorm_statistics[0])
+    copy.moving_variance.assign(adapter.source_batchnorm_statistics[1])
+    expected = as_trained.predict(source_images, verbose=0)
+    np.testing.assert_allclose(adapter.source_classifier.predict(source_images, verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(outputs(adapter, source_images, domain="source")[0], expected, atol=1e-5)
+
+
+def test_domain_affine_an_error_during_the_final_reestimation_keeps_the_targets_scale_and_shift(monkeypatch):
+    import domadapt.adapter as adapter_module
+
+    adapter, source, target = _affine_adapter([da.MMD()])
+    (layer, _), (affine, _) = adapter._batchnorm.layers, adapter.source_batchnorm_affine
+    assert not np.allclose(layer.gamma.numpy(), affine["gamma"].numpy())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the source statistics are re-estimated
+
+    monkeypatch.setattr(adapter_module, "reestimate", interrupted)
+    before = layer.gamma.numpy().copy()
+    with pytest.raises(KeyboardInterrupt):
+        adapter.fit(source=source, target=target, epochs=1, batch_size=64, verbose=0)
+    after = layer.gamma.numpy()
+    assert not np.allclose(after, affine["gamma"].numpy())  # not left holding the source's
+    assert np.abs(after - before).max() < 0.1  # one more epoch of training, not a swap
+
+
+def test_domain_affine_source_copies_follow_their_layers_learning_rate_and_constraint():
+    backbone = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8),
+                                 keras.layers.BatchNormalization(name="bn", gamma_constraint="non_neg"),
+                                 keras.layers.ReLU()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, bn_mode="domain_affine", strategies=[
+        da.FineTune(trainable="all", batchnorm="train", backbone_lr=0.1, verbose=False), da.MMD()])
+    (affine,) = adapter.source_batchnorm_affine
+    assert isinstance(affine["gamma"].constraint, keras.constraints.NonNeg)
+    adapter.compile(optimizer="adam")
+    images = np.random.default_rng(0).random((128, 3)).astype("float32")
+    adapter.fit(source=(images, (images[:, 0] > 0.5).astype("int64")), target=images + 1, epochs=1, verbose=0)
+    groups = adapter._parameter_groups
+    assert groups.multiplier(backbone.get_layer("bn").gamma) == pytest.approx(0.1)
+    assert groups.multiplier(affine["gamma"]) == pytest.approx(0.1)

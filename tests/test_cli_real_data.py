@@ -471,3 +471,22 @@ def test_fit_with_an_emptied_keras_backup_says_which_file_and_what_to_do(tmp_pat
     with pytest.raises(ValueError, match=r"`callbacks`: the BackupAndRestore metadata .*training_metadata.json.* unreadable"):
         adapter.fit(source=source, epochs=1, verbose=0, callbacks=[backup])
     assert (tmp_path / "training_metadata.json").read_text() == ""  # the user's file is left as it was
+
+
+def test_backup_to_a_remote_folder_writes_its_metadata_there(tmp_path, monkeypatch):
+    """gs://, s3://, ram:// folders: Keras' file_utils writes there; os/tempfile would write a local 'ram:' folder."""
+    import tensorflow as tf
+
+    import domadapt as da
+
+    monkeypatch.chdir(tmp_path)
+    folder = "ram://domadapt-backup-test"
+    adapter = da.DomainAdapter(keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)]), num_classes=2)
+    adapter.compile(optimizer="adam")
+    source = (np.random.rand(16, 2).astype("float32"), np.random.randint(0, 2, 16))
+    adapter.fit(source=source, epochs=2, verbose=0,
+                callbacks=[da.callbacks.BackupAndRestore(folder, delete_checkpoint=False)])
+    assert "training_metadata.json" in tf.io.gfile.listdir(folder)
+    text = tf.io.gfile.GFile(f"{folder}/training_metadata.json").read()
+    assert json.JSONDecoder().raw_decode(text)[0]["epoch"] == 1  # (TF's ram:// keeps old bytes after a rewrite)
+    assert list(tmp_path.iterdir()) == []  # nothing written locally

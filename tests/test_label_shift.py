@@ -210,6 +210,13 @@ def test_compare_estimates_the_class_mix_and_names_the_unweighted_aligners():
         table = da.compare(candidates, source=held_out, target=partial_x, validators=cheap)
     assert table.class_mix["shifted"] and table.class_mix["target_proportions"][2] < 0.05
     assert "class_mix" in table.to_dict()
+    # The other forms compare accepts (they were passed on to label_shift unconverted and the check was lost).
+    import tensorflow as tf
+
+    for source_form, target_form in [(held_out, (partial_x, np.zeros(len(partial_x), "int64"))),
+                                     (held_out, tf.data.Dataset.from_tensor_slices(partial_x).batch(256))]:
+        other = da.compare(candidates, source=source_form, target=target_form, validators=cheap)
+        assert other.class_mix["shifted"], other.class_mix
     balanced_x, _ = sample(centres, np.full(3, 1 / 3), 1000, rng)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -366,7 +366,7 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         from domadapt.gap.label_shift import label_shift  # the gap tools load after the validators
 
         try:
-            result = label_shift(candidates[recommended], source, target, bootstrap=100)
+            result = label_shift(candidates[recommended], source, images_of(target, "target"), bootstrap=100)
         except (ValueError, TypeError) as error:  # e.g. too few images per class: the table stands without it
             result, class_mix = None, {"status": "not estimated", "reason": str(error)}
         else:
