@@ -231,8 +231,13 @@ def _gap(args):
 
     _report_skipped([*source_skipped, *target_skipped], f"{args.source} and {args.target}")
     if args.backbone == "pixels":
-        inputs = keras.Input(image_shape(source))
-        backbone = keras.Model(inputs, keras.layers.Rescaling(1.0)(inputs), name="pixels")
+        # The images area-pooled to at most 8 x 8 (the gap report's input row), flattened: what the shift test
+        # then compares. (The raw images would be average-pooled to their channel means: a spatial change,
+        # such as a mirrored brightness ramp, would go unseen.)
+        height, width, _ = shape = image_shape(source)
+        inputs = keras.Input(shape)
+        pooled = keras.layers.Resizing(min(8, height), min(8, width), interpolation="area")(inputs)
+        backbone = keras.Model(inputs, keras.layers.Flatten()(pooled), name="pixels")
         layers = "output"
     else:
         backbone, _ = _load_run_backbone(args, image_shape(source))
@@ -252,7 +257,9 @@ def _gap(args):
     test = da.gap.mmd_test(source_features, target_features, permutations=args.permutations)
     verdict = shift_verdict(test.p_value, args.permutations)
     print(report)
-    print(f"MMD permutation test on the output features ({args.permutations} permutations): {verdict}")
+    tested = ("" if (test.num_source, test.num_target) == (len(source_features), len(target_features))
+              else f", on a random {test.num_source} source and {test.num_target} target images")
+    print(f"MMD permutation test on the output features ({args.permutations} permutations{tested}): {verdict}")
     shift = None
     if labeled_source is not None:
         shift = estimate_label_shift(_load_classifier(args.classifier, labeled_source.class_names), labeled_source,
@@ -260,8 +267,8 @@ def _gap(args):
     if args.json:
         table = report.to_dict()
         table.update(verdict=verdict, mmd_test={"statistic": float(test.statistic), "p_value": float(test.p_value),
-                                                "permutations": args.permutations, "num_source": num_source,
-                                                "num_target": num_target},
+                                                "permutations": args.permutations, "num_source": test.num_source,
+                                                "num_target": test.num_target},
                      skipped={"source": len(source_skipped), "target": len(target_skipped)})
         if shift is not None:
             table["label_shift"] = shift.to_dict()
@@ -902,7 +909,8 @@ def build_parser():
                             help="how images of another shape are resized: stretch, crop (centre) or pad")
     gap_parser.add_argument("--max-images", type=int, default=None,
                             help="use at most this many images per folder, a seeded random subset; default: all "
-                                 "(streamed from disk; the shift test runs on the features of every image)")
+                                 "(streamed from disk; features of every image are extracted, and the shift test "
+                                 "runs on a seeded random 2000 of them per domain)")
     gap_parser.add_argument("--max-samples", type=int, default=1000,
                             help="images per domain, a random subset, for the per-layer table (default 1000)")
     gap_parser.add_argument("--classifier", metavar="PATH",

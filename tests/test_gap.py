@@ -63,13 +63,61 @@ def test_multi_bandwidth_and_polynomial_and_linear_kernels_match_a_double_loop(s
 def test_linear_time_mmd_matches_its_formula(small_samples):
     source, target = small_samples
     pairs = min(len(source), len(target)) // 2
+    rng = np.random.default_rng(3)  # the pairs are drawn at random with the seed
+    source = source[rng.permutation(len(source))[: 2 * pairs]]
+    target = target[rng.permutation(len(target))[: 2 * pairs]]
     k = lambda a, b: rbf_kernel(a, b, 2.0)  # noqa: E731
     expected = np.mean([
         k(source[2 * i], source[2 * i + 1]) + k(target[2 * i], target[2 * i + 1])
         - k(source[2 * i], target[2 * i + 1]) - k(source[2 * i + 1], target[2 * i])
         for i in range(pairs)
     ])
-    assert da.gap.mmd(source, target, bandwidth=2.0, estimator="linear") == pytest.approx(expected, rel=1e-4)
+    value = da.gap.mmd(*small_samples, bandwidth=2.0, estimator="linear", seed=3)
+    assert value == pytest.approx(expected, rel=1e-4)
+
+
+def test_linear_time_mmd_is_not_biased_by_row_order():
+    """Rows sorted by class, and a larger source: pairing in row order compared the target with the source's first
+    class only (0.30 here before the pairs were drawn at random)."""
+    rng = np.random.default_rng(0)
+    classes = np.repeat([0.0, 3.0], 2000)
+    source = rng.normal(classes[:, None], 1.0, size=(4000, 4))  # sorted: all of class 0 first
+    target = rng.normal(rng.permutation(classes)[:400, None], 1.0, size=(400, 4))  # the same mixture
+    linear = [da.gap.mmd(source, target, bandwidth=8.0, estimator="linear", seed=seed) for seed in range(5)]
+    shifted = da.gap.mmd(source, target + 2.0, bandwidth=8.0, estimator="linear")
+    assert np.abs(np.mean(linear)) < 0.03 < shifted, (linear, shifted)
+
+
+def test_median_bandwidth_mmd_is_symmetric_on_large_sets():
+    rng = np.random.default_rng(0)
+    source, target = rng.normal(size=(900, 3)), rng.normal(0.2, 1.0, size=(700, 3))  # > MEDIAN_SAMPLES pooled
+    assert da.gap.mmd(source, target) == pytest.approx(da.gap.mmd(target, source), rel=1e-6)
+
+
+def test_kid_with_a_large_offset_matches_a_float64_reference():
+    rng = np.random.default_rng(0)
+    source, target = rng.normal(size=(50, 4)) + 1000.0, rng.normal(0.5, 1.0, size=(50, 4)) + 1000.0
+    kernel = lambda a, b: (a @ b.T / 4 + 1.0) ** 3  # noqa: E731
+    ss, tt = kernel(source, source), kernel(target, target)
+    expected = (ss.sum() - np.trace(ss)) / (50 * 49) + (tt.sum() - np.trace(tt)) / (50 * 49) - 2 * kernel(
+        source, target).mean()
+    # One subset of all 50 rows: the unbiased MMD^2 of the whole sets (float32 kernels lost every digit here).
+    assert da.gap.kid(source, target, subsets=1, subset_size=50) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bad_options_of_the_gap_functions_name_the_argument():
+    rng = np.random.default_rng(0)
+    source, target = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+    with pytest.raises(ValueError, match="`seed` must be a non-negative integer; received seed='x'"):
+        da.gap.mmd(source, target, seed="x")
+    with pytest.raises(ValueError, match="`seed`"):
+        da.gap.mmd_test(source, target, seed=-1)
+    with pytest.raises(ValueError, match="`subset_size` must be at least 2"):
+        da.gap.kid(source, target, subset_size=1)
+    with pytest.raises(ValueError, match="`max_samples` must be at least 4"):
+        da.gap.proxy_a_distance(source, target, max_samples=1)
+    with pytest.raises(ValueError, match="overflowed float32"):
+        da.gap.mmd(source * 1e30, target * 1e30)
 
 
 def test_frechet_matches_the_closed_form_for_known_gaussians():
@@ -161,6 +209,7 @@ def test_identical_samples_have_zero_gap(features):
         (np.full((10, 4), np.nan), np.zeros((10, 4)), "NaN"),
         (np.zeros((1, 4)), np.zeros((10, 4)), "at least"),
         (np.zeros((10, 4, 4)), np.zeros((10, 4, 4)), r"\(num_samples, num_features\)"),
+        (np.zeros((10, 0)), np.zeros((10, 0)), "at least one feature"),
     ],
 )
 def test_bad_features_are_clear_errors(metric, source, target, pattern):
@@ -232,3 +281,19 @@ def test_block_wise_mmd_equals_the_ops_kernel_on_small_data(small_samples, bandw
         assert da.gap.mmd(source, target, bandwidth=bandwidth, block_size=block_size) == pytest.approx(expected, rel=1e-5)
     statistic, _ = da.gap.mmd_test(source, target, bandwidth=bandwidth, permutations=10)
     assert statistic == pytest.approx(expected, rel=1e-5)
+
+
+def test_cli_gap_pixels_sees_a_spatial_change_and_reports_the_images_tested(tmp_path):
+    """Mirrored brightness ramps: same colour means, other layout. The pixels 'backbone' was the identity, pooled to
+    three channel means, so its shift test saw nothing (p = 1)."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 12)[None, None, :, None]
+    source = np.clip(ramp + rng.normal(0, 20, (40, 12, 12, 3)), 0, 255).astype("uint8")
+    target = np.clip(ramp[:, :, ::-1] + rng.normal(0, 20, (40, 12, 12, 3)), 0, 255).astype("uint8")
+    np.save(tmp_path / "source.npy", source)
+    np.save(tmp_path / "target.npy", target)
+    code = cli_main(["gap", str(tmp_path / "source.npy"), str(tmp_path / "target.npy"), "--backbone", "pixels",
+                     "--metrics", "mmd", "--permutations", "200", "--json", str(tmp_path / "out.json")])
+    assert code == 0
+    test = json.loads((tmp_path / "out.json").read_text())["mmd_test"]
+    assert test["p_value"] < 0.01 and test["num_source"] == 40 and test["num_target"] == 40

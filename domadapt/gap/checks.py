@@ -37,6 +37,9 @@ def as_features(source_features, target_features, *, minimum=2):
         if not np.all(np.isfinite(array)):
             raise ValueError(f"Argument `{name}`: contains NaN or inf values.")
         arrays.append(array)
+    if arrays[0].shape[1] < 1:
+        raise ValueError(f"Argument `source_features`: needs at least one feature per sample; received shape "
+                         f"{arrays[0].shape}.")
     if arrays[0].shape[1] != arrays[1].shape[1]:
         raise ValueError(
             f"`source_features` and `target_features` must have the same width; received "
@@ -49,6 +52,13 @@ def subsample(features, max_samples, rng):
     if max_samples is None or len(features) <= max_samples:
         return features
     return features[np.sort(rng.choice(len(features), max_samples, replace=False))]
+
+
+def check_seed(seed):
+    """A non-negative integer (numpy's generators take it), or a clear error."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"Argument `seed` must be a non-negative integer; received seed={seed!r}.")
+    return int(seed)
 
 
 def check_positive(value, name, integer=True):

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import stats
 
 from domadapt import ops
-from domadapt.gap.checks import as_features, check_positive, subsample
+from domadapt.gap.checks import as_features, check_positive, check_seed, subsample
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,10 @@ def domain_classification(source_features, target_features, *, max_samples=5000,
     """
     source, target = as_features(source_features, target_features, minimum=4)
     check_positive(max_samples, "max_samples")
-    rng = np.random.default_rng(seed)
+    if max_samples < 4:
+        raise ValueError("Argument `max_samples` must be at least 4 (two per domain to train, two to test); "
+                         f"received max_samples={max_samples!r}.")
+    rng = np.random.default_rng(check_seed(seed))
     size = min(len(source), len(target), max_samples)
     source = subsample(source, size, rng).astype(np.float64)
     target = subsample(target, size, rng).astype(np.float64)

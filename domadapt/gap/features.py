@@ -49,7 +49,7 @@ def as_images(images, name, image_shape):
         raise ValueError(f"Argument `{name}`: expected images of shape (N,) + {tuple(image_shape)}; received {images.shape}.")
     if len(images) < 2:
         raise ValueError(f"Argument `{name}`: needs at least 2 images; received {len(images)}.")
-    return images.astype("float32")
+    return images  # cast per batch (or after subsampling) by the callers: a float32 copy of all would be 4x uint8
 
 
 def features(backbone, source_images, target_images, *, batch_size=256, verbose="auto"):

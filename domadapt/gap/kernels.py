@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from domadapt import ops
-from domadapt.gap.checks import as_features, check_positive, subsample
+from domadapt.gap.checks import as_features, check_positive, check_seed, subsample
 
 # At most this many pooled samples estimate the median bandwidth (it sorts an n x n matrix).
 MEDIAN_SAMPLES = 1000
@@ -77,7 +77,8 @@ def kernel_sum(a, b, kernel, block_size=4096, symmetric=False):
 def prepare(source, target, kernel, bandwidth, seed):
     """Validate the kernel options, centre both sets on their pooled mean (float64; not for
     the polynomial kernel) and fix the bandwidths as :func:`domadapt.ops.rbf_bandwidths`
-    defines them ("median" on a seeded subsample of ``MEDIAN_SAMPLES`` pooled samples,
+    defines them ("median" on ``MEDIAN_SAMPLES`` evenly spaced samples, shared between the domains in
+    proportion to their sizes,
     "mean"/"multi" exactly on all samples). Returns float32 source, target and a kernel."""
     bandwidth = ops.check_kernel_options(kernel, bandwidth)
     if kernel != "polynomial":
@@ -86,10 +87,18 @@ def prepare(source, target, kernel, bandwidth, seed):
     source, target = source.astype(np.float32), target.astype(np.float32)
     if kernel != "rbf":
         return source, target, _Kernel(kernel)
-    pooled = np.concatenate([source, target])
-    if bandwidth == "median":
-        pooled = subsample(pooled, MEDIAN_SAMPLES, np.random.default_rng(seed))
+    if bandwidth == "median" and len(source) + len(target) > MEDIAN_SAMPLES:
+        # Evenly spaced samples of each domain, in proportion to its size: the same set whichever domain
+        # comes first, so mmd(a, b) == mmd(b, a).
+        share = round(MEDIAN_SAMPLES * len(source) / (len(source) + len(target)))
+        pooled = np.concatenate([_evenly_spaced(source, share), _evenly_spaced(target, MEDIAN_SAMPLES - share)])
+    else:
+        pooled = np.concatenate([source, target])
     return source, target, _Kernel("rbf", ops.rbf_bandwidths(pooled, bandwidth))
+
+
+def _evenly_spaced(features, count):
+    return features[np.unique(np.linspace(0, len(features) - 1, max(count, 1)).round().astype(int))]
 
 
 def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", estimator="unbiased",
@@ -129,28 +138,42 @@ def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", e
     """
     source, target = as_features(source_features, target_features)
     check_positive(block_size, "block_size")
+    seed = check_seed(seed)
     ops.check_kernel_options(kernel, bandwidth, estimator)
     source, target, kernel_fn = prepare(source, target, kernel, bandwidth, seed)
     if estimator == "linear":
-        return _linear_time_mmd(source, target, kernel_fn)
+        return _finite(_linear_time_mmd(source, target, kernel_fn, np.random.default_rng(seed)))
     ss = kernel_sum(source, source, kernel_fn, block_size, symmetric=True)
     tt = kernel_sum(target, target, kernel_fn, block_size, symmetric=True)
     st = kernel_sum(source, target, kernel_fn, block_size)
     unbiased = estimator == "unbiased"
     diagonals = (kernel_fn.diagonal_sum(source), kernel_fn.diagonal_sum(target)) if unbiased else (0.0, 0.0)
-    return float(ops.mmd_from_sums(ss, tt, st, len(source), len(target), *diagonals, unbiased=unbiased))
+    return _finite(float(ops.mmd_from_sums(ss, tt, st, len(source), len(target), *diagonals, unbiased=unbiased)))
 
 
-def _linear_time_mmd(source, target, kernel_fn, chunk=8192):
-    """Gretton et al.'s linear-time statistic over disjoint pairs, in chunks (float64 sums)."""
+def _finite(value):
+    if not np.isfinite(value):
+        raise ValueError("The MMD overflowed float32 (kernel values or squared distances above ~3e38): the features "
+                         "are too large in magnitude; rescale them (e.g. divide by their standard deviation).")
+    return value
+
+
+def _linear_time_mmd(source, target, kernel_fn, rng, chunk=8192):
+    """Gretton et al.'s linear-time statistic over disjoint pairs, in chunks (float64 sums).
+
+    The pairs are drawn at random (seeded), not in row order: the larger domain's unused rows are then a
+    random remainder, not its tail, and data sorted by class give no bias."""
     pairs = min(len(source), len(target)) // 2
     if pairs < 1:
         raise ValueError("The linear-time MMD needs at least 2 samples per domain.")
+    source_rows = rng.permutation(len(source))[: 2 * pairs]
+    target_rows = rng.permutation(len(target))[: 2 * pairs]
     total = 0.0
     for start in range(0, pairs, chunk):
         stop = min(pairs, start + chunk)
-        s1, s2 = source[2 * start : 2 * stop : 2], source[2 * start + 1 : 2 * stop : 2]
-        t1, t2 = target[2 * start : 2 * stop : 2], target[2 * start + 1 : 2 * stop : 2]
+        source_chunk, target_chunk = source[source_rows[2 * start : 2 * stop]], target[target_rows[2 * start : 2 * stop]]
+        s1, s2 = source_chunk[0::2], source_chunk[1::2]
+        t1, t2 = target_chunk[0::2], target_chunk[1::2]
         total += sum(
             sign * float(tf.reduce_sum(tf.cast(kernel_fn.paired(a, b), tf.float64)))
             for sign, a, b in ((1, s1, s2), (1, t1, t2), (-1, s1, t2), (-1, s2, t1))
@@ -196,7 +219,7 @@ def mmd_test(source_features, target_features, *, permutations=1000, kernel="rbf
     source, target = as_features(source_features, target_features)
     check_positive(permutations, "permutations")
     check_positive(max_samples, "max_samples")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     source = subsample(source, max_samples, rng)
     target = subsample(target, max_samples, rng)
     source, target, kernel_fn = prepare(source, target, kernel, bandwidth, seed)
@@ -246,11 +269,25 @@ def kid(source_features, target_features, *, subsets=100, subset_size=1000, seed
     source, target = as_features(source_features, target_features)
     check_positive(subsets, "subsets")
     check_positive(subset_size, "subset_size")
-    rng = np.random.default_rng(seed)
+    if subset_size < 2:
+        raise ValueError(f"Argument `subset_size` must be at least 2 (the unbiased estimate leaves out i = j pairs); "
+                         f"received subset_size={subset_size!r}.")
+    rng = np.random.default_rng(check_seed(seed))
     size = min(subset_size, len(source), len(target))
+    source, target = source.astype(np.float64), target.astype(np.float64)
     values = []
     for _ in range(subsets):
         s = source[rng.choice(len(source), size, replace=False)]
         t = target[rng.choice(len(target), size, replace=False)]
-        values.append(mmd(s, t, kernel="polynomial", block_size=max(size, 1)))
-    return float(np.mean(values))
+        values.append(_polynomial_mmd(s, t))
+    return _finite(float(np.mean(values)))
+
+
+def _polynomial_mmd(source, target):
+    """Unbiased MMD^2 with KID's kernel (x.y / d + 1)^3, in float64: the kernel is not shift-invariant, so
+    features cannot be centred, and with a large offset float32 loses every digit (offset 1000: wrong sign)."""
+    width, n, m = source.shape[1], len(source), len(target)
+    kernel = lambda a, b: (a @ b.T / width + 1.0) ** 3  # noqa: E731
+    within_source, within_target = kernel(source, source), kernel(target, target)
+    return ((within_source.sum() - np.trace(within_source)) / (n * (n - 1))
+            + (within_target.sum() - np.trace(within_target)) / (m * (m - 1)) - 2.0 * kernel(source, target).mean())

@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from scipy import optimize, stats
 
+from domadapt.gap.checks import check_seed
+
 __all__ = ["LabelShiftResult", "label_shift", "label_shift_check", "logits_model", "prior_corrected"]
 
 METHODS = ("bbse", "em")
@@ -518,6 +520,7 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
     ```
     """
     _check_options(method, alpha, margin, bootstrap)
+    check_seed(seed)
     if not isinstance(source, (tuple, list)) or len(source) != 2:
         raise TypeError(
             f"Argument `source` must be a tuple (images, labels) of labeled held-out source images; received "

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from domadapt.gap.checks import check_positive, subsample
+from domadapt.gap.checks import check_positive, check_seed, subsample
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
 from domadapt.gap.features import as_images, pooled_model
 from domadapt.gap.kernels import kid, mmd
@@ -176,9 +176,9 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
     model = getattr(backbone, "feature_extractor", backbone)
     pooled = pooled_model(model)  # validates the backbone
     image_shape = tuple(pooled.input_shape[1:])
-    rng = np.random.default_rng(seed)
-    source = subsample(as_images(source_images, "source_images", image_shape), max_samples, rng)
-    target = subsample(as_images(target_images, "target_images", image_shape), max_samples, rng)
+    rng = np.random.default_rng(check_seed(seed))
+    source = subsample(as_images(source_images, "source_images", image_shape), max_samples, rng).astype("float32")
+    target = subsample(as_images(target_images, "target_images", image_shape), max_samples, rng).astype("float32")
 
     if layers == "output":
         chosen = []
