@@ -27,8 +27,13 @@ def batchnorm_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def _batches(images, batch_size, image_rank):
-    """Batches of images from an array or a (batched or unbatched) dataset of images or (images, ...)."""
+def _batches(images, batch_size, image_rank, max_images=None):
+    """Batches of images from an array or a (batched or unbatched) dataset of images or (images, ...).
+
+    An array is read in a seeded random order (and, above ``max_images``, as a seeded random subset): arrays
+    often come sorted by class (folder readers list class by class), and batches of one class would give
+    the statistics of the first classes only, and within-class variances. Datasets are read in their order.
+    """
     if isinstance(images, tf.data.Dataset):
         if isinstance(images.element_spec, tuple):
             images = images.map(lambda *element: element[0])
@@ -36,8 +41,9 @@ def _batches(images, batch_size, image_rank):
             images = images.batch(batch_size)
         yield from images
         return
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size]
+    order = np.random.default_rng(0).permutation(len(images))[:max_images]
+    for start in range(0, len(order), batch_size):
+        yield images[np.sort(order[start : start + batch_size])]
 
 
 def _check_images(images, argument):
@@ -70,7 +76,7 @@ def reestimate(model, layers, images, *, batch_size=64, max_images=None):
         for layer in layers:
             layer.trainable = True  # a frozen BN layer runs in inference mode even when training=True
             object.__setattr__(layer, "call", _in_training_mode(layer.call))
-        for batch in _batches(images, batch_size, image_rank):
+        for batch in _batches(images, batch_size, image_rank, max_images):
             if max_images is not None and seen >= max_images:
                 break
             batch = tf.cast(batch, tf.float32)
@@ -117,9 +123,12 @@ def reestimate_batchnorm_statistics(model, images, *, batch_size=64, max_images=
     Args:
         model: a Keras model with BatchNormalization layers (modified in place).
         images: an array of images, ``(images, labels)`` (labels unused), or a
-            dataset of images or ``(images, ...)``, batched or not.
+            dataset of images or ``(images, ...)``, batched or not. Arrays are read
+            in a seeded random order, so class-sorted arrays give batches of mixed
+            classes; datasets in their own order (shuffle a class-sorted one).
         batch_size: images per forward pass (for arrays and unbatched datasets).
-        max_images: stop after this many images (``None``: all; needed for an endless dataset).
+        max_images: at most this many images (``None``: all; needed for an endless
+            dataset): a seeded random subset of an array, the first ones of a dataset.
 
     Returns:
         The number of images used.

@@ -79,14 +79,20 @@ def _report_skipped(skipped, where, out=None):
     """One line with the count and the first paths; the full list in ``out/skipped.txt``."""
     if not skipped:
         return
-    shown = ", ".join(str(path) for path, _ in skipped[:SKIPPED_SHOWN])
+    shown = ", ".join(_printable(path) for path, _ in skipped[:SKIPPED_SHOWN])
     more = f" and {len(skipped) - SKIPPED_SHOWN} more" if len(skipped) > SKIPPED_SHOWN else ""
     listed = f" (all listed in {out / 'skipped.txt'})" if out is not None else ""
     print(f"Skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)} in {where}: {shown}{more}{listed}")
 
 
 def _skipped_text(skipped):
-    return "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+    return "".join(f"{_printable(path)}\t{_printable(reason)}\n" for path, reason in skipped)
+
+
+def _printable(text):
+    """A file name that is not valid UTF-8 (Python keeps its bytes as surrogates) with those bytes as \\x escapes:
+    printing or writing it as is raises UnicodeEncodeError."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --- reading folders -------------------------------------------------------------------------------------------------
@@ -241,10 +247,12 @@ def _gap(args):
         layers = "output"
     else:
         backbone, _ = _load_run_backbone(args, image_shape(source))
+        _check_backbone_takes(backbone, image_shape(source), args)
         layers = args.layers
     num_source, num_target = image_count(source), image_count(target)
     # The layer profile holds every layer's activations: it is measured on a bounded random subset.
     profile_source, profile_target = sample(source, args.max_samples, 0), sample(target, args.max_samples, 1)
+    _check_same_scale({args.source: profile_source, args.target: profile_target})
     whole = len(profile_source) == num_source and len(profile_target) == num_target
     print(f"Extracting features of {num_source} source and {num_target} target images with {backbone.name}"
           + ("" if whole else f" (layer profile on a random {args.max_samples} per domain)") + " ...")
@@ -504,6 +512,23 @@ def _prepare_out(args, recipe_name):
     return resume
 
 
+def _check_backbone_takes(backbone, shape, args):
+    """A backbone built for other image sizes fails inside a compiled function: say so before anything runs."""
+    expected = tuple(backbone.input_shape[1:]) if len(backbone.input_shape) == 4 else None
+    if expected is None or any(e is not None and e != s for e, s in zip(expected, shape)):
+        size = "" if expected is None or expected[0] is None else f"; pass --image-size {expected[0]}"
+        raise CommandError(f"the backbone {args.backbone} takes images of shape {expected}, but the images are read "
+                           f"at {tuple(shape)}{size}.")
+
+
+def _check_same_scale(samples):
+    from domadapt.data import scale_mismatch
+
+    mismatch = scale_mismatch(samples)
+    if mismatch:
+        raise CommandError(mismatch)
+
+
 def _source_only_copy(backbone):
     """A copy of the backbone with its current weights, for the source-only baseline."""
     import keras
@@ -576,6 +601,11 @@ def _run(args, recipe_module=None):
                            "from class folders; use the recipe from Python (see its docstring).")
     # Everything that can be refused is checked before --out is touched.
     backbone, pretrained = _load_run_backbone(args, image_shape(source))
+    _check_backbone_takes(backbone, image_shape(source), args)
+    # The gap is measured on one fixed random subset of each domain, before and after; it also shows a scale mismatch.
+    size = min(GAP_IMAGES, source.count, image_count(target))
+    gap_source, gap_target = sample(source, size, 0)[0], sample(target, size, 1)
+    _check_same_scale({args.source: gap_source, args.target: gap_target})
     resume = _prepare_out(args, recipe_name)
     if args.resume:
         print(f"Resuming the run in {out} from its last completed epoch "
@@ -599,9 +629,6 @@ def _run(args, recipe_module=None):
           + (f", {labeled.count} labeled target images" if labeled is not None else "")
           + (f", {evaluation.count} evaluation images" if evaluation is not None else ""))
     baseline_backbone = _source_only_copy(backbone) if evaluation is not None else None
-    # The gap is measured on one fixed random subset of each domain, before and after.
-    size = min(GAP_IMAGES, source.count, image_count(target))
-    gap_source, gap_target = sample(source, size, 0)[0], sample(target, size, 1)
 
     def gap(model):  # uint8 batches, cast one at a time (a float32 copy of the whole sample would be 4x its size)
         batches = [tf.data.Dataset.from_tensor_slices(images).batch(64) for images in (gap_source, gap_target)]

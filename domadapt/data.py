@@ -62,13 +62,20 @@ def to_numpy(value, argument: str) -> np.ndarray:
     try:
         array = np.asarray(value)
     except Exception as error:  # ragged lists and the like
-        raise TypeError(f"Argument `{argument}`: could not be read as an array ({error}).") from None
+        hint = (" A list or tuple is read as one array: np.concatenate parts of different lengths first."
+                if isinstance(value, (list, tuple)) else "")
+        raise TypeError(f"Argument `{argument}`: could not be read as an array ({error}).{hint}") from None
     if array.dtype == object or np.issubdtype(array.dtype, np.complexfloating) or not (
         np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
     ):
-        raise TypeError(
-            f"Argument `{argument}`: expected a real numeric array; received {describe(array)}."
-        )
+        # Name what was passed, not the object array numpy made of it (a generator, a folder object, None).
+        received = describe(value) if array.dtype == object else describe(array)
+        hint = ""
+        if hasattr(value, "dataset") and isinstance(getattr(value, "dataset"), tf.data.Dataset):
+            hint = " Pass its `.dataset` (a tf.data.Dataset)."
+        elif hasattr(value, "__next__") or hasattr(value, "send"):
+            hint = " Wrap a generator in tf.data.Dataset.from_generator(...) or pass an array."
+        raise TypeError(f"Argument `{argument}`: expected a real numeric array; received {received}.{hint}")
     return array
 
 
@@ -162,11 +169,22 @@ def _make_stream(value, *, argument: str, labeled: bool, image_shape: tuple, num
         check_images(images, f"{argument}[0] (images)", image_shape)
         labels = _check_labels(labels, f"{argument}[1] (labels)", images.shape[0], num_classes)
         return _Stream(argument, True, images.shape[0], images=images, labels=labels)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and not np.isscalar(value[0]):
+    if isinstance(value, (tuple, list)) and len(value) == 2 and (value[1] is None
+                                                                   or _looks_like_labels(value[1], value[0])):
         value = value[0]  # (images, labels): the labels of an unlabeled stream are never used
     images = to_numpy(value, argument)
     check_images(images, argument, image_shape)
     return _Stream(argument, False, images.shape[0], images=images)
+
+
+def _looks_like_labels(labels, images) -> bool:
+    """Whether ``(images, labels)`` is a labeled pair: ``labels`` one per image, (N,) or (N, 1) or one-hot (N, K).
+    Two image arrays (``[part_a, part_b]``) or two single images are not."""
+    try:
+        labels, count = np.shape(labels), len(images)
+    except (TypeError, ValueError):
+        return False
+    return len(labels) in (1, 2) and labels[0] == count and (np.ndim(images) - 1 > len(labels) - 1)
 
 
 def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _Stream:
@@ -277,17 +295,25 @@ def _check_streams_agree(streams, image_shape) -> None:
                 + ", ".join(f"`{a}` images of shape {shape}" for a, shape in sizes.items())
                 + ". Resize them to one size (e.g. image_size= of the folder readers)."
             )
-    scales = {argument: float(np.max(np.abs(sample.astype(np.float64)))) for argument, sample in samples.items()}
-    scales = {argument: scale for argument, scale in scales.items() if scale > 0}
-    if len(scales) > 1:
-        small, large = min(scales, key=scales.get), max(scales, key=scales.get)
-        if scales[small] <= 1.5 and scales[large] > 10 and scales[large] >= 50 * scales[small]:
-            raise ValueError(
-                f"Arguments `{small}` and `{large}` are scaled differently: `{small}` values reach "
-                f"{scales[small]:.3g} (pixels in [0, 1]?) but `{large}` values reach {scales[large]:.3g} "
-                f"(pixels in [0, 255]?), about {scales[large] / scales[small]:.0f}x apart. The model would see "
-                f"one domain as nearly black images; scale both the same way (e.g. multiply `{small}` by 255)."
-            )
+    mismatch = scale_mismatch(samples, lambda name: f"`{name}`")
+    if mismatch:
+        raise ValueError("Arguments " + mismatch)
+
+
+def scale_mismatch(samples, quote=repr):
+    """A sentence when two image samples ({name: array}) look scaled ~255x apart ([0, 1] and [0, 255]), else None."""
+    scales = {name: float(np.max(np.abs(np.asarray(sample, np.float64)))) for name, sample in samples.items()
+              if sample is not None and np.size(sample)}
+    scales = {name: scale for name, scale in scales.items() if scale > 0}
+    if len(scales) < 2:
+        return None
+    small, large = min(scales, key=scales.get), max(scales, key=scales.get)
+    if not (scales[small] <= 1.5 and scales[large] > 10 and scales[large] >= 50 * scales[small]):
+        return None
+    return (f"{quote(small)} and {quote(large)} are scaled differently: {quote(small)} values reach "
+            f"{scales[small]:.3g} (pixels in [0, 1]?) but {quote(large)} values reach {scales[large]:.3g} "
+            f"(pixels in [0, 255]?), about {scales[large] / scales[small]:.0f}x apart. The model would see "
+            f"one domain as nearly black images; scale both the same way (e.g. multiply {quote(small)} by 255).")
 
 
 def _batched_forever(stream: _Stream, batch_size: int, *, shuffle: bool, seed: int | None, shuffle_buffer: int):

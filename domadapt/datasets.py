@@ -69,15 +69,22 @@ def read_idx(path) -> np.ndarray:
     ```
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"  # by content, not by the file's suffix
+    try:
+        with (gzip.open if gzipped else open)(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: could not be read as a gzip-compressed IDX file ({error}); it may be truncated.") \
+            from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     rank = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     offset = 4 + 4 * rank
+    if len(data) < offset:
+        raise ValueError(f"{path}: the IDX header is cut off ({len(data)} bytes, {offset} expected for rank {rank}).")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - offset != expected:
         raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - offset} bytes follow.")
@@ -98,19 +105,25 @@ def load_fashion_mnist(directory=None):
     ``$DOMADAPT_FASHION_MNIST``, else from Debian's package path
     (``apt-get install dataset-fashion-mnist``). Nothing is downloaded.
     """
+    if directory is not None and not Path(directory).is_dir():
+        raise FileNotFoundError(f"Argument `directory`: {directory} is not a folder (it should hold Fashion-MNIST's "
+                                "four IDX files); no other copy is used in its place.")
     candidates = [directory, os.environ.get("DOMADAPT_FASHION_MNIST"), DEBIAN_FASHION_MNIST]
     for candidate in candidates:
         if candidate is None or not Path(candidate).is_dir():
             continue
         folder = Path(candidate)
         try:
-            return (
-                (read_idx(_find(folder, "train-images-idx3-ubyte")), read_idx(_find(folder, "train-labels-idx1-ubyte"))),
-                (read_idx(_find(folder, "t10k-images-idx3-ubyte")), read_idx(_find(folder, "t10k-labels-idx1-ubyte"))),
-            )
+            splits = tuple((read_idx(_find(folder, f"{split}-images-idx3-ubyte")),
+                            read_idx(_find(folder, f"{split}-labels-idx1-ubyte"))) for split in ("train", "t10k"))
         except FileNotFoundError:
             if candidate is directory:
                 raise
+            continue
+        for (images, labels), split in zip(splits, ("train", "t10k")):
+            if len(images) != len(labels):
+                raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} {split} labels.")
+        return splits
     raise FileNotFoundError(
         "Fashion-MNIST IDX files not found. Pass directory=, set DOMADAPT_FASHION_MNIST, "
         "or install Debian's package: apt-get install dataset-fashion-mnist."
@@ -169,6 +182,8 @@ def load_sunny_rainy(directory=None, per_domain=4000, test_size=2000, seed=0, sh
         (train_x, train_y), (test_x, test_y) = load_fashion_mnist(directory)
         name = "Fashion-MNIST"
     except FileNotFoundError:
+        if directory is not None:  # a folder the user named is missing: no stand-in for it
+            raise
         import cv2
         from sklearn.datasets import load_digits
 

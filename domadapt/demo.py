@@ -106,6 +106,10 @@ def plot(results, data, path):
     return path
 
 
+DEMO_OUTPUTS = ("demo.json", "demo.md", "demo.png")
+DEMO_MARKER = ".domadapt-demo"
+
+
 def format_table(results):
     baseline = results["source-only"]["target_accuracy"]
     header = (f"{'method':<30}{'target acc':>11}{'vs source-only':>16}{'source acc':>12}"
@@ -133,9 +137,19 @@ def main(argv=None):
     parser.add_argument("--per-domain", type=int, default=4000, help="source and target training images (default 4000)")
     parser.add_argument("--fashion-mnist", default=None, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--out", default="demo_output", help="folder for demo.json and demo.png (default demo_output)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace demo.json, demo.md and demo.png in --out even if the demo did not write them")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.per_domain < 100:
         parser.error("--epochs must be >= 1 and --per-domain >= 100")
+    if args.fashion_mnist is not None and not Path(args.fashion_mnist).is_dir():
+        parser.error(f"--fashion-mnist {args.fashion_mnist} is not a folder (it should hold the four IDX files)")
+    out = Path(args.out)
+    # Files an earlier demo run wrote (its marker is beside them) are ours to replace; others only with --overwrite.
+    foreign = [name for name in DEMO_OUTPUTS if (out / name).exists() and not (out / DEMO_MARKER).exists()]
+    if foreign and not args.overwrite:
+        parser.error(f"{out} already holds {', '.join(foreign)}, not written by this demo; pass --overwrite to "
+                     "replace them, or choose another --out")
 
     name, data = load_sunny_rainy(args.fashion_mnist, per_domain=args.per_domain, shift=rain_streaks)
     print(f"Data: {name}; {len(data['source_x'])} labeled sunny source images, "
@@ -147,8 +161,9 @@ def main(argv=None):
 
     table = format_table(results)
     print("\n" + table)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("Written by python -m domadapt.demo: it replaces demo.json, demo.md and demo.png "
+                                   "here on its next run.\n")
     (out / "demo.json").write_text(json.dumps({"data": name, "epochs": args.epochs, "results": results}, indent=2))
     (out / "demo.md").write_text(
         f"# Demo: sunny-to-rainy adaptation\n\nMachine: {machine_name()}. Data: {name}; "

@@ -336,6 +336,9 @@ GOOD_Y = np.array([0, 1, 2, 0, 1, 2])
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, batch_size=0), ValueError, r"`batch_size` must be a positive integer"),
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, epochs=2.5), ValueError, r"`epochs`"),
         (dict(source=tf.data.Dataset.from_tensor_slices(GOOD_X), target=GOOD_X), ValueError, r"expected a dataset of \(images, labels\)"),
+        # Two image arrays are not (images, labels): the second was silently dropped.
+        (dict(source=(GOOD_X, GOOD_Y), target=[GOOD_X[:4], GOOD_X]), TypeError, r"`target`: could not be read.*np.concatenate"),
+        (dict(source=(GOOD_X, GOOD_Y), target=(x for x in GOOD_X)), TypeError, r"received generator.*from_generator"),
     ],
 )
 def test_bad_fit_input_is_reported_before_training(compiled_adapter, kwargs, error, pattern):

