@@ -141,6 +141,12 @@ def _split_element_spec(spec, labeled: bool, argument: str):
             )
         return spec, None
     if isinstance(spec, tuple) and len(spec) in (2, 3) and all(isinstance(s, tf.TensorSpec) for s in spec):
+        if labeled and len(spec) == 3:  # (images, labels, sample_weights): the weights would be dropped silently
+            raise ValueError(
+                f"Argument `{argument}`: a dataset of (images, labels, sample_weights); DomainAdapter.fit does not "
+                "use sample weights (as fit(sample_weight=) is refused): map the dataset to (images, labels), or "
+                "weigh classes with a strategy's class_weights=."
+            )
         return spec[0], spec[1]
     raise ValueError(
         f"Argument `{argument}`: expected a dataset of "
@@ -251,6 +257,12 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _St
             size = cardinality
     if batched:
         dataset = dataset.unbatch()
+    if any(d is None for d in per_image):
+        # A dataset declared with unknown sizes (a generator's (None, None, 1)) was checked on its first element
+        # only; a later image of another size would stop training with a raw batching error.
+        expected = tuple(int(d) for d in first_images.shape[1:])
+        dataset = dataset.map(lambda *element: (_same_shape(element[0], expected, argument), *element[1:])
+                              if labeled else _same_shape(element[0], expected, argument))
     if labeled:
         dataset = dataset.map(lambda images, labels: (images, _checked_labels(labels, num_classes, argument)))
     return _Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size,
@@ -264,6 +276,14 @@ def _checked_images(images, argument):
     finite = tf.reduce_all(tf.math.is_finite(images))
     with tf.control_dependencies([tf.debugging.Assert(finite, [f"{_PIPELINE_ERROR_MARKER} `{argument}` has an image with NaN or inf values"])]):
         return tf.identity(images)
+
+
+def _same_shape(image, expected, argument):
+    same = tf.reduce_all(tf.equal(tf.shape(image), tf.constant(expected, tf.int32)))
+    message = (f"{_PIPELINE_ERROR_MARKER} `{argument}` has an image of another shape than its first image {expected} "
+               "(images of one step must share one size; resize them in the dataset): shape")
+    with tf.control_dependencies([tf.debugging.Assert(same, [message, tf.shape(image)])]):
+        return tf.ensure_shape(tf.identity(image), expected)
 
 
 def _checked_labels(labels, num_classes, argument):
@@ -482,7 +502,7 @@ def raise_input_error(error):
     """Re-raise a failed in-pipeline input check (bad label or NaN image deep in a dataset) as a ValueError."""
     message = str(getattr(error, "message", error))
     if _PIPELINE_ERROR_MARKER in message:
-        detail = message.split(_PIPELINE_ERROR_MARKER, 1)[1].split("\n")[0].strip()
+        detail = message.split(_PIPELINE_ERROR_MARKER, 1)[1].split("\n")[0].strip().replace("] [", " ").rstrip("]")
         raise ValueError(f"Bad input found while training: {detail}.") from None
 
 

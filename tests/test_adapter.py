@@ -339,6 +339,8 @@ GOOD_Y = np.array([0, 1, 2, 0, 1, 2])
         # Two image arrays are not (images, labels): the second was silently dropped.
         (dict(source=(GOOD_X, GOOD_Y), target=[GOOD_X[:4], GOOD_X]), TypeError, r"`target`: could not be read.*np.concatenate"),
         (dict(source=(GOOD_X, GOOD_Y), target=(x for x in GOOD_X)), TypeError, r"received generator.*from_generator"),
+        (dict(source=tf.data.Dataset.from_tensor_slices((GOOD_X, GOOD_Y, np.ones(6))), target=GOOD_X), ValueError,
+         r"`source`: a dataset of \(images, labels, sample_weights\)"),
     ],
 )
 def test_bad_fit_input_is_reported_before_training(compiled_adapter, kwargs, error, pattern):
@@ -351,6 +353,19 @@ def test_out_of_range_label_deep_in_a_dataset_becomes_a_value_error(compiled_ada
     source = tf.data.Dataset.from_tensor_slices((GOOD_X, labels))
     with pytest.raises(ValueError, match=r"`source` has a label >= num_classes=3"):
         compiled_adapter.fit(source=source, target=GOOD_X, epochs=2, batch_size=2, verbose=0, shuffle=False)
+
+
+def test_a_dataset_of_unknown_image_size_with_a_later_image_of_another_size_is_a_value_error(compiled_adapter):
+    """Declared (None, None, 1), as from_generator often is: only the first element was checked, and the 10x10 image
+    stopped training with a raw batching error."""
+    def images():
+        for index in range(12):
+            yield np.zeros((8, 8, 1) if index < 6 else (10, 10, 1), "float32")
+
+    target = tf.data.Dataset.from_generator(images, output_signature=tf.TensorSpec((None, None, 1), tf.float32))
+    with pytest.raises(ValueError, match=r"`target` has an image of another shape than its first image \(8, 8, 1\).*"
+                                         r"shape 10 10 1"):
+        compiled_adapter.fit(source=(GOOD_X, GOOD_Y), target=target, epochs=3, batch_size=2, verbose=0)
 
 
 @pytest.mark.parametrize(
