@@ -195,8 +195,13 @@ def trainable_in_principle(model):
     return variables
 
 
-def check_fit_arguments(source, epochs, target_labeled_weight, kwargs):
+def check_fit_arguments(source, epochs, target_labeled_weight, kwargs, *, seed=None, initial_epoch=0):
     """Clear errors for DomainAdapter.fit arguments that data.pair does not check."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"Argument `seed` must be None or a non-negative integer; received seed={seed!r}.")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+        raise ValueError(f"Argument `initial_epoch` must be a non-negative integer; received "
+                         f"initial_epoch={initial_epoch!r}.")
     if source is None:
         raise ValueError("Argument `source` is required: labeled source data (images, labels) or a dataset of them.")
     if isinstance(source, (np.ndarray, tf.Tensor)):

@@ -534,7 +534,8 @@ class DomainAdapter(keras.Model):
         """
         if getattr(self, "optimizer", None) is None:
             raise RuntimeError("Call adapter.compile(optimizer=...) before adapter.fit(...).")
-        _training.check_fit_arguments(source, epochs, target_labeled_weight, kwargs)
+        _training.check_fit_arguments(source, epochs, target_labeled_weight, kwargs, seed=seed,
+                                      initial_epoch=initial_epoch)
         try:
             local_devices = len(self.distribute_strategy.extended.worker_devices)
         except RuntimeError:  # the default (no-op) strategy has no device list: one device

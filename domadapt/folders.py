@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,7 +49,7 @@ __all__ = [
     "read_labeled_folder",
 ]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 RESIZE_POLICIES = ("stretch", "crop", "pad")
 # Transparent pixels are composited on white, as image viewers and browsers show them.
 BACKGROUND = (255, 255, 255)
@@ -162,16 +163,21 @@ def _scan(root: Path, labeled: bool, class_names):
         class_names = list(class_names)
         if len(set(class_names)) != len(class_names):
             raise ValueError(f"Argument `class_names` names a class twice: {class_names}.")
-        unknown = sorted(set(folders) - set(class_names))
+        # Names compared in one Unicode form: macOS writes "é" decomposed (NFD), most text is composed (NFC).
+        on_disk = {unicodedata.normalize("NFC", folder): folder for folder in folders}
+        expected = {unicodedata.normalize("NFC", name) for name in class_names}
+        unknown = sorted(folder for normal, folder in on_disk.items() if normal not in expected)
         if unknown:
             raise ValueError(f"{root}: class folders {unknown} are not among the expected classes {class_names}.")
     else:
         class_names = folders
+        on_disk = {unicodedata.normalize("NFC", folder): folder for folder in folders}
     groups = []
     for name in class_names:
         files: list = []
-        if name in folders:
-            _walk(root / name, visited, files, skipped)
+        folder = on_disk.get(unicodedata.normalize("NFC", name))
+        if folder is not None:
+            _walk(root / folder, visited, files, skipped)
         groups.append(files)
     return groups, class_names, loose + skipped
 
@@ -669,12 +675,16 @@ def read_images(path, image_size=None, max_images=None, seed=0, *, resize="stret
             return images, skipped
         _warn(skipped, path)
         return images
-    if path.suffix == ".npy":
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         images = np.load(path, allow_pickle=False)
-    elif path.suffix == ".npz":
+    elif suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
-            key = next((k for k in ("images", "x") if k in archive), archive.files[0])
-            images = archive[key]
+            key = next((k for k in ("images", "x") if k in archive), None)
+            if key is None and len(archive.files) != 1:  # x_train or x_test? labels? never guess
+                raise ValueError(f"{path}: an .npz archive with several arrays ({', '.join(archive.files)}) and none "
+                                 "named 'images' or 'x'; save the images under one of those names.")
+            images = archive[key or archive.files[0]]
     else:
         raise ValueError(f"{path}: expected a folder of images, a .npy or a .npz file.")
     if images.ndim == 3:

@@ -335,6 +335,8 @@ GOOD_Y = np.array([0, 1, 2, 0, 1, 2])
         (dict(source=(GOOD_X, GOOD_Y), target=np.array(["a"] * 6)), TypeError, r"numeric"),
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, batch_size=0), ValueError, r"`batch_size` must be a positive integer"),
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, epochs=2.5), ValueError, r"`epochs`"),
+        (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, seed="abc"), ValueError, r"`seed` must be None or a non-negative"),
+        (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, initial_epoch=-3), ValueError, r"`initial_epoch` must be a non-neg"),
         (dict(source=tf.data.Dataset.from_tensor_slices(GOOD_X), target=GOOD_X), ValueError, r"expected a dataset of \(images, labels\)"),
         # Two image arrays are not (images, labels): the second was silently dropped.
         (dict(source=(GOOD_X, GOOD_Y), target=[GOOD_X[:4], GOOD_X]), TypeError, r"`target`: could not be read.*np.concatenate"),

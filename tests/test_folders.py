@@ -218,3 +218,25 @@ def test_fuzzed_files_are_used_or_listed_never_a_traceback(tmp_path_factory, kin
     used = {f.name for f in folder.files} - {os.path.basename(s.path) for s in folder.skipped}
     listed = {os.path.basename(s.path) for s in folder.skipped}
     assert used | listed == every and "anchor.png" in used
+
+
+def test_class_names_match_folders_in_either_unicode_form_and_jfif_counts_as_jpeg(tmp_path):
+    """macOS names "chien_é" decomposed (NFD); class names typed or read from JSON are composed (NFC)."""
+    import unicodedata
+
+    for name, colour in (("cat", (0, 0, 0)), (unicodedata.normalize("NFD", "chien_é"), (255, 255, 255))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8), colour).save(tmp_path / name / "a.png")
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "cat" / "b.jfif", format="JPEG")
+    images, labels, names = read_labeled_folder(tmp_path, (8, 8), class_names=["cat", unicodedata.normalize("NFC", "chien_é")])
+    assert names == ["cat", "chien_é"] and sorted(labels.tolist()) == [0, 0, 1]
+    assert images[labels == 1].mean() > 250  # the white image of the decomposed folder
+
+
+def test_an_npz_with_several_arrays_and_no_images_key_is_refused(tmp_path):
+    np.savez(tmp_path / "mnist.npz", x_test=np.zeros((2, 8, 8)), x_train=np.zeros((5, 8, 8)))
+    with pytest.raises(ValueError, match=r"several arrays \(x_test, x_train\) and none named 'images' or 'x'"):
+        read_images(tmp_path / "mnist.npz")
+    with open(tmp_path / "IMAGES.NPY", "wb") as file:  # np.save(path) would append ".npy"
+        np.save(file, np.zeros((3, 8, 8, 3), "uint8"))
+    assert read_images(tmp_path / "IMAGES.NPY").shape == (3, 8, 8, 3)
