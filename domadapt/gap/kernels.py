@@ -123,7 +123,9 @@ def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", e
     list of numbers; ``"linear"`` x.y; ``"polynomial"`` (x.y/d + 1)^3. Distances are
     computed on features centred on the pooled mean (in float64), so a large common
     offset costs no precision. With equal options, ``da.MMD``'s loss on a batch is
-    this number on that batch (up to float32 rounding). Symmetric in its two arguments.
+    this number on that batch (up to float32 rounding; for ``"linear"``, on the same
+    pairs: the loss pairs a batch's rows in order, this function draws the pairs at
+    random with ``seed``). Symmetric in its two arguments.
 
     Returns:
         float.
