@@ -290,10 +290,10 @@ def _gap(args):
 
 def _writable(path, overwrite):
     path = Path(path)
+    if path.is_dir():  # before the --overwrite advice: a folder is never replaced
+        raise CommandError(f"{path} is a folder; expected a file path.")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
-    if path.is_dir():
-        raise CommandError(f"{path} is a folder; expected a file path.")
     return path
 
 

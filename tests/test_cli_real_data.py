@@ -128,6 +128,9 @@ def test_gap_gives_a_verdict_skips_a_truncated_file_and_streams_every_image(fold
     strict = domadapt("gap", root / "source", root / "target", "--backbone", "pixels", "--image-size", SIZE, "--strict")
     assert strict.returncode == 2 and "truncated.png" in strict.stderr and "Traceback" not in strict.stderr
     assert len(strict.stderr.strip().splitlines()) == 1
+    folder = domadapt("gap", root / "source", root / "target", "--backbone", "pixels", "--image-size", SIZE,
+                      "--json", tmp_path, "--overwrite")  # a folder: refused, and not with "pass --overwrite"
+    assert folder.returncode == 2 and "is a folder; expected a file path" in folder.stderr, folder.stderr
 
 
 def _not_in_memory(*arguments, **options):
