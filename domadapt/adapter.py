@@ -558,6 +558,7 @@ class DomainAdapter(keras.Model):
             start_epoch=start_epoch, pair_target=any(s.uses_target for s in self.strategies),
         )
         if validation_data is not None:
+            data.check_scale_like_source(source, validation_data, "validation_data")
             validation_data = self._evaluation_dataset(validation_data, "validation_data", paired.batch_size)
         self._start_strategies(paired, epochs, start_epoch, float(target_labeled_weight))
         dataset = _training.with_input_transforms(paired.dataset, self.strategies)

@@ -320,6 +320,21 @@ def _check_streams_agree(streams, image_shape) -> None:
         raise ValueError("Arguments " + mismatch)
 
 
+def check_scale_like_source(source, value, argument) -> None:
+    """``validation_data`` (or another labeled array pair) scaled ~255x apart from the source: a ValueError.
+    Arrays only (a dataset's scale shows only while it is read)."""
+    samples = {}
+    for name, pair in (("source", source), (argument, value)):
+        if isinstance(pair, (tuple, list)) and len(pair) == 2 and not isinstance(pair[0], tf.data.Dataset):
+            try:
+                samples[name] = np.asarray(pair[0][:256])
+            except Exception:  # noqa: BLE001  (unreadable input is reported by the checks that read it)
+                return
+    mismatch = scale_mismatch(samples, lambda name: f"`{name}`")
+    if mismatch:
+        raise ValueError("Arguments " + mismatch)
+
+
 def scale_mismatch(samples, quote=repr):
     """A sentence when two image samples ({name: array}) look scaled ~255x apart ([0, 1] and [0, 255]), else None."""
     scales = {name: float(np.max(np.abs(np.asarray(sample, np.float64)))) for name, sample in samples.items()

@@ -336,6 +336,9 @@ GOOD_Y = np.array([0, 1, 2, 0, 1, 2])
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, batch_size=0), ValueError, r"`batch_size` must be a positive integer"),
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, epochs=2.5), ValueError, r"`epochs`"),
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, seed="abc"), ValueError, r"`seed` must be None or a non-negative"),
+        (dict(source=(np.full((6, 8, 8, 1), 200.0), GOOD_Y), target=np.full((6, 8, 8, 1), 100.0),
+              validation_data=(np.full((6, 8, 8, 1), 0.5), GOOD_Y)), ValueError,
+         r"`validation_data` and `source` are scaled differently"),
         (dict(source=(GOOD_X, GOOD_Y), target=GOOD_X, initial_epoch=-3), ValueError, r"`initial_epoch` must be a non-neg"),
         (dict(source=tf.data.Dataset.from_tensor_slices(GOOD_X), target=GOOD_X), ValueError, r"expected a dataset of \(images, labels\)"),
         # Two image arrays are not (images, labels): the second was silently dropped.
