@@ -41,6 +41,8 @@ def _batches(images, batch_size, image_rank, max_images=None):
             images = images.batch(batch_size)
         yield from images
         return
+    if not isinstance(images, np.ndarray):
+        images = np.asarray(images)  # tensors and lists: indexed by an index array below
     order = np.random.default_rng(0).permutation(len(images))[:max_images]
     for start in range(0, len(order), batch_size):
         yield images[np.sort(order[start : start + batch_size])]

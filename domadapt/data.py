@@ -141,7 +141,9 @@ def _split_element_spec(spec, labeled: bool, argument: str):
             )
         return spec, None
     if isinstance(spec, tuple) and len(spec) in (2, 3) and all(isinstance(s, tf.TensorSpec) for s in spec):
-        if labeled and len(spec) == 3:  # (images, labels, sample_weights): the weights would be dropped silently
+        # (images, labels, sample_weights) for training: the weights would be dropped silently (evaluation keeps
+        # accepting them, as Keras' evaluate does).
+        if labeled and len(spec) == 3 and argument in ("source", "target_labeled"):
             raise ValueError(
                 f"Argument `{argument}`: a dataset of (images, labels, sample_weights); DomainAdapter.fit does not "
                 "use sample weights (as fit(sample_weight=) is refused): map the dataset to (images, labels), or "
@@ -187,10 +189,11 @@ def _looks_like_labels(labels, images) -> bool:
     """Whether ``(images, labels)`` is a labeled pair: ``labels`` one per image, (N,) or (N, 1) or one-hot (N, K).
     Two image arrays (``[part_a, part_b]``) or two single images are not."""
     try:
-        labels, count = np.shape(labels), len(images)
+        labels, image_shape = np.shape(labels), np.shape(images)
     except (TypeError, ValueError):
         return False
-    return len(labels) in (1, 2) and labels[0] == count and (np.ndim(images) - 1 > len(labels) - 1)
+    return (len(labels) in (1, 2) and len(image_shape) >= 2 and labels[0] == image_shape[0]
+            and labels[1:] != image_shape[1:])
 
 
 def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _Stream:
@@ -257,10 +260,12 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _St
             size = cardinality
     if batched:
         dataset = dataset.unbatch()
-    if any(d is None for d in per_image):
+    if any(d is None and e is not None for d, e in zip(per_image, image_shape)) and all(
+            e is not None for e in image_shape):
         # A dataset declared with unknown sizes (a generator's (None, None, 1)) was checked on its first element
-        # only; a later image of another size would stop training with a raw batching error.
-        expected = tuple(int(d) for d in first_images.shape[1:])
+        # only; a later image of another size would stop training with a raw batching error. (A backbone that
+        # takes any size may see images of several sizes, one per step.)
+        expected = tuple(int(d) for d in image_shape)
         dataset = dataset.map(lambda *element: (_same_shape(element[0], expected, argument), *element[1:])
                               if labeled else _same_shape(element[0], expected, argument))
     if labeled:

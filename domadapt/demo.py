@@ -110,6 +110,14 @@ DEMO_OUTPUTS = ("demo.json", "demo.md", "demo.png")
 DEMO_MARKER = ".domadapt-demo"
 
 
+def _earlier_demo(out):
+    """A folder a demo of an earlier release wrote (before the marker): its demo.json has the demo's keys."""
+    try:
+        return set(json.loads((out / "demo.json").read_text())) == {"data", "epochs", "results"}
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def format_table(results):
     baseline = results["source-only"]["target_accuracy"]
     header = (f"{'method':<30}{'target acc':>11}{'vs source-only':>16}{'source acc':>12}"
@@ -146,7 +154,8 @@ def main(argv=None):
         parser.error(f"--fashion-mnist {args.fashion_mnist} is not a folder (it should hold the four IDX files)")
     out = Path(args.out)
     # Files an earlier demo run wrote (its marker is beside them) are ours to replace; others only with --overwrite.
-    foreign = [name for name in DEMO_OUTPUTS if (out / name).exists() and not (out / DEMO_MARKER).exists()]
+    foreign = [name for name in DEMO_OUTPUTS
+               if (out / name).exists() and not (out / DEMO_MARKER).exists() and not _earlier_demo(out)]
     if foreign and not args.overwrite:
         parser.error(f"{out} already holds {', '.join(foreign)}, not written by this demo; pass --overwrite to "
                      "replace them, or choose another --out")

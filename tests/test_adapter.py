@@ -402,3 +402,35 @@ def test_user_arrays_are_not_mutated(compiled_adapter):
     before = source_x.copy()
     compiled_adapter.fit(source=(source_x, GOOD_Y), target=source_x, epochs=1, verbose=0)
     np.testing.assert_array_equal(source_x, before)
+
+
+def test_inputs_the_review_fixes_must_keep_accepting():
+    """Regressions caught in review: flat features with (N, 1) or one-hot labels as (images, labels); tensors as
+    source images with batch-norm re-estimation; a backbone of any size with images of several sizes."""
+    keras.utils.set_random_seed(0)
+    flat = da.DomainAdapter(keras.Sequential([keras.Input((6,)), keras.layers.Dense(8),
+                                              keras.layers.BatchNormalization()]), num_classes=3)
+    flat.compile(optimizer="adam")
+    x, y = np.random.rand(12, 6).astype("float32"), np.arange(12) % 3
+    for target in ((x, y[:, None]), (x, np.eye(3)[y])):
+        flat.fit(source=(x, y), target=target, epochs=1, verbose=0)
+    flat.fit(source=(tf.constant(x), tf.constant(y)), target=tf.constant(x), epochs=1, verbose=0)
+    flat.fit(source=(x.tolist(), y.tolist()), target=x, epochs=1, verbose=0)
+    assert flat.classifier.predict(x, verbose=0).shape == (12, 3)
+
+    any_size = da.DomainAdapter(keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(4, 3)]),
+                                num_classes=2)
+    any_size.compile(optimizer="adam")
+
+    def images():
+        for index in range(6):
+            yield np.zeros((8, 8, 1) if index < 3 else (10, 10, 1), "float32"), index % 2
+
+    source = tf.data.Dataset.from_generator(images, output_signature=(
+        tf.TensorSpec((None, None, 1), tf.float32), tf.TensorSpec((), tf.int64)))
+    history = any_size.fit(source=source, epochs=1, batch_size=1, steps_per_epoch=6, verbose=0)
+    assert len(history.history["loss"]) == 1
+    weighted = tf.data.Dataset.from_tensor_slices((GOOD_X, GOOD_Y, np.ones(6))).batch(3)
+    adapter = da.DomainAdapter(conv_backbone(), num_classes=3)
+    adapter.compile(optimizer="adam")
+    adapter.evaluate(weighted, verbose=0)  # sample weights stay accepted where Keras takes them

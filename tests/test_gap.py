@@ -63,9 +63,9 @@ def test_multi_bandwidth_and_polynomial_and_linear_kernels_match_a_double_loop(s
 def test_linear_time_mmd_matches_its_formula(small_samples):
     source, target = small_samples
     pairs = min(len(source), len(target)) // 2
-    rng = np.random.default_rng(3)  # the pairs are drawn at random with the seed
-    source = source[rng.permutation(len(source))[: 2 * pairs]]
-    target = target[rng.permutation(len(target))[: 2 * pairs]]
+    # The pairs are drawn at random: each domain's order from the seed and its own size.
+    source = source[np.random.default_rng([3, len(source)]).permutation(len(source))[: 2 * pairs]]
+    target = target[np.random.default_rng([3, len(target)]).permutation(len(target))[: 2 * pairs]]
     k = lambda a, b: rbf_kernel(a, b, 2.0)  # noqa: E731
     expected = np.mean([
         k(source[2 * i], source[2 * i + 1]) + k(target[2 * i], target[2 * i + 1])
@@ -92,6 +92,8 @@ def test_median_bandwidth_mmd_is_symmetric_on_large_sets():
     rng = np.random.default_rng(0)
     source, target = rng.normal(size=(900, 3)), rng.normal(0.2, 1.0, size=(700, 3))  # > MEDIAN_SAMPLES pooled
     assert da.gap.mmd(source, target) == pytest.approx(da.gap.mmd(target, source), rel=1e-6)
+    linear = dict(estimator="linear", bandwidth=2.0)
+    assert da.gap.mmd(source, target, **linear) == pytest.approx(da.gap.mmd(target, source, **linear), rel=1e-6)
 
 
 def test_kid_with_a_large_offset_matches_a_float64_reference():
@@ -108,7 +110,8 @@ def test_kid_with_a_large_offset_matches_a_float64_reference():
 def test_bad_options_of_the_gap_functions_name_the_argument():
     rng = np.random.default_rng(0)
     source, target = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
-    with pytest.raises(ValueError, match="`seed` must be a non-negative integer; received seed='x'"):
+    assert np.isfinite(da.gap.mmd(source, target, seed=None))  # None: fresh randomness, as numpy takes it
+    with pytest.raises(ValueError, match="`seed` must be None or a non-negative integer; received seed='x'"):
         da.gap.mmd(source, target, seed="x")
     with pytest.raises(ValueError, match="`seed`"):
         da.gap.mmd_test(source, target, seed=-1)

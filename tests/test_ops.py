@@ -130,9 +130,9 @@ def test_the_mmd_strategy_loss_equals_the_gap_mmd(options):
     gap_source, gap_target = source, target
     if options.get("estimator") == "linear":
         # da.gap.mmd draws the disjoint pairs at random (seed 0); the loss pairs a batch's rows in order.
-        rng = np.random.default_rng(0)
         pairs = min(len(source), len(target)) // 2
-        source, target = source[rng.permutation(len(source))[: 2 * pairs]], target[rng.permutation(len(target))[: 2 * pairs]]
+        source = source[np.random.default_rng([0, len(source)]).permutation(len(source))[: 2 * pairs]]
+        target = target[np.random.default_rng([0, len(target)]).permutation(len(target))[: 2 * pairs]]
     step = da.Step(source_features=tf.constant(source), target_features=tf.constant(target),
                    progress=tf.constant(1.0))
     loss = float(strategy.loss(step)["mmd_loss"])

@@ -55,9 +55,11 @@ def subsample(features, max_samples, rng):
 
 
 def check_seed(seed):
-    """A non-negative integer (numpy's generators take it), or a clear error."""
+    """None (fresh randomness) or a non-negative integer (numpy's generators take it), or a clear error."""
+    if seed is None:
+        return None
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"Argument `seed` must be a non-negative integer; received seed={seed!r}.")
+        raise ValueError(f"Argument `seed` must be None or a non-negative integer; received seed={seed!r}.")
     return int(seed)
 
 

@@ -97,6 +97,10 @@ def prepare(source, target, kernel, bandwidth, seed):
     return source, target, _Kernel("rbf", ops.rbf_bandwidths(pooled, bandwidth))
 
 
+def _domain_rng(seed, size):
+    return np.random.default_rng(None if seed is None else [seed, size])
+
+
 def _evenly_spaced(features, count):
     return features[np.unique(np.linspace(0, len(features) - 1, max(count, 1)).round().astype(int))]
 
@@ -144,7 +148,7 @@ def mmd(source_features, target_features, *, kernel="rbf", bandwidth="median", e
     ops.check_kernel_options(kernel, bandwidth, estimator)
     source, target, kernel_fn = prepare(source, target, kernel, bandwidth, seed)
     if estimator == "linear":
-        return _finite(_linear_time_mmd(source, target, kernel_fn, np.random.default_rng(seed)))
+        return _finite(_linear_time_mmd(source, target, kernel_fn, seed))
     ss = kernel_sum(source, source, kernel_fn, block_size, symmetric=True)
     tt = kernel_sum(target, target, kernel_fn, block_size, symmetric=True)
     st = kernel_sum(source, target, kernel_fn, block_size)
@@ -160,16 +164,17 @@ def _finite(value):
     return value
 
 
-def _linear_time_mmd(source, target, kernel_fn, rng, chunk=8192):
+def _linear_time_mmd(source, target, kernel_fn, seed, chunk=8192):
     """Gretton et al.'s linear-time statistic over disjoint pairs, in chunks (float64 sums).
 
     The pairs are drawn at random (seeded), not in row order: the larger domain's unused rows are then a
-    random remainder, not its tail, and data sorted by class give no bias."""
+    random remainder, not its tail, and data sorted by class give no bias. Each domain's order depends on the
+    seed and its own size only, so swapping the domains gives the same pairs (the statistic stays symmetric)."""
     pairs = min(len(source), len(target)) // 2
     if pairs < 1:
         raise ValueError("The linear-time MMD needs at least 2 samples per domain.")
-    source_rows = rng.permutation(len(source))[: 2 * pairs]
-    target_rows = rng.permutation(len(target))[: 2 * pairs]
+    source_rows = _domain_rng(seed, len(source)).permutation(len(source))[: 2 * pairs]
+    target_rows = _domain_rng(seed, len(target)).permutation(len(target))[: 2 * pairs]
     total = 0.0
     for start in range(0, pairs, chunk):
         stop = min(pairs, start + chunk)
