@@ -13,6 +13,7 @@ from keras import ops
 
 from domadapt import data
 from domadapt.callbacks import StopOnNonFinite
+from domadapt.gap.checks import check_seed
 from domadapt.health import CollapseGuard
 from domadapt.strategy import Strategy
 
@@ -197,8 +198,7 @@ def trainable_in_principle(model):
 
 def check_fit_arguments(source, epochs, target_labeled_weight, kwargs, *, seed=None, initial_epoch=0):
     """Clear errors for DomainAdapter.fit arguments that data.pair does not check."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"Argument `seed` must be None or a non-negative integer; received seed={seed!r}.")
+    check_seed(seed)
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
         raise ValueError(f"Argument `initial_epoch` must be a non-negative integer; received "
                          f"initial_epoch={initial_epoch!r}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -332,10 +333,11 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     # A model that puts (nearly) every target image in one class scores well on
     # density validators (SND: identical outputs are all close neighbours) yet is useless.
     collapse_reasons = {}
+    # Read once (a dataset target is concatenated), for whichever of the checks below needs it.
+    target_images = functools.cache(lambda: images_of(target, "target"))
     if target is not None and collapse_threshold is not None:
-        target_images = images_of(target, "target")
         for c in candidates:
-            probabilities, _ = outputs(candidates[c], target_images[:collapse_samples])
+            probabilities, _ = outputs(candidates[c], target_images()[:collapse_samples])
             reason = collapse_reason(probabilities, collapse_threshold)
             if reason is not None:
                 collapse_reasons[c] = reason
@@ -366,7 +368,7 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         from domadapt.gap.label_shift import label_shift  # the gap tools load after the validators
 
         try:
-            result = label_shift(candidates[recommended], source, images_of(target, "target"), bootstrap=100)
+            result = label_shift(candidates[recommended], source, target_images(), bootstrap=100)
         except (ValueError, TypeError) as error:  # e.g. too few images per class: the table stands without it
             result, class_mix = None, {"status": "not estimated", "reason": str(error)}
         else:
@@ -383,9 +385,8 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     target_accuracy, correlations = {}, {}
     if target_labels is not None:
         target_labels = np.asarray(target_labels).reshape(-1)
-        images = images_of(target, "target")
         for name, model in candidates.items():
-            probabilities, _ = outputs(model, images)
+            probabilities, _ = outputs(model, target_images())
             target_accuracy[name] = float(np.mean(np.argmax(probabilities, axis=1) == target_labels))
         if len(candidates) >= 3:
             accuracies = [target_accuracy[c] for c in scores]
