@@ -119,7 +119,8 @@ class ScheduleClock(keras.callbacks.Callback):
         self.adapter.planned_steps.assign(float(self.planned_steps))
 
 
-def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite, collapse_guard=True):
+def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite, collapse_guard=True,
+                  target_images=None):
     """The collapse guard, the user's callbacks, the schedule clock, StopOnNonFinite (unless given or off), the strategies' own.
 
     The collapse guard (``collapse_guard``: True, False or a CollapseGuard; one in
@@ -142,6 +143,8 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
                              f"'classification' only; received one with task={task!r}. Remove it.")
     elif guard is None and collapse_guard is True and any(type(s).loss is not Strategy.loss for s in adapter.strategies):
         guard = CollapseGuard()
+    if guard is not None:
+        guard._watch_target(target_images)  # noqa: SLF001 (the probe of the target rules)
     callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
     if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
         callbacks.append(StopOnNonFinite())

@@ -569,7 +569,7 @@ class DomainAdapter(keras.Model):
             self.train_function, self._structure_key = None, structure
         callbacks = _training.fit_callbacks(self, callbacks, epochs * paired.steps_per_epoch,
                                             start_epoch * paired.steps_per_epoch, stop_on_nonfinite=stop_on_nonfinite,
-                                            collapse_guard=collapse_guard)
+                                            collapse_guard=collapse_guard, target_images=paired.target_images)
         try:
             history = super().fit(dataset, epochs=epochs, steps_per_epoch=paired.steps_per_epoch,
                                   validation_data=validation_data, callbacks=callbacks, verbose=verbose,

@@ -229,12 +229,33 @@ class CollapseGuard(keras.callbacks.Callback):
       (fog) does so from the first epoch, so the ratio does not fire; a target whose
       classes are truly that imbalanced and that the model only learns to predict
       late can trip it: pass ``drift_ratio=None`` there;
+    * the target predictions pile onto one class without confidence: the most
+      predicted class takes at least ``uncertain_share`` of the target images while
+      the mean prediction entropy is at least ``uncertain_entropy`` log K (for 10
+      classes: the top class holds ~80% of the probability or less on average),
+      after an earlier period of this fit with a lower share. An accurate model on
+      a target that truly holds 90% of one class is confident on those images; a
+      strategy that drags uncertain targets into one class is not (CDAN, CORAL and
+      AdaMatch on the suite's fog shift: 95-99% in one class at 0.50-0.58 log K,
+      below the 18-21% accuracy of no adaptation). Like the drift rule, it is for
+      the case the ratio cannot see: a shift that already concentrates the
+      predictions before any strategy acts;
     * the pooled features' standard deviation over the batch (source and target,
       averaged over dimensions) falls below ``feature_std_ratio`` times the largest
       seen in this fit, or below 1e-6;
     * source training accuracy is still within 2 points of chance (the majority
       class share) after the second epoch, or has lost more than ``source_drop``
       of its best gain over chance (and at least 5 points).
+
+    The target-prediction rules judge the model as it stands at the check: its
+    predictions (inference mode, as exported) on up to ``probe_size`` evenly spaced
+    images of an array target, one forward pass per check. The statistics of the
+    training steps average over a period in which the weights move: on a shift
+    whose predictions swing from step to step (the suite's fog: 34% to 88% of
+    target images in one class from one 6-step window to the next), the model fit
+    returns can sit far from that average (CDAN: 85% in one class on average over
+    its last epoch, 98% at its end; AdaMatch: 63% and 98%). A dataset target (or
+    ``probe_size=None``) is judged on the training steps' predictions.
 
     Nothing is judged during the first ``warmup_steps`` steps of a ``fit`` (an
     untrained model's outputs are uninformative and its accuracy is chance; on
@@ -266,6 +287,10 @@ class CollapseGuard(keras.callbacks.Callback):
         feature_std_ratio: the feature rule, relative to the largest std seen.
         source_drop: the share of its best gain over chance source accuracy may lose.
         drift_share, drift_ratio: the drift rule (``drift_ratio=None`` turns it off).
+        uncertain_share, uncertain_entropy: the uncertain-pile-up rule (entropy as a
+            fraction of log K; ``uncertain_share`` above 1 turns it off).
+        probe_size: target images whose predictions the target rules judge (``None``:
+            the training steps' predictions).
 
     Attributes:
         events: one dict per collapse caught: ``epoch``, ``batch`` (``None`` at an
@@ -287,7 +312,7 @@ class CollapseGuard(keras.callbacks.Callback):
 
     def __init__(self, back_off=True, max_collapses=3, check_every=None, *, warmup_steps=50,
                  information_threshold=0.01, single_class_share=0.99, feature_std_ratio=0.01, source_drop=0.5,
-                 drift_share=0.35, drift_ratio=2.0):
+                 drift_share=0.35, drift_ratio=2.0, uncertain_share=0.9, uncertain_entropy=0.45, probe_size=512):
         super().__init__()
         if not isinstance(back_off, bool):
             raise TypeError(f"Argument `back_off` must be True or False; received {back_off!r}.")
@@ -315,6 +340,18 @@ class CollapseGuard(keras.callbacks.Callback):
         if drift_ratio is not None and (isinstance(drift_ratio, bool) or not isinstance(drift_ratio, (int, float))
                                         or not drift_ratio > 1):
             raise ValueError(f"Argument `drift_ratio` must be a number > 1 or None; received drift_ratio={drift_ratio!r}.")
+        if isinstance(uncertain_share, bool) or not isinstance(uncertain_share, (int, float)) or not uncertain_share > 0:
+            raise ValueError("Argument `uncertain_share` must be a positive number (above 1 turns the rule off); "
+                             f"received uncertain_share={uncertain_share!r}.")
+        if (isinstance(uncertain_entropy, bool) or not isinstance(uncertain_entropy, (int, float))
+                or not 0 <= uncertain_entropy <= 1):
+            raise ValueError("Argument `uncertain_entropy` must be a number in [0, 1] (a fraction of log K); "
+                             f"received uncertain_entropy={uncertain_entropy!r}.")
+        self.uncertain_share, self.uncertain_entropy = float(uncertain_share), float(uncertain_entropy)
+        if probe_size is not None and (isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 2):
+            raise ValueError(f"Argument `probe_size` must be an integer >= 2 or None; received probe_size={probe_size!r}.")
+        self.probe_size = probe_size
+        self._target_probe = None
         self.drift_share = float(drift_share)
         self.drift_ratio = None if drift_ratio is None else float(drift_ratio)
         self.events = []
@@ -325,7 +362,26 @@ class CollapseGuard(keras.callbacks.Callback):
                 "warmup_steps": self.warmup_steps,
                 "information_threshold": self.information_threshold, "single_class_share": self.single_class_share,
                 "feature_std_ratio": self.feature_std_ratio, "source_drop": self.source_drop,
-                "drift_share": self.drift_share, "drift_ratio": self.drift_ratio}
+                "drift_share": self.drift_share, "drift_ratio": self.drift_ratio,
+                "uncertain_share": self.uncertain_share, "uncertain_entropy": self.uncertain_entropy,
+                "probe_size": self.probe_size}
+
+    def _watch_target(self, target_images):
+        """``DomainAdapter.fit`` passes its target images: an array gives the probe, anything else none."""
+        self._target_probe = None
+        if self.probe_size is not None and isinstance(target_images, np.ndarray) and len(target_images) >= 2:
+            count = min(self.probe_size, len(target_images))
+            self._target_probe = target_images[np.unique(np.linspace(0, len(target_images) - 1, count).round().astype(int))]
+
+    def _probe_statistics(self, statistics):
+        """``statistics`` with its target part measured on the probe, with the current weights."""
+        probabilities = np.asarray(self.model.predict(self._target_probe, batch_size=256, verbose=0), dtype=np.float64)
+        probabilities = probabilities.reshape(len(probabilities), -1)
+        counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
+        entropy = -np.sum(probabilities * np.log(np.clip(probabilities, 1e-12, 1.0)), axis=1)
+        return {**statistics, "num_target": float(len(probabilities)),
+                "target_mean_probabilities": probabilities.mean(axis=0), "target_mean_entropy": float(entropy.mean()),
+                "target_top_class_share": float(counts.max() / len(probabilities))}
 
     def _reset_run(self):
         self._healthy = None  # (epoch, model values, optimizer values) of the last healthy epoch end
@@ -391,6 +447,13 @@ class CollapseGuard(keras.callbacks.Callback):
                     and share >= max(self.drift_share, self.drift_ratio * lowest)):
                 reasons.append(f"target predictions drift onto one class: {share:.0%} of target images, against "
                                f"{lowest:.0%} earlier in this fit")
+            num_classes = max(len(statistics["target_mean_probabilities"]), 2)
+            entropy = statistics["target_mean_entropy"] / math.log(num_classes)
+            if (reason is None and not reasons and lowest is not None and lowest < self.uncertain_share
+                    and share >= self.uncertain_share and entropy >= self.uncertain_entropy):
+                reasons.append(f"target predictions pile onto one class without confidence: {share:.0%} of target "
+                               f"images at a mean entropy of {entropy:.2f} log K (against {lowest:.0%} in one class "
+                               "earlier in this fit)")
             self._lowest_top_class_share = share if lowest is None else min(lowest, share)
         feature_std = statistics["feature_std"]
         if feature_std is not None:
@@ -415,6 +478,8 @@ class CollapseGuard(keras.callbacks.Callback):
         health.reset()
         if not statistics["num_source"] or self._scale() == 0:
             return True
+        if self._target_probe is not None:
+            statistics = self._probe_statistics(statistics)
         reasons = self.collapse_reasons(statistics, self._epochs_done)
         if not reasons:
             return True

@@ -232,3 +232,67 @@ def test_uninformative_target_outputs_count_only_after_informative_ones():
     # One class for every image counts from the start.
     fresh = da.callbacks.CollapseGuard()
     assert any("target predictions collapse" in r for r in fresh.collapse_reasons(_period(0.995), epochs_done=0))
+
+
+def _pile_up_period(top_class_share, mean_entropy_fraction, top_probability, num_classes=10):
+    """Statistics with this argmax share, mean entropy (fraction of log K) and mean probability of the top class
+    (H(mean p) must stay above the mean entropy, as it does for real outputs)."""
+    period = _period(top_class_share, num_classes)
+    rest = np.full(num_classes - 1, (1 - top_probability) / (num_classes - 1))
+    period.update(target_mean_probabilities=np.r_[top_probability, rest],
+                  target_mean_entropy=mean_entropy_fraction * np.log(num_classes))
+    return period
+
+
+def test_uncertain_pile_up_onto_one_class_fires_where_the_drift_ratio_cannot():
+    # CDAN on the suite's fog shift (seed 2): 60-70% of the targets in one class from the start (the shift's
+    # doing, as without adaptation), then 98% at a mean entropy of 0.58 log K and 12% accuracy (source-only 21%).
+    guard = da.callbacks.CollapseGuard()
+    # (measured there: mean entropy 1.33 nats, I(image; class) 0.143 nats: H(mean p) = 0.64 log K)
+    periods = [_pile_up_period(0.62, 0.60, 0.45), _pile_up_period(0.70, 0.58, 0.5), _pile_up_period(0.98, 0.58, 0.6)]
+    fired = [any("without confidence" in r for r in guard.collapse_reasons(p, epochs_done=i))
+             for i, p in enumerate(periods)]
+    assert fired == [False, False, True]
+    # An accurate model on a target that holds 95% of one class is confident: no alarm.
+    confident = da.callbacks.CollapseGuard()
+    periods = [_pile_up_period(0.5, 0.6, 0.4), _pile_up_period(0.95, 0.15, 0.93)]
+    assert not any(confident.collapse_reasons(p, epochs_done=i) for i, p in enumerate(periods))
+    # Concentrated from the first judgement on (nothing healthier seen in this fit): the shift, not a strategy.
+    from_start = da.callbacks.CollapseGuard()
+    assert not any("without confidence" in r for i in range(3)
+                   for r in from_start.collapse_reasons(_pile_up_period(0.93, 0.55, 0.6), epochs_done=i))
+    off = da.callbacks.CollapseGuard(uncertain_share=1.01)
+    assert not any(off.collapse_reasons(p, epochs_done=i) for i, p in enumerate(
+        [_pile_up_period(0.62, 0.6, 0.45), _pile_up_period(0.98, 0.58, 0.6)]))
+    with pytest.raises(ValueError, match="uncertain_entropy"):
+        da.callbacks.CollapseGuard(uncertain_entropy=2)
+
+
+def test_target_rules_judge_the_current_weights_on_a_probe_of_the_target():
+    # The training steps' statistics average over a period in which the weights move; the probe sees the model
+    # fit would return at this check.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(600, 2)).astype("float32"), rng.integers(0, 3, 600)
+    adapter = da.DomainAdapter(mlp_backbone(2), num_classes=3, strategies=[da.MMD()])
+    adapter.compile(optimizer="adam")
+    guard = da.callbacks.CollapseGuard(probe_size=100, warmup_steps=0)
+    adapter.fit(source=(x, y), target=x[::-1].copy(), epochs=1, batch_size=64, verbose=0, collapse_guard=guard)
+    assert guard._target_probe.shape == (100, 2)  # evenly spaced over the 600 target images
+    np.testing.assert_array_equal(guard._target_probe[[0, -1]], x[[-1, 0]])
+    period = _period(0.4, num_classes=3)
+    bias = adapter.head.weights[-1]
+    bias.assign([0.0, 50.0, 0.0])  # the current weights now predict class 1 for every image
+    probed = guard._probe_statistics(period)
+    assert probed["target_top_class_share"] == 1.0 and probed["num_target"] == 100.0
+    assert probed["target_mean_probabilities"].argmax() == 1 and probed["target_mean_entropy"] < 1e-6
+    assert probed["source_accuracy"] == period["source_accuracy"]  # the source rules keep the training statistics
+    assert any("target predictions collapse" in r for r in guard.collapse_reasons(probed, epochs_done=1))
+    # A dataset target (no random access) or probe_size=None: the training steps' predictions.
+    import tensorflow as tf
+
+    for target, size in ((tf.data.Dataset.from_tensor_slices(x).batch(32), 100), (x, None)):
+        other = da.callbacks.CollapseGuard(probe_size=size)
+        adapter.fit(source=(x, y), target=target, epochs=1, batch_size=64, verbose=0, collapse_guard=other)
+        assert other._target_probe is None
+    with pytest.raises(ValueError, match="probe_size"):
+        da.callbacks.CollapseGuard(probe_size=1)
