@@ -231,3 +231,27 @@ def test_feature_mmd_with_the_strategy_options_scores_what_da_mmd_minimises():
     assert score == pytest.approx(float(da.ops.mmd(source, target, "rbf", "multi", "biased")), rel=1e-5)
     with pytest.raises(ValueError, match="`bandwidth` must be one of"):
         FeatureMMD(bandwidth="scott")
+
+
+def test_validators_and_compare_read_a_target_dataset_of_single_images_as_fit_does(moons, candidates):
+    # fit accepts tf.data.Dataset.from_tensor_slices(images) (one image per element); the validators
+    # concatenated its elements as if they were batches (N x 2 features -> 2N numbers: a raw Keras shape error).
+    import tensorflow as tf
+
+    source_x, source_y, target_x, _ = moons
+    source, target = (source_x[:200], source_y[:200]), target_x[:150]
+    names = ["entropy", "information_maximization", "snd", "mmd"]
+    expected = da.validate(candidates["dann"], source=source, target=target, validators=names)
+    for dataset in (tf.data.Dataset.from_tensor_slices(target), tf.data.Dataset.from_tensor_slices(target).batch(16),
+                    tf.data.Dataset.from_tensor_slices((target, np.zeros(150, int)))):
+        scores = da.validate(candidates["dann"], source=source, target=dataset, validators=names)
+        assert scores == pytest.approx(expected, rel=1e-5)
+    with pytest.warns(UserWarning):
+        table = da.compare(candidates, source=source, target=tf.data.Dataset.from_tensor_slices(target))
+        reference = da.compare(candidates, source=source, target=target)
+    for name in candidates:
+        assert table.scores[name] == pytest.approx(reference.scores[name], rel=1e-5)
+    assert table.recommended == reference.recommended and table.class_mix == reference.class_mix
+    with pytest.raises(ValueError, match="rank 1, one per element or batched"):
+        da.validate(candidates["dann"], source=source, validators=["entropy"],
+                    target=tf.data.Dataset.from_tensor_slices(target[:, :, None, None]))

@@ -29,7 +29,7 @@ class Validator:
         name = "mean_confidence"
 
         def __call__(self, model, source=None, target=None, *, feature_extractor=None):
-            probabilities, _ = outputs(model, images_of(target, "target"))
+            probabilities, _ = outputs(model, images_of(target, "target", model))
             return float(np.mean(probabilities.max(axis=1)))
     ```
     """
@@ -71,14 +71,36 @@ def task_of(model):
     return getattr(getattr(model, "task", None), "name", "classification")
 
 
-def images_of(value, argument):
-    """Images from an array, an (images, labels) tuple or a dataset of image batches; labels are never read."""
+def _image_rank(model):
+    """The rank of one image the model takes (``None`` if it does not say)."""
+    shape = getattr(model, "image_shape", None)
+    if shape is None:
+        try:
+            shape = tuple(model.input_shape)[1:]
+        except (AttributeError, TypeError, ValueError):
+            return None
+    return len(shape)
+
+
+def images_of(value, argument, model=None):
+    """Images from an array, an (images, labels) tuple or a dataset of images; labels are never read.
+
+    A dataset may be batched (as ``image_dataset_from_directory`` gives) or yield one
+    image per element (``from_tensor_slices(images)``, as ``fit`` accepts): ``model``'s
+    input rank tells which; without a model, a dataset whose elements' leading
+    dimension is unknown counts as batched."""
     if value is None:
         raise ValueError(f"Argument `{argument}` is required by this validator.")
     if isinstance(value, tf.data.Dataset):
         if isinstance(value.element_spec, tuple):
             value = value.map(lambda *element: element[0])
-        images = np.concatenate(list(value.as_numpy_iterator()))  # batched, as image_dataset_from_directory gives
+        rank, image_rank = value.element_spec.shape.rank, _image_rank(model)
+        if image_rank is not None and rank == image_rank:
+            value = value.batch(256)
+        elif image_rank is not None and rank != image_rank + 1:
+            raise ValueError(f"Argument `{argument}`: dataset elements have shape {value.element_spec.shape}; the model "
+                             f"takes images of rank {image_rank}, one per element or batched.")
+        images = np.concatenate(list(value.as_numpy_iterator()))
     else:
         if isinstance(value, (tuple, list)) and len(value) == 2 and not np.isscalar(value[0]):
             value = value[0]

@@ -334,7 +334,7 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     # density validators (SND: identical outputs are all close neighbours) yet is useless.
     collapse_reasons = {}
     # Read once (a dataset target is concatenated), for whichever of the checks below needs it.
-    target_images = functools.cache(lambda: images_of(target, "target"))
+    target_images = functools.cache(lambda: images_of(target, "target", next(iter(candidates.values()))))
     if target is not None and collapse_threshold is not None:
         for c in candidates:
             probabilities, _ = outputs(candidates[c], target_images()[:collapse_samples])

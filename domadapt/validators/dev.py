@@ -35,7 +35,7 @@ class DeepEmbeddedValidation(Validator):
             source_images, source_labels = labeled(source, "source")
         else:
             source_images, source_labels = labeled_any(source, "source")
-        target_images = images_of(target, "target")
+        target_images = images_of(target, "target", model)
         rng = np.random.default_rng(self.seed)
         if len(target_images) > self.max_samples:
             target_images = target_images[rng.choice(len(target_images), self.max_samples, replace=False)]

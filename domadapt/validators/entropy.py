@@ -18,5 +18,5 @@ class Entropy(Validator):
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         self.check_task(model)
-        probabilities, _ = outputs(model, images_of(target, "target"))
+        probabilities, _ = outputs(model, images_of(target, "target", model))
         return float(np.mean(entropies(probabilities)))

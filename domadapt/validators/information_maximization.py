@@ -19,7 +19,7 @@ class InformationMaximization(Validator):
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         self.check_task(model)
-        probabilities, _ = outputs(model, images_of(target, "target"))
+        probabilities, _ = outputs(model, images_of(target, "target", model))
         probabilities = probabilities.reshape(-1, probabilities.shape[-1])
         marginal = probabilities.mean(axis=0, keepdims=True)
         return float(entropies(marginal)[0] - np.mean(entropies(probabilities)))

@@ -36,7 +36,7 @@ class FeatureMMD(Validator):
         rng = np.random.default_rng(self.seed)
         sampled = []
         for value, argument in ((source, "source"), (target, "target")):
-            images = images_of(value, argument)
+            images = images_of(value, argument, model)
             if len(images) > self.max_samples:
                 images = images[rng.choice(len(images), self.max_samples, replace=False)]
             sampled.append(outputs(model, images, feature_extractor, domain=argument)[1])

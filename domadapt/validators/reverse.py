@@ -40,7 +40,7 @@ class ReverseValidation(Validator):
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         self.check_task(model)
         source_images, source_labels = labeled(source, "source")
-        target_images = images_of(target, "target")
+        target_images = images_of(target, "target", model)
         if len(target_images) > self.max_samples:
             chosen = np.random.default_rng(self.seed).choice(len(target_images), self.max_samples, replace=False)
             target_images = target_images[chosen]

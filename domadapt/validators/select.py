@@ -100,7 +100,9 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
     seed = fit_kwargs.get("seed")
     train_source, validation_source, split_note = _split_source(source, validation_source, validation_split, seed)
     notes += split_note
-    target_images = images_of(_without_labels(target), "target")
+    target_images = _without_labels(target)
+    if not isinstance(target_images, tf.data.Dataset):  # arrays are checked before any training; a dataset is
+        target_images = images_of(target_images, "target")  # read once a model tells batched from one-per-element
     for message in notes:
         if message.startswith("added"):
             warnings.warn(message, stacklevel=2)

@@ -32,7 +32,7 @@ class SoftNeighborhoodDensity(Validator):
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         self.check_task(model)
-        images = images_of(target, "target")
+        images = images_of(target, "target", model)
         if len(images) > self.max_samples:
             images = images[np.random.default_rng(self.seed).choice(len(images), self.max_samples, replace=False)]
         probabilities, features = outputs(model, images, feature_extractor)
