@@ -120,7 +120,7 @@ class ScheduleClock(keras.callbacks.Callback):
 
 
 def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite, collapse_guard=True,
-                  target_images=None):
+                  target_images=None, probe_batch_size=None):
     """The collapse guard, the user's callbacks, the schedule clock, StopOnNonFinite (unless given or off), the strategies' own.
 
     The collapse guard (``collapse_guard``: True, False or a CollapseGuard; one in
@@ -144,7 +144,7 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
     elif guard is None and collapse_guard is True and any(type(s).loss is not Strategy.loss for s in adapter.strategies):
         guard = CollapseGuard()
     if guard is not None:
-        guard._watch_target(target_images)  # noqa: SLF001 (the probe of the target rules)
+        guard._watch_target(target_images, probe_batch_size)  # noqa: SLF001 (the probe of the target rules)
     callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
     if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
         callbacks.append(StopOnNonFinite())

@@ -569,7 +569,10 @@ class DomainAdapter(keras.Model):
             self.train_function, self._structure_key = None, structure
         callbacks = _training.fit_callbacks(self, callbacks, epochs * paired.steps_per_epoch,
                                             start_epoch * paired.steps_per_epoch, stop_on_nonfinite=stop_on_nonfinite,
-                                            collapse_guard=collapse_guard, target_images=paired.target_images)
+                                            collapse_guard=collapse_guard,
+                                            # the probe judges a target that enters the steps, nothing else
+                                            target_images=paired.target_images if "target" in paired.dataset.element_spec
+                                            else None, probe_batch_size=paired.target_batch_size or paired.batch_size)
         try:
             history = super().fit(dataset, epochs=epochs, steps_per_epoch=paired.steps_per_epoch,
                                   validation_data=validation_data, callbacks=callbacks, verbose=verbose,

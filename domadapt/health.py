@@ -351,7 +351,7 @@ class CollapseGuard(keras.callbacks.Callback):
         if probe_size is not None and (isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 2):
             raise ValueError(f"Argument `probe_size` must be an integer >= 2 or None; received probe_size={probe_size!r}.")
         self.probe_size = probe_size
-        self._target_probe = None
+        self._target_probe, self._probe_batch_size = None, 256
         self.drift_share = float(drift_share)
         self.drift_ratio = None if drift_ratio is None else float(drift_ratio)
         self.events = []
@@ -366,16 +366,19 @@ class CollapseGuard(keras.callbacks.Callback):
                 "uncertain_share": self.uncertain_share, "uncertain_entropy": self.uncertain_entropy,
                 "probe_size": self.probe_size}
 
-    def _watch_target(self, target_images):
-        """``DomainAdapter.fit`` passes its target images: an array gives the probe, anything else none."""
+    def _watch_target(self, target_images, batch_size=None):
+        """``DomainAdapter.fit`` passes the target images its steps use: an array gives the probe, anything
+        else none; the probe is predicted in batches of the fit's target batch size (memory as in training)."""
         self._target_probe = None
+        self._probe_batch_size = batch_size or 256
         if self.probe_size is not None and isinstance(target_images, np.ndarray) and len(target_images) >= 2:
             count = min(self.probe_size, len(target_images))
             self._target_probe = target_images[np.unique(np.linspace(0, len(target_images) - 1, count).round().astype(int))]
 
     def _probe_statistics(self, statistics):
         """``statistics`` with its target part measured on the probe, with the current weights."""
-        probabilities = np.asarray(self.model.predict(self._target_probe, batch_size=256, verbose=0), dtype=np.float64)
+        probabilities = np.asarray(self.model.predict(self._target_probe, batch_size=self._probe_batch_size, verbose=0),
+                                   dtype=np.float64)
         probabilities = probabilities.reshape(len(probabilities), -1)
         counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
         entropy = -np.sum(probabilities * np.log(np.clip(probabilities, 1e-12, 1.0)), axis=1)

@@ -296,3 +296,26 @@ def test_target_rules_judge_the_current_weights_on_a_probe_of_the_target():
         assert other._target_probe is None
     with pytest.raises(ValueError, match="probe_size"):
         da.callbacks.CollapseGuard(probe_size=1)
+
+
+class SourceOnlyTerm(WeightedStrategy):
+    """A loss on source batches only: a target given to fit (e.g. for BN statistics) never enters a step."""
+
+    log_names = ("source_term",)
+    uses_target = False
+
+    def loss(self, step):
+        return {"source_term": self.current_weight(step) * ops.mean(ops.square(step.source_features))}
+
+
+def test_the_probe_judges_only_a_target_that_enters_the_steps():
+    # A target the steps never see (one cluster: every image in one class) rolled back a source-only term.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)).astype("float32")
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)  # learnable: the source rules stay quiet
+    adapter = da.DomainAdapter(mlp_backbone(2), num_classes=3, strategies=[SourceOnlyTerm(weight=1e-3)])
+    adapter.compile(optimizer="adam")
+    guard = da.callbacks.CollapseGuard(warmup_steps=0)
+    history = adapter.fit(source=(x, y), target=np.full((400, 2), 5.0, "float32") + x * 1e-3, epochs=3,
+                          batch_size=64, verbose=0, collapse_guard=guard)
+    assert guard._target_probe is None and not guard.events and set(history.history["adaptation_scale"]) == {1.0}

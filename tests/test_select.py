@@ -132,3 +132,32 @@ def test_recommend_is_compare_rule_and_compare_checks_the_rule_arguments():
         da.compare({"a": None}, recommend_by="reverse")
     with pytest.raises(ValueError, match="`source_drop`"):
         da.compare({"a": None}, source_drop=15)
+
+
+def test_select_reads_a_target_dataset_once_so_every_candidate_is_scored_on_the_same_images(moons, monkeypatch):
+    # Forwarded as a dataset, each validator read it again for each candidate: ~20 passes, and a shuffled
+    # dataset gave every candidate another sample of the target to be scored on.
+    import tensorflow as tf
+
+    select_module = sys.modules["domadapt.validators.select"]  # the package's `select` is the function
+    source_x, source_y, target_x, _ = moons
+    passes = []
+
+    def images():
+        passes.append(1)
+        yield from target_x
+
+    target = tf.data.Dataset.from_generator(images, output_signature=tf.TensorSpec([2], tf.float32))
+    seen = {}
+
+    def recording_compare(candidates, *, target, **kwargs):
+        seen.update(target=target, passes=len(passes))
+        return compare(candidates, target=target, **kwargs)
+
+    compare = select_module.compare
+    monkeypatch.setattr(select_module, "compare", recording_compare)
+    result = da.select({"mcc": [da.MCC()]}, (source_x, source_y), target, build_adapter=build_adapter,
+                       epochs=1, batch_size=64, seed=0, verbose=0)
+    assert isinstance(seen["target"], np.ndarray) and seen["target"].shape == target_x.shape
+    assert len(passes) == seen["passes"]  # compare and its validators read the array, not the dataset
+    assert set(result.table.scores) == {"mcc", "source-only"}

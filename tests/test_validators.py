@@ -255,3 +255,20 @@ def test_validators_and_compare_read_a_target_dataset_of_single_images_as_fit_do
     with pytest.raises(ValueError, match="rank 1, one per element or batched"):
         da.validate(candidates["dann"], source=source, validators=["entropy"],
                     target=tf.data.Dataset.from_tensor_slices(target[:, :, None, None]))
+
+
+def test_images_of_without_a_known_image_rank_reads_batches_and_refuses_dict_elements():
+    import tensorflow as tf
+
+    from domadapt.validators.base import _image_rank, images_of
+
+    x = np.random.default_rng(0).random((10, 4, 4, 1)).astype("float32")
+    unknown = tf.data.Dataset.from_tensor_slices(x).batch(5).map(lambda b: tf.py_function(lambda t: t, [b], tf.float32))
+    assert unknown.element_spec.shape.rank is None
+    net = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    assert images_of(unknown, "target", net).shape == (10, 4, 4, 1)  # as batches, as before
+    first, second = keras.Input((3,)), keras.Input((4,))
+    two_inputs = keras.Model([first, second], keras.layers.Concatenate()([first, second]))
+    assert _image_rank(two_inputs) is None and _image_rank(net) == 3
+    with pytest.raises(TypeError, match="dataset of images"):
+        images_of(tf.data.Dataset.from_tensor_slices({"image": x}), "target", net)

@@ -72,13 +72,16 @@ def task_of(model):
 
 
 def _image_rank(model):
-    """The rank of one image the model takes (``None`` if it does not say)."""
+    """The rank of one image the model takes (``None`` if it does not say, or takes several inputs)."""
     shape = getattr(model, "image_shape", None)
     if shape is None:
         try:
-            shape = tuple(model.input_shape)[1:]
+            shape = model.input_shape
         except (AttributeError, TypeError, ValueError):
             return None
+        if not isinstance(shape, tuple) or not shape or not all(d is None or isinstance(d, int) for d in shape):
+            return None  # several inputs (a list or dict of shapes)
+        shape = shape[1:]
     return len(shape)
 
 
@@ -87,17 +90,22 @@ def images_of(value, argument, model=None):
 
     A dataset may be batched (as ``image_dataset_from_directory`` gives) or yield one
     image per element (``from_tensor_slices(images)``, as ``fit`` accepts): ``model``'s
-    input rank tells which; without a model, a dataset whose elements' leading
-    dimension is unknown counts as batched."""
+    input rank tells which; where it is unknown (no model, a subclassed model not
+    built on an input shape, elements of unknown rank), elements count as batches."""
     if value is None:
         raise ValueError(f"Argument `{argument}` is required by this validator.")
     if isinstance(value, tf.data.Dataset):
         if isinstance(value.element_spec, tuple):
             value = value.map(lambda *element: element[0])
+        if not isinstance(value.element_spec, tf.TensorSpec):
+            raise TypeError(f"Argument `{argument}`: expected a dataset of images or (images, labels); received "
+                            f"elements {value.element_spec}.")
         rank, image_rank = value.element_spec.shape.rank, _image_rank(model)
-        if image_rank is not None and rank == image_rank:
+        if rank is None or image_rank is None:
+            pass  # nothing to tell them apart by: batches, as image_dataset_from_directory gives
+        elif rank == image_rank:
             value = value.batch(256)
-        elif image_rank is not None and rank != image_rank + 1:
+        elif rank != image_rank + 1:
             raise ValueError(f"Argument `{argument}`: dataset elements have shape {value.element_spec.shape}; the model "
                              f"takes images of rank {image_rank}, one per element or batched.")
         images = np.concatenate(list(value.as_numpy_iterator()))

@@ -101,8 +101,8 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
     train_source, validation_source, split_note = _split_source(source, validation_source, validation_split, seed)
     notes += split_note
     target_images = _without_labels(target)
-    if not isinstance(target_images, tf.data.Dataset):  # arrays are checked before any training; a dataset is
-        target_images = images_of(target_images, "target")  # read once a model tells batched from one-per-element
+    if not isinstance(target_images, tf.data.Dataset):  # arrays are checked before any training
+        target_images = images_of(target_images, "target")
     for message in notes:
         if message.startswith("added"):
             warnings.warn(message, stacklevel=2)
@@ -117,6 +117,10 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
             adapter = _checked_adapter(build_adapter(_copied(recipe)), name, "build_adapter")
         adapter.fit(source=train_source, target=_without_labels(target), **fit_kwargs)
         trained[name] = adapter
+    if isinstance(target_images, tf.data.Dataset):
+        # Read once, after a model tells batches from single images: every candidate is scored on the same
+        # images (a shuffled dataset gives another order, hence another sample, at each pass).
+        target_images = images_of(target_images, "target", next(iter(trained.values())))
     table = compare(trained, source=validation_source, target=target_images, validators=validators)
     return Selection(table.recommended, trained[table.recommended], table, trained, notes)
 
