@@ -312,9 +312,10 @@ def test_the_probe_judges_only_a_target_that_enters_the_steps():
     # A target the steps never see (one cluster: every image in one class) rolled back a source-only term.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 2)).astype("float32")
-    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)  # learnable: the source rules stay quiet
-    adapter = da.DomainAdapter(mlp_backbone(2), num_classes=3, strategies=[SourceOnlyTerm(weight=1e-3)])
-    adapter.compile(optimizer="adam")
+    y = (x[:, 0] > 0).astype(int)  # learnt in a few steps: the source rules stay quiet
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(mlp_backbone(2), num_classes=2, strategies=[SourceOnlyTerm(weight=1e-3)])
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
     guard = da.callbacks.CollapseGuard(warmup_steps=0)
     history = adapter.fit(source=(x, y), target=np.full((400, 2), 5.0, "float32") + x * 1e-3, epochs=3,
                           batch_size=64, verbose=0, collapse_guard=guard)
