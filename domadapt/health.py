@@ -254,8 +254,10 @@ class CollapseGuard(keras.callbacks.Callback):
     whose predictions swing from step to step (the suite's fog: 34% to 88% of
     target images in one class from one 6-step window to the next), the model fit
     returns can sit far from that average (CDAN: 85% in one class on average over
-    its last epoch, 98% at its end; AdaMatch: 63% and 98%). A dataset target (or
-    ``probe_size=None``) is judged on the training steps' predictions.
+    its last epoch, 98% at its end; AdaMatch: 63% and 98%). A dataset target,
+    ``probe_size=None`` and a model with a training BatchNormalization layer (whose
+    inference outputs use moving statistics that lag the weights) are judged on the
+    training steps' predictions.
 
     Nothing is judged during the first ``warmup_steps`` steps of a ``fit`` (an
     untrained model's outputs are uninformative and its accuracy is chance; on

@@ -320,3 +320,19 @@ def test_the_probe_judges_only_a_target_that_enters_the_steps():
     history = adapter.fit(source=(x, y), target=np.full((400, 2), 5.0, "float32") + x * 1e-3, epochs=3,
                           batch_size=64, verbose=0, collapse_guard=guard)
     assert guard._target_probe is None and not guard.events and set(history.history["adaptation_scale"]) == {1.0}
+
+
+def test_a_training_batchnorm_model_is_judged_on_the_training_steps_not_the_lagging_moving_statistics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                                 keras.layers.ReLU()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD()])
+    adapter.compile(optimizer="adam")
+    guard = da.callbacks.CollapseGuard()
+    adapter.fit(source=(x, y), target=x + 1.0, epochs=1, batch_size=64, verbose=0, collapse_guard=guard)
+    assert guard._target_probe is None
+    backbone.layers[1].trainable = False  # frozen: its inference outputs are its training outputs
+    adapter.fit(source=(x, y), target=x + 1.0, epochs=1, batch_size=64, verbose=0, collapse_guard=guard)
+    assert guard._target_probe is not None
