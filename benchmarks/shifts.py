@@ -440,6 +440,13 @@ def render_markdown(rows, expected_seeds=3):
                 spread = (lambda m, sd: f"{m:.1%} ± {sd:.1%}") if len(rs) > 1 else (lambda m, sd: f"{m:.1%} (no spread: 1 seed)")
                 lines.append(f"| {label} | {spread(mean, std)} | {gap} | {spread(source_mean, source_std)} | "
                              f"{len(seeds)} | {collapse_text} | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
+            # Every collapse the guard caught, named (it warned, restored and halved the adaptation terms).
+            caught = [f"{r['method']} seed {r['seed']}: {r['guard_backoffs']} (adaptation scale "
+                      f"{r['adaptation_scale'][-1]:g} at the end)"
+                      for method in sorted(by_method, key=lambda m: _order(METHODS, m))
+                      for r in sorted(by_method[method], key=lambda r: r["seed"]) if r.get("guard_backoffs")]
+            lines += ["", "Collapses caught by the collapse guard (back-offs per run): "
+                      + ("; ".join(caught) if caught else "none") + "."]
             missing_methods = [m for m in METHODS if m not in by_method]
             if missing_methods:
                 partial_notes.append(f"`{backbone}` / {shift_name}: methods not run: {', '.join(missing_methods)}")
