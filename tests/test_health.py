@@ -336,3 +336,14 @@ def test_a_training_batchnorm_model_is_judged_on_the_training_steps_not_the_lagg
     backbone.layers[1].trainable = False  # frozen: its inference outputs are its training outputs
     adapter.fit(source=(x, y), target=x + 1.0, epochs=1, batch_size=64, verbose=0, collapse_guard=guard)
     assert guard._target_probe is not None
+
+
+def test_the_drift_rule_reads_the_training_steps_not_the_probe_snapshot():
+    # CORAL on the brightness-shifted digits: one probe at 61% in one class against 29% earlier, while the
+    # training steps stayed spread; the back-off it caused cost 4 points (50.2% -> 46.3%, seed 0).
+    guard = da.callbacks.CollapseGuard()
+    first = {**_period(0.29), "steps_target_top_class_share": 0.29}
+    swing = {**_period(0.61), "steps_target_top_class_share": 0.31}
+    assert not guard.collapse_reasons(first, epochs_done=0) and not guard.collapse_reasons(swing, epochs_done=1)
+    drift = {**_period(0.40), "steps_target_top_class_share": 0.62}  # the steps themselves drift: fires
+    assert any("drift onto one class: 62%" in r for r in guard.collapse_reasons(drift, epochs_done=2))
