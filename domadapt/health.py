@@ -31,7 +31,7 @@ from keras import ops
 from domadapt import _distribute
 from domadapt import ops as da_ops
 
-__all__ = ["CollapseGuard", "CollapseWarning", "TrainingHealth", "prediction_collapse_reason"]
+__all__ = ["CollapseGuard", "CollapseWarning", "TrainingHealth", "prediction_collapse_reason", "prediction_statistics"]
 
 
 def prediction_collapse_reason(mean_probabilities, mean_entropy, top_class_share, threshold=0.01,
@@ -86,6 +86,15 @@ def prediction_collapse_reason(mean_probabilities, mean_entropy, top_class_share
     if top_class_share >= single_class_share:
         return f"its target predictions collapse onto one class ({top_class_share:.1%} of target images)"
     return None
+
+
+def prediction_statistics(probabilities):
+    """``(mean probabilities, mean entropy in nats, top-class share)`` of ``(num_images, num_classes)`` predictions:
+    what :func:`prediction_collapse_reason` reads (``da.compare`` and the collapse guard's probe)."""
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
+    counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
+    entropy = np.asarray(da_ops.entropy(probabilities), dtype=np.float64)
+    return probabilities.mean(axis=0), float(entropy.mean()), float(counts.max() / len(probabilities))
 
 
 class TrainingHealth(keras.layers.Layer):
@@ -380,15 +389,11 @@ class CollapseGuard(keras.callbacks.Callback):
 
     def _probe_statistics(self, statistics):
         """``statistics`` with its target part measured on the probe, with the current weights."""
-        probabilities = np.asarray(self.model.predict(self._target_probe, batch_size=self._probe_batch_size, verbose=0),
-                                   dtype=np.float64)
-        probabilities = probabilities.reshape(len(probabilities), -1)
-        counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
-        entropy = -np.sum(probabilities * np.log(np.clip(probabilities, 1e-12, 1.0)), axis=1)
+        probabilities = self.model.predict(self._target_probe, batch_size=self._probe_batch_size, verbose=0)
+        mean, entropy, share = prediction_statistics(probabilities)
         return {**statistics, "num_target": float(len(probabilities)),
                 "steps_target_top_class_share": statistics["target_top_class_share"],
-                "target_mean_probabilities": probabilities.mean(axis=0), "target_mean_entropy": float(entropy.mean()),
-                "target_top_class_share": float(counts.max() / len(probabilities))}
+                "target_mean_probabilities": mean, "target_mean_entropy": entropy, "target_top_class_share": share}
 
     def _reset_run(self):
         self._healthy = None  # (epoch, model values, optimizer values) of the last healthy epoch end

@@ -12,8 +12,8 @@ import numpy as np
 from scipy import stats
 
 from domadapt import _construction
-from domadapt.health import prediction_collapse_reason
-from domadapt.validators.base import TASK_VALIDATORS, Validator, entropies, images_of, labeled, outputs, task_of
+from domadapt.health import prediction_collapse_reason, prediction_statistics
+from domadapt.validators.base import TASK_VALIDATORS, Validator, images_of, labeled, outputs, task_of
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization
@@ -218,11 +218,8 @@ def collapse_reason(probabilities, threshold=0.01, single_class_share=0.99):
     print(collapse_reason(np.eye(2)[np.r_[np.zeros(90, int), np.ones(10, int)]] * 0.9 + 0.05))  # None
     ```
     """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    share = float(np.max(np.bincount(np.argmax(probabilities, axis=1), minlength=probabilities.shape[1]))) / len(probabilities)
     # One rule, shared with the collapse guard of training (da.callbacks.CollapseGuard).
-    return prediction_collapse_reason(probabilities.mean(axis=0), float(np.mean(entropies(probabilities))), share,
-                                      threshold, single_class_share)
+    return prediction_collapse_reason(*prediction_statistics(probabilities), threshold, single_class_share)
 
 
 def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=()):
