@@ -228,7 +228,10 @@ class CollapseGuard(keras.callbacks.Callback):
       (the information part only after an earlier period of this fit, warm-up
       included, in which they did not collapse: predictions never informative but
       spread over classes are a model still learning the target, as a batch-norm CNN
-      at Adam 1e-3 on foggy digits for its first 60 steps, not a strategy's doing);
+      at Adam 1e-3 on foggy digits for its first 60 steps, not a strategy's doing;
+      one class for >= ``single_class_share`` counts from the start only when the
+      training steps' predictions show it too: after the first epoch an unadapted
+      model's probe is often one class while its steps spread, as on the demo's rain);
     * the target predictions drift onto one class: the most predicted class takes at
       least ``drift_share`` of the target images and at least ``drift_ratio`` times
       the lowest such share seen earlier in this fit (warm-up included). The
@@ -451,8 +454,13 @@ class CollapseGuard(keras.callbacks.Callback):
                                                 self.information_threshold, self.single_class_share)
             # Outputs that were never informative in this fit, while still spread over classes (a
             # model still learning the target), are no strategy's doing: that part of the rule judges
-            # a fall from healthy predictions, as the drift rule does. One class for every image counts always.
-            if reason is not None and (self._predictions_were_healthy or share >= self.single_class_share):
+            # a fall from healthy predictions, as the drift rule does. One class for every image counts always
+            # when the training steps saw it too; a probe alone is one snapshot, and after the first epoch
+            # an unadapted model's snapshot is often one class (the demo's rain: 100% on the probe, 35% over
+            # the epoch's steps, for source-only, DANN, MMD and CORAL alike).
+            steps_share = statistics.get("steps_target_top_class_share", share)
+            single_class = share >= self.single_class_share and steps_share >= self.single_class_share
+            if reason is not None and (self._predictions_were_healthy or single_class):
                 reasons.append(reason.replace("its target predictions", "target predictions"))
             self._predictions_were_healthy = self._predictions_were_healthy or reason is None
             # The drift rule reads the training steps' predictions, the statistics its thresholds were chosen on:

@@ -234,6 +234,23 @@ def test_uninformative_target_outputs_count_only_after_informative_ones():
     assert any("target predictions collapse" in r for r in fresh.collapse_reasons(_period(0.995), epochs_done=0))
 
 
+def test_a_one_class_probe_counts_from_the_start_only_when_the_training_steps_saw_it_too():
+    # The demo's rain, after epoch 1 (seed 0): the probe put 100% of the target in one class while the epoch's
+    # steps spread them (35%), for source-only, DANN, MMD and CORAL alike; the guard restored the initial
+    # weights and halved DANN/MMD/CORAL/AdaMatch (DANN 21.6% -> 17.9%).
+    def probed(probe_share, steps_share):
+        return {**_period(probe_share), "steps_target_top_class_share": steps_share}
+
+    unadapted = da.callbacks.CollapseGuard()
+    assert not unadapted.collapse_reasons(probed(1.0, 0.35), epochs_done=0)
+    assert not unadapted.collapse_reasons(probed(0.45, 0.48), epochs_done=1)
+    # After healthy predictions, a one-class probe counts: the model fit would return is collapsed.
+    assert any("target predictions collapse" in r for r in unadapted.collapse_reasons(probed(1.0, 0.4), 2))
+    # A strategy that forces one class from the first steps shows it in the steps' predictions too.
+    forced = da.callbacks.CollapseGuard()
+    assert any("target predictions collapse" in r for r in forced.collapse_reasons(probed(1.0, 0.995), 0))
+
+
 def _pile_up_period(top_class_share, mean_entropy_fraction, top_probability, num_classes=10):
     """Statistics with this argmax share, mean entropy (fraction of log K) and mean probability of the top class
     (H(mean p) must stay above the mean entropy, as it does for real outputs)."""
@@ -286,7 +303,8 @@ def test_target_rules_judge_the_current_weights_on_a_probe_of_the_target():
     assert probed["target_top_class_share"] == 1.0 and probed["num_target"] == 100.0
     assert probed["target_mean_probabilities"].argmax() == 1 and probed["target_mean_entropy"] < 1e-6
     assert probed["source_accuracy"] == period["source_accuracy"]  # the source rules keep the training statistics
-    assert any("target predictions collapse" in r for r in guard.collapse_reasons(probed, epochs_done=1))
+    assert not guard.collapse_reasons(period, epochs_done=1)  # healthy predictions first: then one class counts
+    assert any("target predictions collapse" in r for r in guard.collapse_reasons(probed, epochs_done=2))
     # A dataset target (no random access) or probe_size=None: the training steps' predictions.
     import tensorflow as tf
 
