@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from domadapt.data import without_labels
+
 __all__ = ["MIN_REESTIMATION_IMAGES", "adapt_batchnorm", "batchnorm_layers", "reestimate_batchnorm_statistics"]
 
 # Below this many images the estimate is noisy enough to cost accuracy; reestimate_batchnorm_statistics
@@ -51,8 +53,7 @@ def _batches(images, batch_size, image_rank, max_images=None):
 def _check_images(images, argument):
     if isinstance(images, tf.data.Dataset):
         return images
-    if isinstance(images, (tuple, list)) and len(images) == 2 and not np.isscalar(images[0]):
-        images = images[0]  # (images, labels): labels are never read
+    images = without_labels(images)  # (images, labels): labels are never read
     images = np.asarray(images)
     if images.ndim == 0 or len(images) == 0:
         raise ValueError(f"Argument `{argument}` is empty: expected an array or dataset of images; received "
@@ -60,19 +61,23 @@ def _check_images(images, argument):
     return images
 
 
-def reestimate(model, layers, images, *, batch_size=64, max_images=None):
+def reestimate(model, layers, images, *, batch_size=64, max_images=None, argument="images"):
     """Re-estimate the moving statistics of ``layers`` (BN layers of ``model``) on ``images``; returns images used.
 
     The model runs in inference mode (dropout, noise and augmentation layers off)
     except ``layers``, which normalise with their batch statistics; each one's
     ``moving_mean``/``moving_variance`` becomes the image-weighted mean of its batch
     statistics (momentum seen / (seen + n) per batch of n). Trainable flags, momenta
-    and every other weight are left as they were.
+    and every other weight are left as they were. A batch with a non-finite value is
+    a ``ValueError`` naming ``argument``; on any error the statistics are left as they
+    were before the call (not half re-estimated).
     """
     if not layers:
         return 0
     image_rank = len(model.input_shape) - 1
     saved = [(layer, layer.trainable, layer.momentum, layer.__dict__.get("call", _MISSING)) for layer in layers]
+    statistics = [variable for layer in layers for variable in (layer.moving_mean, layer.moving_variance)]
+    before = [keras.ops.convert_to_numpy(variable) for variable in statistics]
     seen = 0
     try:
         for layer in layers:
@@ -87,10 +92,18 @@ def reestimate(model, layers, images, *, batch_size=64, max_images=None):
             count = int(batch.shape[0])
             if count == 0:
                 continue
+            # One NaN image would set every statistic to NaN, and every later output with it.
+            if not bool(tf.reduce_all(tf.math.is_finite(batch))):
+                raise ValueError(f"Argument `{argument}` holds non-finite values (NaN or inf) in the images "
+                                 f"{seen} to {seen + count - 1} read; batch-norm statistics were left unchanged.")
             for layer in layers:
                 layer.momentum = seen / (seen + count)
             model(batch, training=False)
             seen += count
+    except BaseException:
+        for variable, value in zip(statistics, before):
+            variable.assign(value)
+        raise
     finally:
         for layer, trainable, momentum, call in saved:
             layer.trainable = trainable
@@ -117,7 +130,10 @@ def reestimate_batchnorm_statistics(model, images, *, batch_size=64, max_images=
     unlabeled images: AdaBN, Li et al. 2016) and the final weights (precise BN, Wu &
     Johnson 2021) instead of the moving averages collected while the weights still
     changed. Only ``moving_mean`` and ``moving_variance`` change: each becomes the
-    mean of the layer's batch statistics over ``images`` weighted by batch size,
+    mean of the layer's batch statistics over ``images`` weighted by batch size
+    (for the variance: the mean of the batch variances, what the layer normalises
+    with in training and what Keras's moving average estimates; for batches of B
+    random images about (B - 1) / B of the images' overall variance),
     every BN layer included (nested in keras.applications models, and frozen ones);
     the model runs in inference mode otherwise (dropout and augmentation layers
     off). Fewer than ``MIN_REESTIMATION_IMAGES`` images gives a warning.

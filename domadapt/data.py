@@ -185,6 +185,14 @@ def _make_stream(value, *, argument: str, labeled: bool, image_shape: tuple, num
     return _Stream(argument, False, images.shape[0], images=images)
 
 
+def without_labels(value):
+    """``value[0]`` when ``value`` is an ``(images, labels)`` pair (labels one per image), else ``value`` unchanged:
+    a list of two images, or of two image arrays, stays what it is."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and _looks_like_labels(value[1], value[0]):
+        return value[0]
+    return value
+
+
 def _looks_like_labels(labels, images) -> bool:
     """Whether ``(images, labels)`` is a labeled pair: ``labels`` one per image, (N,) or (N, 1) or one-hot (N, K).
     Two image arrays (``[part_a, part_b]``) or two single images are not."""

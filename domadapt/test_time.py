@@ -54,6 +54,7 @@ from keras import ops
 
 from domadapt import ops as da_ops
 from domadapt.batchnorm import batchnorm_layers, reestimate_batchnorm_statistics
+from domadapt.data import without_labels
 from domadapt.validators.compare import collapse_reason
 
 __all__ = ["EATA", "InfoMax", "Norm", "Tent", "TestTimeAdapter", "adapt_at_test_time"]
@@ -331,7 +332,12 @@ def _classifier(model):
         model = classifier  # a da.DomainAdapter
     if not isinstance(model, keras.Model):
         raise TypeError(f"Argument `model` must be a keras.Model or a da.DomainAdapter; received {type(model).__name__}.")
-    shape = model.output_shape
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError) as error:  # subclassed or not yet built: no static output shape
+        raise TypeError(f"Argument `model` must be a built functional or Sequential classifier (test-time "
+                        f"adaptation reads its output shape and works on a copy); received a "
+                        f"{type(model).__name__} without a static output shape ({error}).") from error
     if not isinstance(shape, tuple) or len(shape) != 2 or not shape[-1] or shape[-1] < 2:
         raise ValueError(f"Argument `model` must be a classifier with one output of shape (batch, num_classes >= 2); "
                          f"its output shape is {shape}.")
@@ -411,14 +417,17 @@ class TestTimeAdapter:
         if self.method.uses_gradients and not self._parameters:
             raise ValueError(f"Argument `model` has no BatchNormalization, GroupNormalization or LayerNormalization "
                              f"layer with a scale or shift: method {self.method.name!r} has no parameter to adapt.")
-        self._running = [(keras.Variable(layer.moving_mean.numpy(), trainable=False),
-                          keras.Variable(layer.moving_variance.numpy(), trainable=False)) for layer in self._batchnorm]
+        # autocast=False: under mixed precision, reads of autocast variables inside a layer's call come back in
+        # float16, and the patched BN call mixes them with float32 batch statistics (a raw TypeError).
+        self._running = [(keras.Variable(layer.moving_mean.numpy(), trainable=False, autocast=False),
+                          keras.Variable(layer.moving_variance.numpy(), trainable=False, autocast=False))
+                         for layer in self._batchnorm]
         num_classes = int(source.output_shape[-1])
-        self._state = {"average_prediction": keras.Variable(np.zeros(num_classes, "float32"), trainable=False),
-                       "marginal": keras.Variable(np.zeros(num_classes, "float32"), trainable=False)}
+        self._state = {name: keras.Variable(np.zeros(num_classes, "float32"), trainable=False, autocast=False)
+                       for name in ("average_prediction", "marginal")}
         self._source_parameters = [keras.Variable(v.numpy(), trainable=False) for v in self._parameters]
-        self._batch_weight = keras.Variable(0.0, trainable=False)  # prior / (prior + n) of the current batch
-        self._memory_step = keras.Variable(0.0, trainable=False)   # n / STATISTICS_MEMORY, at most 1
+        self._batch_weight = keras.Variable(0.0, trainable=False, autocast=False)  # prior / (prior + n) of a batch
+        self._memory_step = keras.Variable(0.0, trainable=False, autocast=False)   # n / STATISTICS_MEMORY, at most 1
         self._optimizer = None
         if self.method.uses_gradients:
             self._optimizer = keras.optimizers.Adam(learning_rate=self.method.learning_rate)
@@ -463,6 +472,8 @@ class TestTimeAdapter:
 
     @property
     def model(self):
+        """The adapted model (live: later ``predict`` calls keep adapting it; ``keras.models.clone_model`` plus
+        ``set_weights`` for a snapshot). Its BN moving statistics are set to the running estimate on each access."""
         for layer, (mean, variance) in zip(self._batchnorm, self._running):
             layer.moving_mean.assign(mean.value)
             layer.moving_variance.assign(variance.value)
@@ -508,11 +519,14 @@ class TestTimeAdapter:
 
     @staticmethod
     def _probabilities(outputs):
-        # Rows that are non-negative and sum to 1 are probabilities already; anything else is logits.
+        # Rows that are non-negative and sum to 1 are probabilities already; anything else is logits. A float16
+        # softmax misses 1 by up to ~2e-3 (measured 1.0e-3 to 1.6e-3), so the tolerance follows the output dtype;
+        # probabilities are renormalised in float32.
+        tolerance = 1e-3 if keras.backend.standardize_dtype(outputs.dtype) in ("float32", "float64") else 1e-2
         outputs = ops.cast(outputs, "float32")
-        is_probability = ops.logical_and(ops.all(outputs >= 0.0),
-                                         ops.all(ops.abs(ops.sum(outputs, axis=-1) - 1.0) < 1e-3))
-        return ops.where(is_probability, outputs, ops.softmax(outputs, axis=-1))
+        totals = ops.sum(outputs, axis=-1, keepdims=True)
+        is_probability = ops.logical_and(ops.all(outputs >= 0.0), ops.all(ops.abs(totals - 1.0) < tolerance))
+        return ops.where(is_probability, outputs / ops.maximum(totals, 1e-12), ops.softmax(outputs, axis=-1))
 
     def _test_time_normalization(self):
         adapter = self
@@ -627,7 +641,11 @@ def _as_batch(batch, model):
                          f"inputs); received shape {tuple(images.shape)}.")
     if images.shape[0] == 0:
         raise ValueError("Argument `batch` is empty: pass at least one image.")
-    return tf.cast(images, tf.float32)
+    images = tf.cast(images, tf.float32)
+    # One NaN image would enter the running statistics and every later output with them.
+    if not bool(tf.reduce_all(tf.math.is_finite(images))):
+        raise ValueError("Argument `batch` holds non-finite values (NaN or inf); nothing was adapted on it.")
+    return images
 
 
 # =========================================================================== one-shot form
@@ -655,8 +673,7 @@ def _read_target(target, model):
         target = _match_channels(read_images(target, image_size=size), model)
     if isinstance(target, tf.data.Dataset):
         return target
-    if isinstance(target, (tuple, list)) and len(target) == 2 and not np.isscalar(target[0]):
-        target = target[0]  # (images, labels): the labels are never read
+    target = without_labels(target)  # (images, labels): the labels are never read
     try:
         target = np.asarray(target)
     except Exception as error:

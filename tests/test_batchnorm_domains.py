@@ -309,3 +309,38 @@ def test_reestimation_on_a_class_sorted_array_gets_the_whole_arrays_statistics()
     np.testing.assert_allclose(layer.moving_variance.numpy(), images.var(axis=0), rtol=0.05)
     da.reestimate_batchnorm_statistics(model, images, max_images=128)
     assert np.all(np.abs(layer.moving_mean.numpy() - 2.0) < 0.6) and np.all(layer.moving_variance.numpy() > 3.5)
+
+
+def test_reestimation_refuses_non_finite_images_and_leaves_the_statistics_as_they_were():
+    # One NaN image set every moving statistic to NaN (and every later output), silently; an error in a later
+    # batch of a dataset left the first batches' statistics in place.
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    layer = model.layers[-1]
+    layer.moving_mean.assign(np.full(4, 0.5, "float32"))
+    before = layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy()
+    images = np.random.default_rng(0).normal(3.0, 1.0, (256, 4)).astype("float32")
+    poisoned = images.copy()
+    poisoned[200, 1] = np.nan
+    with pytest.raises(ValueError, match="`images` holds non-finite"):
+        da.reestimate_batchnorm_statistics(model, poisoned)
+    with pytest.raises(ValueError, match="non-finite"):
+        da.adapt_batchnorm(model, tf.data.Dataset.from_tensor_slices(poisoned).batch(64))
+    for variable, value in zip((layer.moving_mean, layer.moving_variance), before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert da.reestimate_batchnorm_statistics(model, images) == 256
+    assert np.all(np.isfinite(layer.moving_mean.numpy())) and not np.allclose(layer.moving_mean.numpy(), 0.5)
+
+
+def test_a_list_of_two_images_is_two_images_not_an_images_labels_pair():
+    # [image_a, image_b] was read as (images, labels): image_a's rows became "images" (a raw Keras shape error);
+    # the rule of da.DomainAdapter.fit (labels: one per image) now decides everywhere.
+    model = keras.Sequential([keras.Input((3, 3, 1)), keras.layers.Conv2D(2, 1), keras.layers.BatchNormalization()])
+    rng = np.random.default_rng(0)
+    two_images = [rng.normal(size=(3, 3, 1)).astype("float32") for _ in range(2)]
+    with pytest.warns(UserWarning):  # few images: the statistics are noisy, and it says so
+        assert da.reestimate_batchnorm_statistics(model, two_images) == 2
+    images, labels = rng.normal(size=(8, 3, 3, 1)).astype("float32"), np.arange(8) % 2
+    with pytest.warns(UserWarning):
+        assert da.reestimate_batchnorm_statistics(model, (images, labels)) == 8

@@ -257,3 +257,71 @@ def test_command_line_on_folders(trained, tmp_path):
     reloaded = keras.models.load_model(tmp_path / "out" / "classifier.keras")
     assert reloaded.predict(images[:2, ..., :1], verbose=0).shape == (2, 10)
     assert cli_main(arguments) == 2  # files already in --out: refused without --overwrite
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("method", ["norm", "tent", "infomax"])
+def test_online_adaptation_of_a_mixed_precision_batchnorm_model(mixed_float16, method):
+    # The running statistics were autocast variables: read inside the BN call they came back in float16 and
+    # met float32 batch statistics (TypeError in 'Mul'), for every online method.
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = rng.normal(2.0, 1.0, (64, 8)).astype("float32")
+    adapter = da.TestTimeAdapter(model, method=method)
+    outputs = adapter.predict(x)
+    assert outputs.shape == (64, 3) and np.all(np.isfinite(outputs))
+    # "norm" normalises this batch with (mostly) its own statistics: the BN layer's outputs are centred.
+    running_mean = adapter._running[0][0].numpy()
+    assert running_mean.dtype == np.float32 and not np.allclose(running_mean, 0.0)
+
+
+def test_float16_probabilities_are_read_as_probabilities_not_logits():
+    # A float16 softmax misses a row sum of 1 by up to ~2e-3; one such row made the whole batch "logits", and a
+    # second softmax made confident predictions near-uniform (entropy 2.03 of log 10 = 2.30).
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (2048, 10)).astype("float32")
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits.astype("float16")))  # computed in float16
+    assert np.abs(probabilities.astype("float32").sum(1) - 1).max() > 1e-3  # the case: float16 rounding
+    read = keras.ops.convert_to_numpy(da.TestTimeAdapter._probabilities(probabilities))
+    np.testing.assert_allclose(read, keras.ops.convert_to_numpy(keras.ops.softmax(logits)), atol=2e-3)
+    np.testing.assert_allclose(read.sum(1), 1.0, atol=1e-5)
+    # Logits are still logits, in either dtype.
+    for dtype in ("float32", "float16"):
+        read_logits = keras.ops.convert_to_numpy(da.TestTimeAdapter._probabilities(logits.astype(dtype)))
+        np.testing.assert_allclose(read_logits.sum(1), 1.0, atol=1e-4)
+
+
+def test_a_non_finite_batch_is_refused_before_it_enters_the_running_statistics():
+    # One NaN image made every later clean batch's outputs NaN under method "norm" (no guard there).
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(3, activation="softmax")])
+    adapter = da.TestTimeAdapter(model, method="norm")
+    clean = rng.normal(size=(32, 4)).astype("float32")
+    poisoned = clean.copy()
+    poisoned[3, 0] = np.nan
+    with pytest.raises(ValueError, match="`batch` holds non-finite"):
+        adapter.predict(poisoned)
+    assert np.all(np.isfinite(adapter.predict(clean)))
+    with pytest.raises(ValueError, match="non-finite"):
+        da.adapt_at_test_time(model, poisoned, method="norm")
+
+
+def test_a_model_without_a_static_output_shape_is_a_clear_type_error():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3, activation="softmax")
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    with pytest.raises(TypeError, match="Argument `model` must be a built functional or Sequential"):
+        da.TestTimeAdapter(Subclassed(), method="tent")
