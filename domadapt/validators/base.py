@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from domadapt import ops
+from domadapt.data import check_images, without_labels
 
 
 class Validator:
@@ -85,6 +86,13 @@ def _image_rank(model):
     return len(shape)
 
 
+def check_max_samples(value):
+    """``max_samples`` of a sampling validator: an integer >= 2 (a density, a classifier or a kernel needs two)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise ValueError(f"Argument `max_samples` must be an integer >= 2; received max_samples={value!r}.")
+    return int(value)
+
+
 def images_of(value, argument, model=None):
     """Images from an array, an (images, labels) tuple or a dataset of images; labels are never read.
 
@@ -108,23 +116,44 @@ def images_of(value, argument, model=None):
         elif rank != image_rank + 1:
             raise ValueError(f"Argument `{argument}`: dataset elements have shape {value.element_spec.shape}; the model "
                              f"takes images of rank {image_rank}, one per element or batched.")
-        images = np.concatenate(list(value.as_numpy_iterator()))
+        batches = list(value.as_numpy_iterator())
+        images = np.concatenate(batches) if batches else np.zeros((0,))
     else:
-        if isinstance(value, (tuple, list)) and len(value) == 2 and not np.isscalar(value[0]):
-            value = value[0]
-        images = np.asarray(value)
-    if len(images) < 2:
-        raise ValueError(f"Argument `{argument}`: needs at least 2 images; received {len(images)}.")
+        images = np.asarray(without_labels(value))
+    if images.ndim == 0 or len(images) < 2:
+        raise ValueError(f"Argument `{argument}`: needs at least 2 images; received {len(images) if images.ndim else 0}.")
+    image_shape = getattr(model, "image_shape", None)
+    if isinstance(image_shape, tuple):
+        check_images(images, argument, image_shape)  # shape and finiteness, as fit checks them
+    elif np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+        raise ValueError(f"Argument `{argument}` contains NaN or inf values.")
     return images
 
 
-def labeled(value, argument):
+def labeled(value, argument, model=None):
+    """``(images, labels)`` as arrays, checked: at least 2 images, one integer label per image, labels in
+    ``[0, num_classes)`` when ``model`` tells the number of classes."""
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
         raise TypeError(f"Argument `{argument}` must be (images, labels) for this validator.")
     images = np.asarray(value[0])
-    labels = np.asarray(value[1]).reshape(-1).astype(np.int64)
+    labels = np.asarray(value[1]).reshape(-1)
     if len(images) != len(labels):
         raise ValueError(f"Argument `{argument}`: {len(images)} images but {len(labels)} labels.")
+    if len(images) < 2:
+        raise ValueError(f"Argument `{argument}`: needs at least 2 labeled images; received {len(images)}.")
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+        raise ValueError(f"Argument `{argument}`: labels must be integer class indices; received dtype {labels.dtype}.")
+    labels = labels.astype(np.int64)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None and model is not None:
+        try:  # a plain Keras classifier: its output width
+            num_classes = int(getattr(model, "classifier", model).output_shape[-1])
+        except (AttributeError, TypeError, ValueError, IndexError):
+            num_classes = None
+    if labels.min() < 0 or (isinstance(num_classes, int) and labels.max() >= num_classes):
+        expected = f"[0, {num_classes})" if isinstance(num_classes, int) else "non-negative"
+        raise ValueError(f"Argument `{argument}`: labels must be class indices in {expected}; received labels from "
+                         f"{labels.min()} to {labels.max()}.")
     return images, labels
 
 

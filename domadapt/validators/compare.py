@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from scipy import stats
 
 from domadapt import _construction
@@ -52,6 +53,8 @@ COLLAPSE_THRESHOLD = 0.01
 
 
 def resolve_validators(validators):
+    if isinstance(validators, (str, Validator)):
+        validators = [validators]
     resolved = []
     for item in validators:
         if isinstance(item, Validator):
@@ -60,6 +63,13 @@ def resolve_validators(validators):
             resolved.append(VALIDATORS[item]())
         else:
             raise ValueError(f"Argument `validators`: unknown {item!r}; choose from {sorted(VALIDATORS)} or pass a Validator.")
+    if not resolved:
+        raise ValueError("Argument `validators` is empty: pass at least one validator name or Validator.")
+    names = [v.name for v in resolved]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Argument `validators` names {repeated} more than once (scores are keyed by name); "
+                         "keep one of each, or give your Validator subclass another `name`.")
     return resolved
 
 
@@ -242,7 +252,7 @@ def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=(
 
     Returns:
         ``(recommended, mean_rank, excluded)``: the pick, ``{eligible candidate: mean
-        rank}`` and ``{candidate: "source accuracy drop" | "collapsed"}`` for those set aside.
+        rank}`` and ``{candidate: "source accuracy drop" | "collapsed" | "non-finite score"}`` for those set aside.
 
     Example:
 
@@ -265,6 +275,13 @@ def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=(
     excluded.update({c: "collapsed" for c in eligible if c not in kept})
     eligible = kept or eligible
     deciding = [n for n in by if n in oriented] or list(oriented)
+    # A NaN score makes every rank NaN, and the pick would be whichever candidate is listed first.
+    kept = [c for c in eligible if all(np.isfinite(oriented[n][c]) for n in deciding)]
+    excluded.update({c: "non-finite score" for c in eligible if c not in kept})
+    if not kept:
+        raise ValueError(f"Every candidate has a NaN or infinite score on {deciding}: nothing to rank (a diverged "
+                         "model, or non-finite images).")
+    eligible = kept
     ranks = [stats.rankdata([-oriented[n][c] for c in eligible]) for n in deciding]
     mean_rank = {c: float(np.mean([r[i] for r in ranks])) for i, c in enumerate(eligible)}
     recommended = min(eligible, key=mean_rank.get)
@@ -282,8 +299,10 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     candidates whose target predictions collapse (see :func:`collapse_reason`: the
     information between image and predicted class below ``collapse_threshold *
     log(num_classes)`` — identical or uniform outputs — or one class for >= 99% of
-    the first ``collapse_samples`` target images; an accurate model on an imbalanced
-    target is not excluded; ``collapse_threshold=None`` turns the filter off). The
+    ``collapse_samples`` target images drawn at random with a fixed seed; an accurate
+    model on an imbalanced target is not excluded; ``collapse_threshold=None`` turns
+    the filter off), and candidates with a NaN or infinite deciding score. A dataset
+    target is read once, so every candidate is scored on the same images. The
     defaults are the rule chosen on the multi-shift suite (see ``RECOMMENDING``).
     Each warning (excluded candidates, validators whose top pick differs from the
     recommendation) is issued once, as a Python ``UserWarning``, and kept in
@@ -323,6 +342,10 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
                 f"has task={task_of(model)!r}. Score each candidate with da.validate(model, source, target) instead."
             )
     resolved = resolve_validators(validators)
+    if isinstance(target, tf.data.Dataset):
+        # Read once: each validator reading it again would score each candidate on other images (a shuffled
+        # dataset) and read the target once per validator and candidate.
+        target = images_of(target, "target", next(iter(candidates.values())))
     scores = {name: validate(model, source, target, resolved) for name, model in candidates.items()}
     directions = {v.name: "higher" if v.higher_is_better else "lower" for v in resolved}
     oriented = {v.name: {c: v.ranking_score(scores[c][v.name]) for c in scores} for v in resolved}
@@ -333,8 +356,12 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     # Read once (a dataset target is concatenated), for whichever of the checks below needs it.
     target_images = functools.cache(lambda: images_of(target, "target", next(iter(candidates.values()))))
     if target is not None and collapse_threshold is not None:
+        # A seeded random subset, as the validators sample: the first images of a class-sorted target are
+        # one class, and an accurate model looked collapsed on them.
+        images = target_images()
+        subset = np.sort(np.random.default_rng(0).permutation(len(images))[:collapse_samples])
         for c in candidates:
-            probabilities, _ = outputs(candidates[c], target_images()[:collapse_samples])
+            probabilities, _ = outputs(candidates[c], images[subset])
             reason = collapse_reason(probabilities, collapse_threshold)
             if reason is not None:
                 collapse_reasons[c] = reason
@@ -344,6 +371,9 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     for c, why in excluded.items():
         if why == "collapsed":
             table_warnings.append(f"{c}: {collapse_reasons[c]}; it is not recommended")
+        elif why == "non-finite score":
+            bad = [n for n in scores[c] if not np.isfinite(scores[c][n])]
+            table_warnings.append(f"{c}: non-finite score on {', '.join(bad)}; it is not recommended")
         else:
             best_source = max(scores[x]["source_accuracy"] for x in scores)
             table_warnings.append(
@@ -382,6 +412,10 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     target_accuracy, correlations = {}, {}
     if target_labels is not None:
         target_labels = np.asarray(target_labels).reshape(-1)
+        if target is None or len(target_labels) != len(target_images()):
+            raise ValueError(f"Argument `target_labels`: expected one label per target image "
+                             f"({'no target given' if target is None else len(target_images())}); received "
+                             f"{len(target_labels)}.")
         for name, model in candidates.items():
             probabilities, _ = outputs(model, target_images())
             target_accuracy[name] = float(np.mean(np.argmax(probabilities, axis=1) == target_labels))

@@ -3,7 +3,7 @@
 import numpy as np
 
 from domadapt import ops
-from domadapt.validators.base import Validator, images_of, labeled, outputs, task_of
+from domadapt.validators.base import Validator, check_max_samples, images_of, labeled, outputs, task_of
 from domadapt.validators.source_error import labeled_any, per_example_losses
 
 
@@ -26,13 +26,13 @@ class DeepEmbeddedValidation(Validator):
     tasks = ("classification", "regression", "segmentation")
 
     def __init__(self, max_samples=2000, seed=0):
-        self.max_samples = int(max_samples)
+        self.max_samples = check_max_samples(max_samples)
         self.seed = seed
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         self.check_task(model)
         if task_of(model) == "classification":
-            source_images, source_labels = labeled(source, "source")
+            source_images, source_labels = labeled(source, "source", model)
         else:
             source_images, source_labels = labeled_any(source, "source")
         target_images = images_of(target, "target", model)
@@ -55,6 +55,6 @@ class DeepEmbeddedValidation(Validator):
         logits = class_logits[:, 1] - class_logits[:, 0]
         ratio = np.exp(np.clip(logits, -10, 10)) * len(fit_part) / len(target_features)
         weighted = ratio * losses[weight_part]
-        variance = np.var(ratio)
+        variance = np.var(ratio, ddof=1)  # the same normalisation as np.cov below
         eta = 0.0 if variance < 1e-12 else -np.cov(weighted, ratio)[0, 1] / variance
         return float(np.mean(weighted) + eta * np.mean(ratio) - eta)

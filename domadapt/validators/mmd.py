@@ -4,7 +4,7 @@ import numpy as np
 
 from domadapt import ops
 from domadapt.gap.kernels import mmd
-from domadapt.validators.base import Validator, images_of, outputs
+from domadapt.validators.base import Validator, check_max_samples, images_of, outputs
 
 
 class FeatureMMD(Validator):
@@ -27,7 +27,7 @@ class FeatureMMD(Validator):
 
     def __init__(self, max_samples=1000, seed=0, *, kernel="rbf", bandwidth="median", estimator="unbiased"):
         ops.check_kernel_options(kernel, bandwidth, estimator)
-        self.max_samples = int(max_samples)
+        self.max_samples = check_max_samples(max_samples)
         self.seed = seed
         self.kernel, self.bandwidth, self.estimator = kernel, bandwidth, estimator
 

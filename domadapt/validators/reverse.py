@@ -3,7 +3,7 @@
 import numpy as np
 
 from domadapt import ops
-from domadapt.validators.base import Validator, images_of, labeled, outputs
+from domadapt.validators.base import Validator, check_max_samples, images_of, labeled, outputs
 
 
 class ReverseValidation(Validator):
@@ -33,13 +33,13 @@ class ReverseValidation(Validator):
     higher_is_better = True
 
     def __init__(self, max_samples=2000, l2=1e-2, seed=0):
-        self.max_samples = int(max_samples)
+        self.max_samples = check_max_samples(max_samples)
         self.l2 = float(l2)
         self.seed = seed
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         self.check_task(model)
-        source_images, source_labels = labeled(source, "source")
+        source_images, source_labels = labeled(source, "source", model)
         target_images = images_of(target, "target", model)
         if len(target_images) > self.max_samples:
             chosen = np.random.default_rng(self.seed).choice(len(target_images), self.max_samples, replace=False)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from domadapt.strategy import Recipe, Strategy, flatten_strategies
+from domadapt.data import without_labels
 from domadapt.validators.base import images_of
 from domadapt.validators.compare import DEFAULT_VALIDATORS, ComparisonTable, compare
 
@@ -178,9 +179,7 @@ def _checked_adapter(adapter, name, made_by):
 
 def _without_labels(target):
     """Target images only: an ``(images, labels)`` pair loses its labels here, unread."""
-    if isinstance(target, (tuple, list)) and len(target) == 2 and not np.isscalar(target[0]):
-        return target[0]
-    return target
+    return without_labels(target)
 
 
 def _split_source(source, validation_source, validation_split, seed):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from domadapt.validators.base import Validator, images_of, outputs
+from domadapt.validators.base import Validator, check_max_samples, images_of, outputs
 
 
 class SoftNeighborhoodDensity(Validator):
@@ -25,9 +25,11 @@ class SoftNeighborhoodDensity(Validator):
     def __init__(self, temperature=0.05, use="probabilities", max_samples=2000, seed=0):
         if use not in ("probabilities", "features"):
             raise ValueError(f"Argument `use` must be 'probabilities' or 'features'; received {use!r}.")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"Argument `temperature` must be a positive number; received temperature={temperature!r}.")
         self.temperature = float(temperature)
         self.use = use
-        self.max_samples = int(max_samples)
+        self.max_samples = check_max_samples(max_samples)
         self.seed = seed
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):

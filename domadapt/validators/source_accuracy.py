@@ -17,6 +17,6 @@ class SourceAccuracy(Validator):
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):
         self.check_task(model)
-        images, labels = labeled(source, "source")
+        images, labels = labeled(source, "source", model)
         probabilities, _ = outputs(model, images, domain="source")
         return float(np.mean(np.argmax(probabilities, axis=1) == labels))
