@@ -50,10 +50,10 @@ def _batches(images, batch_size, image_rank, max_images=None):
         yield images[np.sort(order[start : start + batch_size])]
 
 
-def _check_images(images, argument):
+def _check_images(images, argument, image_rank=None):
     if isinstance(images, tf.data.Dataset):
         return images
-    images = without_labels(images)  # (images, labels): labels are never read
+    images = without_labels(images, image_rank)  # (images, labels): labels are never read
     images = np.asarray(images)
     if images.ndim == 0 or len(images) == 0:
         raise ValueError(f"Argument `{argument}` is empty: expected an array or dataset of images; received "
@@ -165,7 +165,7 @@ def reestimate_batchnorm_statistics(model, images, *, batch_size=64, max_images=
     layers = batchnorm_layers(model)
     if not layers:
         raise ValueError("Argument `model` has no BatchNormalization layers: there are no statistics to re-estimate.")
-    images = _check_images(images, "images")
+    images = _check_images(images, "images", len(model.input_shape) - 1)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be a positive integer; received batch_size={batch_size!r}.")
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer))
@@ -216,7 +216,7 @@ def adapt_batchnorm(model, target_images, labels=None, *, batch_size=64):
     model = getattr(model, "classifier", model)
     if not batchnorm_layers(model):
         raise ValueError("Argument `model` has no BatchNormalization layers: there are no statistics to adapt.")
-    target_images = _check_images(target_images, "target_images")
+    target_images = _check_images(target_images, "target_images", len(model.input_shape) - 1)
     if labels is not None and isinstance(target_images, tf.data.Dataset):
         raise ValueError("Pass `labels` with an image array, not with a dataset.")
     before = _accuracy(model, target_images, labels, batch_size) if labels is not None else None

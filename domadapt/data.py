@@ -185,12 +185,26 @@ def _make_stream(value, *, argument: str, labeled: bool, image_shape: tuple, num
     return _Stream(argument, False, images.shape[0], images=images)
 
 
-def without_labels(value):
-    """``value[0]`` when ``value`` is an ``(images, labels)`` pair (labels one per image), else ``value`` unchanged:
-    a list of two images, or of two image arrays, stays what it is."""
-    if isinstance(value, (tuple, list)) and len(value) == 2 and _looks_like_labels(value[1], value[0]):
-        return value[0]
-    return value
+def without_labels(value, image_rank=None):
+    """``value[0]`` when ``value`` is an ``(images, labels)`` pair, else ``value`` unchanged: a list of two
+    images stays two images.
+
+    A pair: two arrays with one label (a class, a value, a mask) per image. With ``image_rank`` (the model's
+    input rank without the batch) the first must hold images of that rank; without it, the labels must have
+    fewer dimensions than the images (class labels, one-hot rows, regression targets, masks of HxW images),
+    where a list of two images has as many.
+    """
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        return value
+    try:
+        first, second = np.shape(value[0]), np.shape(value[1])
+    except (TypeError, ValueError):  # ragged: not two arrays
+        return value
+    if not first or not second or first[0] != second[0]:
+        return value
+    if image_rank is not None:
+        return value[0] if len(first) == image_rank + 1 else value
+    return value[0] if len(second) < len(first) or _looks_like_labels(value[1], value[0]) else value
 
 
 def _looks_like_labels(labels, images) -> bool:

@@ -673,7 +673,7 @@ def _read_target(target, model):
         target = _match_channels(read_images(target, image_size=size), model)
     if isinstance(target, tf.data.Dataset):
         return target
-    target = without_labels(target)  # (images, labels): the labels are never read
+    target = without_labels(target, len(model.input_shape) - 1)  # (images, labels): the labels are never read
     try:
         target = np.asarray(target)
     except Exception as error:

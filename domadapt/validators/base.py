@@ -119,7 +119,7 @@ def images_of(value, argument, model=None):
         batches = list(value.as_numpy_iterator())
         images = np.concatenate(batches) if batches else np.zeros((0,))
     else:
-        images = np.asarray(without_labels(value))
+        images = np.asarray(without_labels(value, _image_rank(model)))
     if images.ndim == 0 or len(images) < 2:
         raise ValueError(f"Argument `{argument}`: needs at least 2 images; received {len(images) if images.ndim else 0}.")
     image_shape = getattr(model, "image_shape", None)
