@@ -282,6 +282,9 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
         adapter, source=(data["source_test_x"][:validation_size], data["source_test_y"][:validation_size]),
         target=data["target_x"][:validation_size], validators=VALIDATORS_RECORDED,
     )
+    # Each candidate's predicted classes on those unlabeled target images (one digit per image), so rules that
+    # compare candidates with one another (agreement with the candidates' majority vote) can be evaluated.
+    validation_predictions = adapter.predict(data["target_x"][:validation_size], batch_size=512, verbose=0).argmax(1)
     reasons = []
     if top_class_share >= COLLAPSE_CLASS_SHARE:
         reasons.append(f"{top_class_share:.0%} of target predictions in one class")
@@ -298,6 +301,7 @@ def run_one(shift: Shift, method: str, seed: int, backbone: str, data, epochs: i
         # Detects rows left from an older definition of the same backbone name.
         "backbone_parameters": int(adapter.backbone.count_params()),
         "user_preset": shift.user_preset if method == "mimic_user_preset" else None,
+        "validation_target_predictions": "".join(str(int(c)) for c in validation_predictions),
         "validators": {name: float(value) for name, value in validator_scores.items()},
         # The collapse guard (on by default since it landed): the adaptation scale after
         # each epoch (1.0: never backed off) and how many back-offs it made.
