@@ -50,13 +50,37 @@ def _batches(images, batch_size, image_rank, max_images=None):
         yield images[np.sort(order[start : start + batch_size])]
 
 
-def _check_images(images, argument, image_rank=None):
+def _check_images(images, argument, model):
+    """``images`` checked against ``model``'s input (shape, numbers) before any statistic changes: an array
+    (``(images, labels)`` loses its labels) or a dataset of images or ``(images, ...)``, batched or not."""
+    try:
+        expected = tuple(model.input_shape[1:])
+    except (AttributeError, TypeError, ValueError) as error:
+        raise TypeError(f"Argument `model` must be a built Keras model with one image input; received a "
+                        f"{type(model).__name__} without an input shape ({error}).") from error
+    if not all(d is None or isinstance(d, int) for d in expected):
+        raise TypeError(f"Argument `model` must have one image input; its input shape is {model.input_shape}.")
+    image_rank = len(expected)
+    wanted = "(num_images, " + ", ".join("?" if d is None else str(d) for d in expected) + ")"
     if isinstance(images, tf.data.Dataset):
+        spec = images.element_spec[0] if isinstance(images.element_spec, tuple) else images.element_spec
+        if not isinstance(spec, tf.TensorSpec):
+            raise TypeError(f"Argument `{argument}`: expected a dataset of images or (images, ...) tuples; received "
+                            f"elements {images.element_spec}.")
+        shape = spec.shape
+        if shape.rank is not None and shape.rank not in (image_rank, image_rank + 1):
+            raise ValueError(f"Argument `{argument}`: dataset elements have shape {shape}; the model takes images of "
+                             f"shape {expected}, one per element or batched.")
         return images
     images = without_labels(images, image_rank)  # (images, labels): labels are never read
     images = np.asarray(images)
     if images.ndim == 0 or len(images) == 0:
         raise ValueError(f"Argument `{argument}` is empty: expected an array or dataset of images; received "
+                         f"shape {images.shape}.")
+    if images.dtype.kind not in "biuf":
+        raise TypeError(f"Argument `{argument}`: expected numeric images; received an array of dtype {images.dtype}.")
+    if images.ndim != image_rank + 1 or any(e is not None and e != g for e, g in zip(expected, images.shape[1:])):
+        raise ValueError(f"Argument `{argument}`: expected images of shape {wanted} (the model's input); received "
                          f"shape {images.shape}.")
     return images
 
@@ -165,7 +189,7 @@ def reestimate_batchnorm_statistics(model, images, *, batch_size=64, max_images=
     layers = batchnorm_layers(model)
     if not layers:
         raise ValueError("Argument `model` has no BatchNormalization layers: there are no statistics to re-estimate.")
-    images = _check_images(images, "images", len(model.input_shape) - 1)
+    images = _check_images(images, "images", model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be a positive integer; received batch_size={batch_size!r}.")
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer))
@@ -216,7 +240,7 @@ def adapt_batchnorm(model, target_images, labels=None, *, batch_size=64):
     model = getattr(model, "classifier", model)
     if not batchnorm_layers(model):
         raise ValueError("Argument `model` has no BatchNormalization layers: there are no statistics to adapt.")
-    target_images = _check_images(target_images, "target_images", len(model.input_shape) - 1)
+    target_images = _check_images(target_images, "target_images", model)
     if labels is not None and isinstance(target_images, tf.data.Dataset):
         raise ValueError("Pass `labels` with an image array, not with a dataset.")
     before = _accuracy(model, target_images, labels, batch_size) if labels is not None else None

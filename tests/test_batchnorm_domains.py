@@ -344,3 +344,20 @@ def test_a_list_of_two_images_is_two_images_not_an_images_labels_pair():
     images, labels = rng.normal(size=(8, 3, 3, 1)).astype("float32"), np.arange(8) % 2
     with pytest.warns(UserWarning):
         assert da.reestimate_batchnorm_statistics(model, (images, labels)) == 8
+
+
+def test_reestimation_checks_the_images_against_the_model_before_any_statistic_changes():
+    # A wrong image shape ended in a raw Keras error, a dataset of dicts in an AttributeError, strings in a
+    # TensorFlow cast error.
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    images = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    with pytest.raises(ValueError, match=r"Argument `images`: expected images of shape \(num_images, 4\)"):
+        da.reestimate_batchnorm_statistics(model, images[:, :3])
+    with pytest.raises(TypeError, match="expected numeric images"):
+        da.reestimate_batchnorm_statistics(model, images.astype(str))
+    with pytest.raises(TypeError, match="expected a dataset of images"):
+        da.reestimate_batchnorm_statistics(model, tf.data.Dataset.from_tensor_slices({"image": images}))
+    with pytest.raises(ValueError, match="dataset elements have shape"):
+        da.adapt_batchnorm(model, tf.data.Dataset.from_tensor_slices(images[:, :, None, None]).batch(8))

@@ -77,6 +77,10 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
         **fit_kwargs: passed to every ``adapter.fit`` (``epochs``, ``batch_size``,
             ``seed``, ...). With ``seed``, Keras' global seeds are set to it before
             each candidate is built, so candidates start from the same weights.
+            Callbacks passed here are the same objects for every candidate: a
+            stateful one (``ModelCheckpoint(save_best_only=True)`` keeps its best
+            value and its file from one candidate to the next) belongs in a
+            factory candidate, which builds its own.
 
     Returns:
         A :class:`Selection`: ``.name``, ``.adapter`` (trained), ``.table``, ``.adapters``.
