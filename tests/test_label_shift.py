@@ -247,6 +247,25 @@ def test_label_shift_input_errors():
         da.gap.label_shift(classifier, source=(x, np.zeros(10, int)), target=x, bootstrap=19)
 
 
+def test_label_shift_refuses_nan_images_and_checks_the_input_before_predicting():
+    # NaN images got argmax 0 and piled onto class 0: "class mix differs" on a target with the source's mix,
+    # with the appearance check silently off (a NaN AUC).
+    classifier, centres = gaussian_classifier()
+    rng = np.random.default_rng(0)
+    source = sample(centres, [1 / 3] * 3, 600, rng)
+    target, _ = sample(centres, [1 / 3] * 3, 600, rng)
+    poisoned = target.copy()
+    poisoned[:60] = np.nan
+    with pytest.raises(ValueError, match="Argument `target` contains NaN"):
+        da.gap.label_shift(classifier, source=source, target=poisoned, bootstrap=0)
+    with pytest.raises(ValueError, match=r"Argument `target`: expected images of shape \(num_images, 1\)"):
+        da.gap.label_shift(classifier, source=source, target=np.zeros((10, 2), "float32"), bootstrap=0)
+    with pytest.raises(ValueError, match="integer class indices"):
+        da.gap.label_shift(classifier, source=(source[0], source[1].astype(str)), target=target, bootstrap=0)
+    result = da.gap.label_shift(classifier, source=source, target=target, alpha=np.float32(0.05), bootstrap=40)
+    assert not result.shifted  # numpy scalars are numbers too
+
+
 # ----------------------------------------------------------------------------- prior correction
 
 

@@ -383,6 +383,9 @@ def _scores(classifier, images, batch_size):
             f"Argument `model` must output one score per class, shape (batch, num_classes >= 2); it output shape "
             f"{outputs.shape}."
         )
+    if not np.isfinite(outputs).all():
+        raise ValueError("Argument `model` outputs NaN or inf scores on these images (a diverged model?): no class "
+                         "mix can be estimated from them.")
     looks_normalised = np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3)
     # Probabilities saturate in float32; log(1e-30) keeps their order, and BCTS rescales them.
     return np.log(np.clip(outputs, 1e-30, None)) if looks_normalised else outputs
@@ -413,8 +416,19 @@ def logits_model(classifier):
         return classifier
 
 
+def _input_shape(classifier):
+    """The classifier's input shape without the batch, or None when it has no single static one."""
+    try:
+        shape = tuple(classifier.input_shape[1:])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return shape if all(d is None or isinstance(d, int) for d in shape) else None
+
+
 def _as_labels(labels, count):
     labels = np.asarray(labels)
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(f"Argument `source`: labels must be integer class indices; received dtype {labels.dtype}.")
     if labels.ndim == 2 and labels.shape[1] > 1:  # one-hot
         labels = labels.argmax(axis=1)
     labels = labels.reshape(-1)
@@ -429,10 +443,10 @@ def _as_labels(labels, count):
 def _check_options(method, alpha, margin, bootstrap):
     if method not in METHODS:
         raise ValueError(f"Argument `method` must be one of {METHODS}; received method={method!r}.")
-    if isinstance(alpha, bool) or not isinstance(alpha, (float, int)) or not 0 < alpha < 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, (float, int, np.floating, np.integer)) or not 0 < alpha < 1:
         raise ValueError(f"Argument `alpha` must be a false-alarm rate in (0, 1), e.g. 0.05; received alpha={alpha!r}.")
     if not (isinstance(margin, str) and margin == "auto") and (
-            isinstance(margin, bool) or not isinstance(margin, (float, int)) or not 0 <= margin < 1):
+            isinstance(margin, bool) or not isinstance(margin, (float, int, np.floating, np.integer)) or not 0 <= margin < 1):
         raise ValueError(f"Argument `margin` must be 'auto' or a total variation in [0, 1); received margin={margin!r}.")
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
         raise ValueError(f"Argument `bootstrap` must be a non-negative integer; received bootstrap={bootstrap!r}.")
@@ -537,9 +551,21 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
     classifier = _classifier_of(model)
     source_images = np.asarray(source[0])
     target_images = np.asarray(target)
+    expected = _input_shape(classifier)
     for name, images in (("source", source_images), ("target", target_images)):
         if images.ndim < 2 or len(images) < 2:
             raise ValueError(f"Argument `{name}`: expected a batch of at least 2 images; received shape {images.shape}.")
+        if images.dtype.kind not in "biuf":
+            raise TypeError(f"Argument `{name}`: expected numeric images; received dtype {images.dtype}.")
+        if expected is not None and (images.ndim != len(expected) + 1 or any(
+                e is not None and e != g for e, g in zip(expected, images.shape[1:]))):
+            raise ValueError(f"Argument `{name}`: expected images of shape (num_images, "
+                             + ", ".join("?" if d is None else str(d) for d in expected)
+                             + f") (the model's input); received shape {images.shape}.")
+        # NaN images get argmax 0 and would pile onto class 0: a wrong verdict, with the appearance check (a NaN
+        # AUC) silently off.
+        if images.dtype.kind == "f" and not np.isfinite(images).all():
+            raise ValueError(f"Argument `{name}` contains NaN or inf values.")
     source_labels = _as_labels(source[1], len(source_images))
     scorer = logits_model(classifier)
     source_scores = _scores(scorer, source_images, batch_size)
