@@ -318,3 +318,25 @@ def test_cli_gap_pixels_sees_a_spatial_change_and_reports_the_images_tested(tmp_
     assert code == 0
     test = json.loads((tmp_path / "out.json").read_text())["mmd_test"]
     assert test["p_value"] < 0.01 and test["num_source"] == 40 and test["num_target"] == 40
+
+
+def test_measure_takes_feature_vector_and_sequence_backbones_and_checks_its_inputs_first():
+    # A dense-input backbone raised IndexError and a Conv1D one a reshape error (the pixel row assumed (N, H, W, C));
+    # a dataset, layers=None and 3 images ended in raw AttributeError / TypeError / a late error about features.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    dense = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)])
+    source, target = rng.random((40, 16)), rng.random((40, 16)) + 0.5
+    report = da.gap.measure(dense, source, target, verbose=0, metrics=("mmd",))
+    pixels = next(row for row in report.rows if row["layer"] == "pixels")
+    assert pixels["width"] == 16 and pixels["mmd"] == pytest.approx(da.gap.mmd(source, target), rel=1e-5)
+    conv1d = keras.Sequential([keras.Input((12, 3)), keras.layers.Conv1D(4, 3)])
+    assert da.gap.measure(conv1d, rng.random((40, 12, 3)), rng.random((40, 12, 3)), verbose=0,
+                          metrics=("mmd",)).rows[0]["width"] == 36
+    with pytest.raises(TypeError, match="`layers` must be 'auto', 'output' or a list"):
+        da.gap.measure(dense, source, target, layers=None, verbose=0)
+    with pytest.raises(ValueError, match="`source_images`: needs at least 4 images"):
+        da.gap.measure(dense, source[:3], target, verbose=0)
+    with pytest.raises(TypeError, match="`source_images`: measure takes image arrays"):
+        da.gap.measure(dense, tf.data.Dataset.from_tensor_slices(source), target, verbose=0)

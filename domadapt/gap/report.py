@@ -135,8 +135,10 @@ def _pca(source, target, components=2):
 
 
 def pixel_features(images, side=8):
-    """Images average-pooled to at most side x side, flattened: the input-level row."""
+    """Images average-pooled to at most side x side, flattened: the input-level row (other inputs: flattened)."""
     tensor = tf.convert_to_tensor(images, tf.float32)
+    if tensor.shape.rank != 4:  # feature vectors, sequences, volumes: no 2-D pooling to do
+        return tensor.numpy().reshape(len(images), -1)
     height, width = tensor.shape[1], tensor.shape[2]
     tensor = tf.image.resize(tensor, (min(side, height), min(side, width)), method="area")
     return tensor.numpy().reshape(len(images), -1)
@@ -177,15 +179,25 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
     pooled = pooled_model(model)  # validates the backbone
     image_shape = tuple(pooled.input_shape[1:])
     rng = np.random.default_rng(check_seed(seed))
-    source = subsample(as_images(source_images, "source_images", image_shape), max_samples, rng).astype("float32")
-    target = subsample(as_images(target_images, "target_images", image_shape), max_samples, rng).astype("float32")
+    checked = {}
+    for name, value in (("source_images", source_images), ("target_images", target_images)):
+        if isinstance(value, tf.data.Dataset):
+            raise TypeError(f"Argument `{name}`: measure takes image arrays (it subsamples them); received a "
+                            "tf.data.Dataset. Take a sample first, e.g. np.concatenate(list(dataset.take(8)"
+                            ".as_numpy_iterator())), or use da.gap.features for datasets.")
+        checked[name] = as_images(value, name, image_shape)
+        if len(checked[name]) < 4:  # proxy-A-distance and the domain classifier hold out half of each domain
+            raise ValueError(f"Argument `{name}`: needs at least 4 images; received {len(checked[name])}.")
+    source = subsample(checked["source_images"], max_samples, rng).astype("float32")
+    target = subsample(checked["target_images"], max_samples, rng).astype("float32")
 
     if layers == "output":
         chosen = []
     elif layers == "auto":
         chosen = _auto_layers(model)
     else:
-        if isinstance(layers, str) or not all(isinstance(name, str) for name in layers):
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not all(
+                isinstance(name, str) for name in layers):
             raise TypeError(f"Argument `layers` must be 'auto', 'output' or a list of layer names; received {layers!r}.")
         names = [layer.name for layer in model.layers]
         missing = [name for name in layers if name not in names]
