@@ -340,3 +340,16 @@ def test_measure_takes_feature_vector_and_sequence_backbones_and_checks_its_inpu
         da.gap.measure(dense, source[:3], target, verbose=0)
     with pytest.raises(TypeError, match="`source_images`: measure takes image arrays"):
         da.gap.measure(dense, tf.data.Dataset.from_tensor_slices(source), target, verbose=0)
+
+
+def test_covariance_overflow_and_an_oversized_permutation_test_are_clear_errors():
+    # CORAL returned NaN and Fréchet raised numpy's LinAlgError past |x| ~ 1e154; mmd_test allocated the pooled
+    # N x N kernel for any max_samples (100k per domain: ~480 GB).
+    rng = np.random.default_rng(0)
+    huge = rng.normal(size=(50, 3)) * 1e160
+    for gap in (da.gap.coral, da.gap.frechet):
+        with pytest.raises(ValueError, match="covariance overflowed float64"):
+            gap(huge, huge * 2)
+    source = np.zeros((12000, 2), "float32") + rng.normal(size=(12000, 2)).astype("float32")
+    with pytest.raises(ValueError, match=r"Argument `max_samples`: 24000 pooled samples need ~6 GiB"):
+        da.gap.mmd_test(source, source + 1.0, max_samples=12000)

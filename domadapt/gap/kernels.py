@@ -214,6 +214,10 @@ class MMDTestResult:
         return iter((self.statistic, self.p_value))
 
 
+# Memory the permutation test may take for its pooled kernel matrix.
+MMD_TEST_MAX_BYTES = 4 * 2**30
+
+
 def mmd_test(source_features, target_features, *, permutations=1000, kernel="rbf", bandwidth="median",
              max_samples=2000, seed=0):
     """Permutation two-sample test of "both feature sets come from one distribution".
@@ -241,6 +245,14 @@ def mmd_test(source_features, target_features, *, permutations=1000, kernel="rbf
     rng = np.random.default_rng(check_seed(seed))
     source = subsample(source, max_samples, rng)
     target = subsample(target, max_samples, rng)
+    pooled_count = len(source) + len(target)
+    # The test holds the pooled kernel matrix: float32 from the kernel plus a float64 copy (x5 for "multi").
+    needed = pooled_count**2 * (12 + (32 if bandwidth == "multi" else 0))
+    if needed > MMD_TEST_MAX_BYTES:
+        raise ValueError(f"Argument `max_samples`: {pooled_count} pooled samples need ~{needed / 2**30:.0f} GiB for "
+                         f"the permutation test's kernel matrix (limit {MMD_TEST_MAX_BYTES / 2**30:.0f} GiB); use "
+                         "max_samples <= 5000 (the test's power is high long before that), or da.gap.mmd for the "
+                         "statistic on every sample.")
     source, target, kernel_fn = prepare(source, target, kernel, bandwidth, seed)
     pooled = np.concatenate([source, target])
     n, m = len(source), len(target)

@@ -22,6 +22,10 @@ def moments(features, block_size=8192):
         outer += block.T @ block
     mean = total / count
     covariance = (outer - count * np.outer(mean, mean)) / (count - 1)
+    if not (np.isfinite(covariance).all() and np.isfinite(mean).all()):
+        # Past |x| ~ 1e154 the squares overflow float64: CORAL came back NaN and Fréchet raised LinAlgError.
+        raise ValueError("The features' covariance overflowed float64 (values around 1e154 or larger): rescale "
+                         "them (e.g. divide by their standard deviation).")
     return mean + shift, (covariance + covariance.T) / 2
 
 
