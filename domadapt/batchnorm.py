@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from domadapt.data import without_labels
+from domadapt.data import check_image_shape, without_labels
 
 __all__ = ["MIN_REESTIMATION_IMAGES", "adapt_batchnorm", "batchnorm_layers", "reestimate_batchnorm_statistics"]
 
@@ -61,7 +61,6 @@ def _check_images(images, argument, model):
     if not all(d is None or isinstance(d, int) for d in expected):
         raise TypeError(f"Argument `model` must have one image input; its input shape is {model.input_shape}.")
     image_rank = len(expected)
-    wanted = "(num_images, " + ", ".join("?" if d is None else str(d) for d in expected) + ")"
     if isinstance(images, tf.data.Dataset):
         spec = images.element_spec[0] if isinstance(images.element_spec, tuple) else images.element_spec
         if not isinstance(spec, tf.TensorSpec):
@@ -79,9 +78,7 @@ def _check_images(images, argument, model):
                          f"shape {images.shape}.")
     if images.dtype.kind not in "biuf":
         raise TypeError(f"Argument `{argument}`: expected numeric images; received an array of dtype {images.dtype}.")
-    if images.ndim != image_rank + 1 or any(e is not None and e != g for e, g in zip(expected, images.shape[1:])):
-        raise ValueError(f"Argument `{argument}`: expected images of shape {wanted} (the model's input); received "
-                         f"shape {images.shape}.")
+    check_image_shape(images, argument, expected)
     return images
 
 

@@ -85,16 +85,19 @@ def _shape_matches(actual, expected) -> bool:
     return all(e is None or a is None or int(a) == int(e) for a, e in zip(actual, expected))
 
 
-def check_images(images: np.ndarray, argument: str, image_shape: tuple) -> None:
+def check_image_shape(images: np.ndarray, argument: str, image_shape: tuple) -> None:
+    """``images`` must be ``(num_images,) + image_shape`` (``None``: any size there), else a ValueError."""
     expected = "(num_images, " + ", ".join("?" if d is None else str(d) for d in image_shape) + ")"
     if images.ndim != len(image_shape) + 1 or not _shape_matches(images.shape[1:], image_shape):
         raise ValueError(
             f"Argument `{argument}`: expected images of shape {expected} to match the "
             f"backbone's input; received shape {images.shape}."
         )
-    if images.shape[0] == 0:
-        raise ValueError(f"Argument `{argument}`: received no images (an empty array).")
-    if np.issubdtype(images.dtype, np.floating):
+
+
+def check_finite_images(images: np.ndarray, argument: str) -> None:
+    """A ValueError naming the first image with a NaN or inf value, if any (float arrays)."""
+    if np.issubdtype(images.dtype, np.floating) and images.size:
         finite = np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
@@ -102,6 +105,13 @@ def check_images(images: np.ndarray, argument: str, image_shape: tuple) -> None:
                 f"Argument `{argument}`: image {bad} (and {int((~finite).sum()) - 1} others) "
                 "contains NaN or inf values."
             )
+
+
+def check_images(images: np.ndarray, argument: str, image_shape: tuple) -> None:
+    check_image_shape(images, argument, image_shape)
+    if images.shape[0] == 0:
+        raise ValueError(f"Argument `{argument}`: received no images (an empty array).")
+    check_finite_images(images, argument)
 
 
 def _check_labels(labels: np.ndarray, argument: str, num_images: int, num_classes: int) -> np.ndarray:

@@ -458,7 +458,7 @@ class CollapseGuard(keras.callbacks.Callback):
             # when the training steps saw it too; a probe alone is one snapshot, and after the first epoch
             # an unadapted model's snapshot is often one class (the demo's rain: 100% on the probe, 35% over
             # the epoch's steps, for source-only, DANN, MMD and CORAL alike).
-            steps_share = statistics.get("steps_target_top_class_share", share)
+            steps_share = statistics.get("steps_target_top_class_share", share)  # = share without a probe
             single_class = share >= self.single_class_share and steps_share >= self.single_class_share
             if reason is not None and (self._predictions_were_healthy or single_class):
                 reasons.append(reason.replace("its target predictions", "target predictions"))
@@ -466,7 +466,7 @@ class CollapseGuard(keras.callbacks.Callback):
             # The drift rule reads the training steps' predictions, the statistics its thresholds were chosen on:
             # one probe is a snapshot, and snapshots swing (CORAL on the brightness-shifted digits: 61% against
             # 29% at one check, 50% accuracy at the end without a back-off, 46% with it).
-            drift_share = statistics.get("steps_target_top_class_share", share)
+            drift_share = steps_share
             lowest = self._lowest_top_class_share
             if (reason is None and self.drift_ratio is not None and lowest is not None
                     and drift_share >= max(self.drift_share, self.drift_ratio * lowest)):

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from scipy import optimize, stats
 
+from domadapt.data import check_image_shape
 from domadapt.gap.checks import check_seed
 
 __all__ = ["LabelShiftResult", "label_shift", "label_shift_check", "logits_model", "prior_corrected"]
@@ -557,11 +558,8 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
             raise ValueError(f"Argument `{name}`: expected a batch of at least 2 images; received shape {images.shape}.")
         if images.dtype.kind not in "biuf":
             raise TypeError(f"Argument `{name}`: expected numeric images; received dtype {images.dtype}.")
-        if expected is not None and (images.ndim != len(expected) + 1 or any(
-                e is not None and e != g for e, g in zip(expected, images.shape[1:]))):
-            raise ValueError(f"Argument `{name}`: expected images of shape (num_images, "
-                             + ", ".join("?" if d is None else str(d) for d in expected)
-                             + f") (the model's input); received shape {images.shape}.")
+        if expected is not None:
+            check_image_shape(images, name, expected)
         # NaN images get argmax 0 and would pile onto class 0: a wrong verdict, with the appearance check (a NaN
         # AUC) silently off.
         if images.dtype.kind == "f" and not np.isfinite(images).all():

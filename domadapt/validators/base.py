@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from domadapt import ops
-from domadapt.data import check_images, without_labels
+from domadapt.data import check_finite_images, check_images, without_labels
 
 
 class Validator:
@@ -125,8 +125,8 @@ def images_of(value, argument, model=None):
     image_shape = getattr(model, "image_shape", None)
     if isinstance(image_shape, tuple):
         check_images(images, argument, image_shape)  # shape and finiteness, as fit checks them
-    elif np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
-        raise ValueError(f"Argument `{argument}` contains NaN or inf values.")
+    else:
+        check_finite_images(images, argument)
     return images
 
 

@@ -105,7 +105,7 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
     seed = fit_kwargs.get("seed")
     train_source, validation_source, split_note = _split_source(source, validation_source, validation_split, seed)
     notes += split_note
-    target_images = _without_labels(target)
+    target_images = without_labels(target)
     if not isinstance(target_images, tf.data.Dataset):  # arrays are checked before any training
         target_images = images_of(target_images, "target")
     for message in notes:
@@ -120,7 +120,7 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
             adapter = _checked_adapter(recipe(), name, "its factory")
         else:
             adapter = _checked_adapter(build_adapter(_copied(recipe)), name, "build_adapter")
-        adapter.fit(source=train_source, target=_without_labels(target), **fit_kwargs)
+        adapter.fit(source=train_source, target=without_labels(target), **fit_kwargs)
         trained[name] = adapter
     if isinstance(target_images, tf.data.Dataset):
         # Read once, after a model tells batches from single images: every candidate is scored on the same
@@ -179,11 +179,6 @@ def _checked_adapter(adapter, name, made_by):
         raise ValueError(f"Candidate {name!r}: {made_by} returned an adapter that is not compiled; "
                          "call adapter.compile(optimizer=...) before returning it.")
     return adapter
-
-
-def _without_labels(target):
-    """Target images only: an ``(images, labels)`` pair loses its labels here, unread."""
-    return without_labels(target)
 
 
 def _split_source(source, validation_source, validation_split, seed):
