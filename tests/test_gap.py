@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.linalg
+import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -267,6 +268,12 @@ def test_features_pools_feature_maps():
     assert source.shape == (5, 16) and target.shape == (7, 16)
     with pytest.raises(ValueError, match=r"target_images.*\(N,\) \+ \(12, 12, 3\)"):
         da.gap.features(small_backbone(), np.zeros((5, 12, 12, 3)), np.zeros((5, 10, 10, 3)), verbose=0)
+    # batch_size=0 was range()'s "arg 3 must not be zero"; an empty dataset numpy's "need at least one array".
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer; received batch_size=0"):
+        da.gap.features(small_backbone(), np.zeros((5, 12, 12, 3)), np.ones((7, 12, 12, 3)), batch_size=0, verbose=0)
+    empty = tf.data.Dataset.from_tensor_slices(np.zeros((0, 12, 12, 3), "float32")).batch(4)
+    with pytest.raises(ValueError, match="`target_images`: the dataset gave no images"):
+        da.gap.features(small_backbone(), np.zeros((5, 12, 12, 3)), empty, verbose=0)
 
 
 def test_cli_gap_reads_arrays_and_folders(tmp_path, capsys):

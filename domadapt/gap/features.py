@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from domadapt.data import check_positive_int
+
 _POOL = {3: keras.layers.GlobalAveragePooling1D, 4: keras.layers.GlobalAveragePooling2D, 5: keras.layers.GlobalAveragePooling3D}
 
 
@@ -72,6 +74,7 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
     fs, ft = da.gap.features(backbone, np.random.rand(10, 8, 8, 3), np.random.rand(12, 8, 8, 3), verbose=0)
     ```
     """
+    check_positive_int(batch_size, "batch_size")
     model = pooled_model(backbone)
     image_shape = tuple(model.input_shape[1:])
     # One trace for every batch size (the last batch is usually smaller).
@@ -90,5 +93,7 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
         for index, batch in enumerate(batches):
             pieces.append(forward(tf.cast(batch, tf.float32)).numpy())
             progress.update(index + 1)
+        if not pieces:  # an empty dataset (an array holds at least 2 images, checked above)
+            raise ValueError(f"Argument `{name}`: the dataset gave no images.")
         outputs.append(np.concatenate(pieces).astype("float32"))
     return outputs[0], outputs[1]
