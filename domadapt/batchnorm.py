@@ -192,9 +192,19 @@ def reestimate_batchnorm_statistics(model, images, *, batch_size=64, max_images=
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer))
                                    or max_images < 1):
         raise ValueError(f"Argument `max_images` must be None or a positive integer; received max_images={max_images!r}.")
+    check_not_endless(images, "images", max_images)
     used = reestimate(model, layers, images, batch_size=int(batch_size), max_images=max_images)
     warn_if_few(used, "images")
     return used
+
+
+def check_not_endless(images, argument, max_images=None):
+    """A ValueError naming ``argument`` for an endless dataset (``repeat()``) read without a ``max_images`` bound:
+    every image would be read, and the call would never return."""
+    if (max_images is None and isinstance(images, tf.data.Dataset)
+            and int(images.cardinality()) == int(tf.data.INFINITE_CARDINALITY)):
+        raise ValueError(f"Argument `{argument}` is an endless tf.data.Dataset (it repeats): reading all of it never "
+                         f"ends. Pass `{argument}.take(n)` or a `max_images` bound.")
 
 
 def warn_if_few(used, what):

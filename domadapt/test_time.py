@@ -53,7 +53,7 @@ import tensorflow as tf
 from keras import ops
 
 from domadapt import ops as da_ops
-from domadapt.batchnorm import batchnorm_layers, reestimate_batchnorm_statistics
+from domadapt.batchnorm import batchnorm_layers, check_not_endless, reestimate_batchnorm_statistics
 from domadapt.data import without_labels
 from domadapt.validators.compare import collapse_reason
 
@@ -672,6 +672,8 @@ def _read_target(target, model):
         size = model.input_shape[1:3] if len(model.input_shape) == 4 and None not in model.input_shape[1:3] else None
         target = _match_channels(read_images(target, image_size=size), model)
     if isinstance(target, tf.data.Dataset):
+        # Gradient methods pass over the target `epochs` times; every method re-estimates on all of it.
+        check_not_endless(target, "target")
         return target
     target = without_labels(target, len(model.input_shape) - 1)  # (images, labels): the labels are never read
     try:

@@ -361,3 +361,8 @@ def test_reestimation_checks_the_images_against_the_model_before_any_statistic_c
         da.reestimate_batchnorm_statistics(model, tf.data.Dataset.from_tensor_slices({"image": images}))
     with pytest.raises(ValueError, match="dataset elements have shape"):
         da.adapt_batchnorm(model, tf.data.Dataset.from_tensor_slices(images[:, :, None, None]).batch(8))
+    # An endless dataset (repeat()) was read for ever; with a bound it is read up to it.
+    endless = tf.data.Dataset.from_tensor_slices(images).batch(8).repeat()
+    with pytest.raises(ValueError, match=r"Argument `images` is an endless tf.data.Dataset.*images.take\(n\)"):
+        da.reestimate_batchnorm_statistics(model, endless)
+    assert da.reestimate_batchnorm_statistics(model, endless, max_images=200) == 200

@@ -192,6 +192,10 @@ def test_target_forms_dataset_and_pair(trained):
     for a, b in zip(from_array.get_weights(), from_dataset.get_weights()):
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=1e-4)
     assert da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices(images).batch(50), method="eata")
+    # An endless dataset was adapted on for ever (and re-estimated on for ever after that).
+    for method in ("norm", "eata"):
+        with pytest.raises(ValueError, match=r"Argument `target` is an endless tf.data.Dataset"):
+            da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices(images).batch(50).repeat(), method=method)
 
 
 def test_groupnorm_model_tent_and_errors(trained):
