@@ -92,9 +92,13 @@ def prepare(source, target, kernel, bandwidth, seed):
     "mean"/"multi" exactly on all samples). Returns float32 source, target and a kernel."""
     bandwidth = ops.check_kernel_options(kernel, bandwidth)
     if kernel != "polynomial":
-        center = np.concatenate([source, target]).mean(axis=0, dtype=np.float64)
-        source, target = source - center, target - center
-    source, target = source.astype(np.float32), target.astype(np.float32)
+        # Sums in float64 without a pooled copy, and centring block by block into float32: a whole-set
+        # float64 difference held 6x one domain's features at peak (1.2 GB for 100k x 512).
+        count = len(source) + len(target)
+        center = (source.sum(axis=0, dtype=np.float64) + target.sum(axis=0, dtype=np.float64)) / count
+        source, target = _centred(source, center), _centred(target, center)
+    else:
+        source, target = np.asarray(source, dtype=np.float32), np.asarray(target, dtype=np.float32)
     if kernel != "rbf":
         return source, target, _Kernel(kernel)
     if bandwidth == "median" and len(source) + len(target) > MEDIAN_SAMPLES:
@@ -105,6 +109,14 @@ def prepare(source, target, kernel, bandwidth, seed):
     else:
         pooled = np.concatenate([source, target])
     return source, target, _Kernel("rbf", ops.rbf_bandwidths(pooled, bandwidth))
+
+
+def _centred(features, center, block_size=8192):
+    """``features - center`` in float32, computed in float64 one block of rows at a time."""
+    centred = np.empty(features.shape, dtype=np.float32)
+    for start in range(0, len(features), block_size):
+        centred[start : start + block_size] = features[start : start + block_size] - center
+    return centred
 
 
 def _domain_rng(seed, size):
