@@ -147,11 +147,17 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
         from domadapt.batchnorm import batchnorm_layers
 
         # A training BatchNormalization layer predicts with moving statistics that lag the weights (momentum
-        # 0.99): on the foggy digits the probe saw collapsed outputs of healthy runs and rolled every DANN, MMD
-        # and BNM run back (DANN 71.9% -> 57.9%). Such models are judged on the training steps' predictions.
+        # 0.99): on the foggy digits a probe with them saw collapsed outputs of healthy runs and rolled every
+        # DANN, MMD and BNM run back (DANN 71.9% -> 57.9%). With bn_mode="domain" fit exports statistics
+        # re-estimated on the target with the final weights: the probe is judged so too. Other modes export
+        # the moving statistics; their models are judged on the training steps' predictions.
+        probe_batchnorm = []
         if any(layer.trainable for layer in batchnorm_layers(adapter)):
-            target_images = None
-        guard._watch_target(target_images, probe_batch_size)  # noqa: SLF001 (the probe of the target rules)
+            if getattr(adapter, "source_batchnorm_statistics", None):
+                probe_batchnorm = adapter._batchnorm.layers  # noqa: SLF001
+            else:
+                target_images = None
+        guard._watch_target(target_images, probe_batch_size, probe_batchnorm)  # noqa: SLF001 (the target rules' probe)
     callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
     if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
         callbacks.append(StopOnNonFinite())

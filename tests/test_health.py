@@ -341,19 +341,45 @@ def test_the_probe_judges_only_a_target_that_enters_the_steps():
 
 
 def test_a_training_batchnorm_model_is_judged_on_the_training_steps_not_the_lagging_moving_statistics():
+    # bn_mode="joint" exports the moving statistics, which lag the weights: its steps are judged instead.
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 2)).astype("float32")
     y = (x[:, 0] > 0).astype(int)
     backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
                                  keras.layers.ReLU()])
-    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD()], bn_mode="joint")
     adapter.compile(optimizer="adam")
     guard = da.callbacks.CollapseGuard()
     adapter.fit(source=(x, y), target=x + 1.0, epochs=1, batch_size=64, verbose=0, collapse_guard=guard)
     assert guard._target_probe is None
     backbone.layers[1].trainable = False  # frozen: its inference outputs are its training outputs
     adapter.fit(source=(x, y), target=x + 1.0, epochs=1, batch_size=64, verbose=0, collapse_guard=guard)
-    assert guard._target_probe is not None
+    assert guard._target_probe is not None and not guard._probe_batchnorm
+
+
+def test_a_domain_batchnorm_model_is_probed_with_statistics_reestimated_on_the_probe():
+    # bn_mode="domain" (the default) exports statistics fit re-estimates with the final weights; the probe is
+    # judged with statistics re-estimated on it, not the lagging moving ones, which are left as they were.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                                 keras.layers.ReLU()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD(weight=1e-3)])
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
+    guard = da.callbacks.CollapseGuard(probe_size=200)
+    adapter.fit(source=(x, y), target=x * 1.5, epochs=5, batch_size=64, verbose=0, collapse_guard=guard)
+    assert guard._target_probe.shape == (200, 2) and guard._probe_batchnorm == [backbone.layers[1]]
+    layer = backbone.layers[1]
+    layer.moving_mean.assign(np.full(8, 1e3, "float32"))  # stale statistics: every feature is 0 after the ReLU
+    stale = adapter.classifier.predict(guard._target_probe, verbose=0).argmax(axis=1)
+    assert len(set(stale.tolist())) == 1  # one class for every image with the moving statistics
+    probed = guard._probe_statistics(_period(0.5, num_classes=2))
+    expected = (x * 1.5)[np.unique(np.linspace(0, 399, 200).round().astype(int))][:, 0] > 0
+    assert probed["target_top_class_share"] < 0.75  # the re-estimated model splits the probe as its labels do
+    assert abs(probed["target_top_class_share"] - max(expected.mean(), 1 - expected.mean())) < 0.1
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_mean), np.full(8, 1e3, "float32"))
 
 
 def test_the_drift_rule_reads_the_training_steps_not_the_probe_snapshot():
