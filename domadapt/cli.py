@@ -179,7 +179,9 @@ def outputs(classifier, images, limit=None, batch_size=256):
     import numpy as np
 
     if isinstance(images, np.ndarray):
-        chosen = images if limit is None else images[:limit]
+        # A seeded random subset, as a folder's shuffled dataset gives: arrays are often sorted by class, and
+        # their first images would be read as the target's class mix.
+        chosen = images if limit is None else sample(images, limit)
         return np.asarray(classifier.predict(chosen, batch_size=batch_size, verbose=0)), None
     dataset = getattr(images, "dataset", images)
     if limit is not None:

@@ -145,7 +145,7 @@ def _scan(root: Path, labeled: bool, class_names):
         files: list = []
         _walk(root, set(), files, skipped)
         return [files], None, skipped
-    visited = {(os.stat(root).st_dev, os.stat(root).st_ino)}
+    root_key = (os.stat(root).st_dev, os.stat(root).st_ino)
     folders, loose = [], []
     for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
         if _is_ignored(entry.name):
@@ -157,29 +157,52 @@ def _scan(root: Path, labeled: bool, class_names):
     if not folders:
         raise ValueError(f"{root} has no class sub-folders: put the images of each class in its own sub-folder "
                          "(or read it as an unlabeled folder).")
+    # Names compared in one Unicode form: macOS writes "é" decomposed (NFD), most text is composed (NFC).
+    on_disk = {}
+    for folder in folders:
+        normal = unicodedata.normalize("NFC", folder)
+        if normal in on_disk:  # one of the two would never be read
+            raise ValueError(f"{root}: class folders {on_disk[normal]!r} and {folder!r} are the same name in two "
+                             "Unicode forms (composed and decomposed): merge them into one folder.")
+        on_disk[normal] = folder
     if class_names is not None:
+        if not isinstance(class_names, (str, bytes)) and not hasattr(class_names, "__len__"):
+            class_names = list(class_names)  # a generator: read once, not consumed by the check below
         if isinstance(class_names, (str, bytes)) or not all(isinstance(name, str) for name in class_names):
             raise TypeError(f"Argument `class_names` must be a list of folder names (str); received {class_names!r}.")
         class_names = list(class_names)
         if len(set(class_names)) != len(class_names):
             raise ValueError(f"Argument `class_names` names a class twice: {class_names}.")
-        # Names compared in one Unicode form: macOS writes "é" decomposed (NFD), most text is composed (NFC).
-        on_disk = {unicodedata.normalize("NFC", folder): folder for folder in folders}
         expected = {unicodedata.normalize("NFC", name) for name in class_names}
         unknown = sorted(folder for normal, folder in on_disk.items() if normal not in expected)
         if unknown:
             raise ValueError(f"{root}: class folders {unknown} are not among the expected classes {class_names}.")
     else:
         class_names = folders
-        on_disk = {unicodedata.normalize("NFC", folder): folder for folder in folders}
     groups = []
     for name in class_names:
         files: list = []
         folder = on_disk.get(unicodedata.normalize("NFC", name))
         if folder is not None:
-            _walk(root / folder, visited, files, skipped)
+            # Each class walks its own tree (links within it once): one shared record gave the images of a
+            # folder linked from an earlier class to that class alone.
+            _walk(root / folder, {root_key}, files, skipped)
         groups.append(files)
+    _refuse_images_in_two_classes(groups, class_names)
     return groups, class_names, loose + skipped
+
+
+def _refuse_images_in_two_classes(groups, class_names):
+    """A ValueError when one image file (symbolic links resolved) is reached from two class folders."""
+    owner = {}
+    for index, files in enumerate(groups):
+        for path in files:
+            real = os.path.realpath(path)
+            first = owner.setdefault(real, (index, path))
+            if first[0] != index:
+                raise ValueError(f"{real} is reached from two class folders, as {first[1]} (class "
+                                 f"{class_names[first[0]]!r}) and as {path} (class {class_names[index]!r}), "
+                                 "through a symbolic link: its label is ambiguous. Remove one of the links.")
 
 
 # === Decoding ===
@@ -349,6 +372,12 @@ def _check_resize(resize):
     return resize
 
 
+def _check_seed(seed):
+    from domadapt.gap.checks import check_seed
+
+    return check_seed(seed)
+
+
 def _check_max(max_images):
     if max_images is None:
         return None
@@ -384,7 +413,7 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
     second copy), or a list of arrays when ``image_size`` is ``None``.
     """
     groups, class_names, skipped = _scan(root, labeled, class_names)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed))
     files, labels, images = [], [], []
     capacity = sum(len(c) if max_images is None else min(len(c), max_images) for c in groups)
     buffer = np.empty((capacity, *image_size, 3), np.uint8) if decode and image_size is not None else None
@@ -675,24 +704,41 @@ def read_images(path, image_size=None, max_images=None, seed=0, *, resize="stret
             return images, skipped
         _warn(skipped, path)
         return images
+    seed = _check_seed(seed)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        images = np.load(path, allow_pickle=False)
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            key = next((k for k in ("images", "x") if k in archive), None)
-            if key is None and len(archive.files) != 1:  # x_train or x_test? labels? never guess
-                raise ValueError(f"{path}: an .npz archive with several arrays ({', '.join(archive.files)}) and none "
-                                 "named 'images' or 'x'; save the images under one of those names.")
-            images = archive[key or archive.files[0]]
-    else:
+    if suffix not in (".npy", ".npz"):
         raise ValueError(f"{path}: expected a folder of images, a .npy or a .npz file.")
+    images = _load_array(path, suffix)
+    if images.dtype.kind not in "biuf" or images.ndim not in (3, 4):
+        raise ValueError(f"{path}: expected numeric images of shape (N, H, W) or (N, H, W, C); received an array of "
+                         f"shape {images.shape} and dtype {images.dtype}.")
     if images.ndim == 3:
         images = images[..., None]
     if max_images is not None and len(images) > max_images:
         chosen = np.random.default_rng(seed).choice(len(images), max_images, replace=False)
         images = images[np.sort(chosen)]
     return (images, []) if return_skipped else images
+
+
+def _load_array(path, suffix):
+    """The image array of a .npy file or of an .npz archive (its 'images' or 'x', or its only array)."""
+    import zipfile
+
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as archive:
+            if not archive.files:
+                raise ValueError(f"{path}: an .npz archive with no arrays.")
+            key = next((k for k in ("images", "x") if k in archive), None)
+            if key is None and len(archive.files) != 1:  # x_train or x_test? labels? never guess
+                raise ValueError(f"{path}: an .npz archive with several arrays ({', '.join(archive.files)}) and none "
+                                 "named 'images' or 'x'; save the images under one of those names.")
+            return archive[key or archive.files[0]]
+    except (EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        if str(error).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot be read as a {suffix} array of images ({error}).") from None
 
 
 def read_labeled_folder(path, image_size=None, max_images=None, seed=0, class_names=None, *, resize="stretch",

@@ -240,3 +240,63 @@ def test_an_npz_with_several_arrays_and_no_images_key_is_refused(tmp_path):
     with open(tmp_path / "IMAGES.NPY", "wb") as file:  # np.save(path) would append ".npy"
         np.save(file, np.zeros((3, 8, 8, 3), "uint8"))
     assert read_images(tmp_path / "IMAGES.NPY").shape == (3, 8, 8, 3)
+
+
+def test_a_folder_linked_into_another_class_keeps_its_own_label_or_is_refused(tmp_path):
+    # One record of visited folders was shared by all classes: the images of dog/extra, linked from cat/ (read
+    # first), were labeled cat only; a link from cat/ to the whole dog/ folder left dog "without images".
+    for folder in ("cat", "dog/extra"):
+        (tmp_path / "root" / folder).mkdir(parents=True)
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(tmp_path / "root" / "cat" / "1.png")
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "root" / "dog" / "1.png")
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "root" / "dog" / "extra" / "2.png")
+    (tmp_path / "other").mkdir()
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(tmp_path / "other" / "3.png")
+    os.symlink(tmp_path / "other", tmp_path / "root" / "cat" / "more")  # a link out of the tree: cat's images
+    images, labels, names = read_labeled_folder(tmp_path / "root", (8, 8))
+    assert names == ["cat", "dog"] and labels.tolist() == [0, 0, 1, 1]
+    assert images[labels == 1].mean() == 255 and images[labels == 0].mean() == 0
+    os.symlink(tmp_path / "root" / "dog" / "extra", tmp_path / "root" / "cat" / "shared")
+    with pytest.raises(ValueError, match=r"2.png is reached from two class folders.*class 'cat'.*class 'dog'"):
+        read_labeled_folder(tmp_path / "root", (8, 8))
+
+
+def test_two_class_folders_with_one_name_in_two_unicode_forms_are_refused(tmp_path):
+    import unicodedata
+
+    for name in {unicodedata.normalize(form, "café") for form in ("NFC", "NFD")}:
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
+    if len(os.listdir(tmp_path)) < 2:
+        pytest.skip("this file system stores one Unicode form of a name")
+    with pytest.raises(ValueError, match="same name in two Unicode forms"):
+        read_labeled_folder(tmp_path, (8, 8))
+
+
+def test_bad_array_files_and_seeds_are_clear_errors_naming_the_path_or_argument(tmp_path):
+    # A flat (N, 784) array or a labels-only .npz passed silently, an empty file was an EOFError traceback,
+    # a cut .npz a BadZipFile, a bad seed numpy's message.
+    np.save(tmp_path / "flat.npy", np.zeros((5, 784), "uint8"))
+    np.savez(tmp_path / "labels.npz", y=np.zeros(5, "int64"))
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]] * 2))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "cut.npz", images=np.zeros((5, 8, 8, 3), "uint8"))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:100])
+    np.savez(tmp_path / "none.npz")
+    for name, pattern in (("flat.npy", r"shape \(N, H, W\) or \(N, H, W, C\); received an array of shape \(5, 784\)"),
+                          ("labels.npz", r"received an array of shape \(5,\)"), ("text.npy", "dtype <U1"),
+                          ("empty.npy", "cannot be read as a .npy array"), ("cut.npz", "cannot be read as a .npz array"),
+                          ("none.npz", "an .npz archive with no arrays")):
+        with pytest.raises(ValueError, match=pattern) as caught:
+            read_images(tmp_path / name)
+        assert str(tmp_path / name) in str(caught.value)
+    np.save(tmp_path / "images.npy", np.zeros((5, 8, 8, 3), "uint8"))
+    (tmp_path / "cls").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cls" / "a.png")
+    for seed in (-1, "a", 1.5):
+        for call in (lambda: read_images(tmp_path / "images.npy", max_images=2, seed=seed),
+                     lambda: image_folder(tmp_path, image_size=(8, 8), seed=seed)):
+            with pytest.raises(ValueError, match="Argument `seed` must be None or a non-negative integer"):
+                call()
+    images, labels, names = read_labeled_folder(tmp_path, (8, 8), class_names=(name for name in ["cls"]))
+    assert names == ["cls"] and labels.tolist() == [0]  # a generator of class names is read once

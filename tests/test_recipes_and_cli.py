@@ -213,3 +213,17 @@ def test_scene_segmentation_recipe_beats_source_only_mean_iou_at_night():
         module.recipe(alignment="dann")
     output = module.recipe(alignment="output").strategies
     assert [type(s).__name__ for s in output] == ["MimicAugment", "OutputAdversarial"]
+
+
+def test_cli_reads_a_random_subset_of_an_array_target_for_the_label_shift_estimate():
+    # The first LABEL_SHIFT_IMAGES images of a class-sorted .npy target were read as the target: a 50/50 mix
+    # came out as 100% class 0.
+    from domadapt import cli
+
+    class ReadsTheFirstPixel:
+        def predict(self, images, batch_size=None, verbose=0):
+            return np.eye(2)[images[:, 0, 0, 0].astype(int)]
+
+    images = np.repeat(np.array([0, 1], np.uint8), 500)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    predicted, _ = cli.outputs(ReadsTheFirstPixel(), images, limit=200)
+    assert len(predicted) == 200 and 0.4 < predicted[:, 1].mean() < 0.6
