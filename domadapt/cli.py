@@ -229,9 +229,15 @@ def _gap(args):
     if args.classifier:
         _existing_file(args.classifier, "--classifier")
         labeled_source, _ = open_labeled(args.source, args, args.max_images)
-    for path in (args.json, args.plot, args.export_label_shift):  # refused before any work, never overwritten
-        if path:
-            _writable(path, args.overwrite)
+    outputs_given = [(flag, path) for flag, path in (("--json", args.json), ("--plot", args.plot),
+                                                      ("--export-label-shift", args.export_label_shift)) if path]
+    seen = {}
+    for flag, path in outputs_given:  # refused before any work, never overwritten
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise CommandError(f"{seen[resolved]} and {flag} name the same file ({path}): give each its own path.")
+        seen[resolved] = flag
+        _writable(path, args.overwrite)
     _quiet_tensorflow(args.verbose)
     import keras
 
@@ -788,7 +794,10 @@ def _compare(args):
     args.image_size = chosen("image_size", args.image_size)
     source_path, target_path = chosen("source", args.source), chosen("target", args.target)
     if args.resize is None:
-        args.resize = {r.get("resize") for r in recorded}.pop() if len({r.get("resize") for r in recorded}) == 1 else None
+        resizes = {r.get("resize") for r in recorded}
+        if len(resizes - {None}) > 1:  # runs that record none used the default
+            raise CommandError(f"the runs do not record one common resize ({sorted(map(str, resizes))}); pass --resize.")
+        args.resize = (resizes - {None}).pop() if resizes - {None} else None
     if args.json:
         _writable(args.json, args.overwrite)
     source, source_skipped = open_labeled(source_path, args, None)
@@ -1061,6 +1070,9 @@ def adapt_at_test_time(args):
     evaluation = None
     if args.eval:
         evaluation = image_folder(args.eval, labeled=True, image_size=size, seed=3, **options)
+        if len(evaluation.class_names) != model.output_shape[-1]:  # before adapting, not after
+            raise CommandError(f"{args.eval} has {len(evaluation.class_names)} class folders but {args.classifier} "
+                               f"outputs {model.output_shape[-1]} classes.")
     print(f"{num_target} target images; adapting {model.name} with {args.method} ...")
     adapted = da.adapt_at_test_time(model, target, method=args.method, epochs=args.epochs, batch_size=args.batch_size)
     summary = {"classifier": str(args.classifier), "target": str(args.target), "method": args.method,
@@ -1073,9 +1085,6 @@ def adapt_at_test_time(args):
         summary[f"target_mean_entropy_{name}"] = float(np.mean(ops.entropy(probabilities)))
         summary[f"target_collapse_{name}"] = collapse_reason(probabilities)
     if evaluation is not None:
-        if len(evaluation.class_names) != model.output_shape[-1]:
-            raise CommandError(f"{args.eval} has {len(evaluation.class_names)} class folders but {args.classifier} "
-                               f"outputs {model.output_shape[-1]} classes.")
         labeled_images = evaluation.dataset
         if channels == 1:
             import tensorflow as tf

@@ -227,3 +227,33 @@ def test_cli_reads_a_random_subset_of_an_array_target_for_the_label_shift_estima
     images = np.repeat(np.array([0, 1], np.uint8), 500)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     predicted, _ = cli.outputs(ReadsTheFirstPixel(), images, limit=200)
     assert len(predicted) == 200 and 0.4 < predicted[:, 1].mean() < 0.6
+
+
+def test_cli_refuses_clashing_options_before_any_work(tmp_path, capsys, monkeypatch):
+    # compare read the folders with "stretch" when the runs recorded crop and pad; gap computed everything and
+    # then refused --plot because --json had just written the same file; adapt-at-test-time adapted before
+    # finding that --eval's classes do not match the classifier.
+    from PIL import Image
+
+    for name, resize in (("run_a", "crop"), ("run_b", "pad")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "classifier.keras").write_bytes(b"")
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"data": {"image_size": 8, "source": str(tmp_path), "target": str(tmp_path), "resize": resize}}))
+    assert cli_main(["compare", str(tmp_path / "run_a"), str(tmp_path / "run_b")]) == 2
+    assert "do not record one common resize (['crop', 'pad']); pass --resize" in capsys.readouterr().err
+    np.save(tmp_path / "images.npy", np.zeros((6, 8, 8, 3), "uint8"))
+    same = tmp_path / "same.out"
+    assert cli_main(["gap", str(tmp_path / "images.npy"), str(tmp_path / "images.npy"), "--backbone", "pixels",
+                     "--json", str(same), "--plot", str(same)]) == 2
+    assert "--json and --plot name the same file" in capsys.readouterr().err and not same.exists()
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.save(tmp_path / "classifier.keras")
+    for name in ("a", "b", "c"):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "eval" / name / "0.png")
+    monkeypatch.setattr(da, "adapt_at_test_time", lambda *args, **kwargs: pytest.fail("adapted before the check"))
+    assert cli_main(["adapt-at-test-time", str(tmp_path / "classifier.keras"), str(tmp_path / "images.npy"), "--out",
+                     str(tmp_path / "adapted"), "--eval", str(tmp_path / "eval")]) == 2
+    assert "has 3 class folders but" in capsys.readouterr().err
