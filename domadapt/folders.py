@@ -49,7 +49,9 @@ __all__ = [
     "read_labeled_folder",
 ]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+# Pillow decodes every one (Netpbm: the .pgm of face sets such as ORL; Targa and icons are rarer).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                            ".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico"})
 RESIZE_POLICIES = ("stretch", "crop", "pad")
 # Transparent pixels are composited on white, as image viewers and browsers show them.
 BACKGROUND = (255, 255, 255)

@@ -300,3 +300,13 @@ def test_bad_array_files_and_seeds_are_clear_errors_naming_the_path_or_argument(
                 call()
     images, labels, names = read_labeled_folder(tmp_path, (8, 8), class_names=(name for name in ["cls"]))
     assert names == ["cls"] and labels.tolist() == [0]  # a generator of class names is read once
+
+
+def test_netpbm_targa_and_icon_files_are_read(tmp_path):
+    # Pillow decodes them, but they were neither read nor listed as skipped: silently lost.
+    for index, (suffix, mode) in enumerate(((".pgm", "L"), (".ppm", "RGB"), (".pbm", "1"), (".tga", "RGB"),
+                                            (".ico", "RGBA"))):
+        (tmp_path / f"class_{index}").mkdir()
+        Image.new(mode, (16, 16), 255 if mode in ("L", "1") else (255,) * len(mode)).save(tmp_path / f"class_{index}" / f"a{suffix}")
+    images, labels, names = read_labeled_folder(tmp_path, (8, 8), strict=True)
+    assert labels.tolist() == [0, 1, 2, 3, 4] and images.shape == (5, 8, 8, 3) and images.min() == 255
