@@ -177,9 +177,22 @@ def load_sunny_rainy(directory=None, per_domain=4000, test_size=2000, seed=0, sh
     print(name, data["source_x"].shape, data["target_x"].dtype)
     ```
     """
+    from domadapt.data import check_positive_int
+    from domadapt.gap.checks import check_seed
+
+    per_domain, test_size = check_positive_int(per_domain, "per_domain"), check_positive_int(test_size, "test_size")
+    if check_seed(seed) is None:
+        raise ValueError("Argument `seed` must be a non-negative integer; received seed=None.")
     shift = render_rain if shift is None else shift
+    if not callable(shift):
+        raise TypeError(f"Argument `shift` must be a function shift(images, seed) -> images; received {shift!r}.")
     try:
         (train_x, train_y), (test_x, test_y) = load_fashion_mnist(directory)
+        # Source and target are disjoint training images: past half of them the target would come up short.
+        if 2 * per_domain > len(train_x) or test_size > len(test_x):
+            raise ValueError(f"Arguments `per_domain`={per_domain} and `test_size`={test_size}: Fashion-MNIST holds "
+                             f"{len(train_x)} training images (per_domain at most {len(train_x) // 2}: source and "
+                             f"target are disjoint) and {len(test_x)} test images.")
         name = "Fashion-MNIST"
     except FileNotFoundError:
         if directory is not None:  # a folder the user named is missing: no stand-in for it

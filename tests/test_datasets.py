@@ -76,6 +76,17 @@ def test_sunny_rainy_pair_is_reproducible_and_shifts_only_the_target():
     assert len(data["target_x"]) == count and data["source_y"].dtype == np.int64
     # The test splits hold the same underlying images: the target's is the shifted source's.
     np.testing.assert_array_equal(data["target_test_x"], 255 - data["source_test_x"])
+    # per_domain=0 was numpy's "need at least one array to stack", test_size=-1 gave 9,999 test images, and a
+    # per_domain past half of the training images gave a target with 10 images, without a word.
+    for arguments, pattern in (({"per_domain": 0}, "`per_domain` must be a positive integer"),
+                               ({"test_size": -1}, "`test_size` must be a positive integer"),
+                               ({"seed": -1}, "`seed` must be None or a non-negative integer"),
+                               ({"shift": "rain"}, "`shift` must be a function")):
+        with pytest.raises((ValueError, TypeError), match=pattern):
+            load_sunny_rainy(**{"per_domain": 50, "test_size": 20, **arguments})
+    if name == "Fashion-MNIST":
+        with pytest.raises(ValueError, match=r"per_domain at most 30000"):
+            load_sunny_rainy(per_domain=59990, test_size=20)
 
 
 def test_render_rain_veils_and_darkens_bright_images():
