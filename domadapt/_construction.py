@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 import numpy as np
 
@@ -23,8 +25,12 @@ class Untracked:
 def image_shape_of(backbone, input_shape):
     """The image shape from ``input_shape`` or the backbone's own input."""
     if input_shape is not None:
-        shape = tuple(None if d is None else int(d) for d in input_shape)
-        return shape
+        if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, (tuple, list)) or not input_shape or any(
+                d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1)
+                for d in input_shape):
+            raise ValueError(f"Argument `input_shape` must be a tuple of positive integers (or None for a free "
+                             f"size), one image's shape such as (96, 96, 3); received input_shape={input_shape!r}.")
+        return tuple(None if d is None else int(d) for d in input_shape)
     try:
         shape = backbone.input_shape
     except (AttributeError, ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
 import os
 
 import keras
@@ -45,6 +46,9 @@ def resolve_metric(metric):
     resolved = keras.metrics.get(metric)
     if isinstance(resolved, keras.metrics.Metric):
         return resolved
+    if not callable(resolved):  # None: the traced step failed with "'NoneType' object is not callable"
+        raise TypeError(f"Argument `metrics`: each metric must be a keras.metrics.Metric, a metric name or a function "
+                        f"(y_true, y_pred) -> values; received {metric!r}.")
     return keras.metrics.MeanMetricWrapper(resolved, name=getattr(resolved, "__name__", str(metric)))
 
 
@@ -232,8 +236,8 @@ def check_fit_arguments(source, epochs, target_labeled_weight, kwargs, *, seed=N
                 "and target=images" + (" and validation_data=" if unsupported == "validation_split" else "") + "."
             )
     data.check_positive_int(epochs, "epochs")
-    if isinstance(target_labeled_weight, bool) or not isinstance(target_labeled_weight, (int, float)) or (
-        target_labeled_weight < 0
+    if isinstance(target_labeled_weight, bool) or not isinstance(target_labeled_weight, numbers.Real) or not (
+        target_labeled_weight >= 0 and target_labeled_weight < float("inf")
     ):
         raise ValueError(
             f"Argument `target_labeled_weight` must be a non-negative number; received {target_labeled_weight!r}."

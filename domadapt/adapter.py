@@ -175,8 +175,17 @@ class DomainAdapter(keras.Model):
             raise ValueError("Argument `strategies`: the same strategy object appears twice.")
         _tasks.check_strategies(self.strategies, self.task)
         for strategy in self.strategies:
+            # A strategy holds the sub-models and state of its adapter (a discriminator, variables): in a second
+            # adapter it trained the first one's models or shared its discriminator, and neither saved right.
+            if getattr(strategy, "_domadapt_set_up", False):
+                raise ValueError(f"Argument `strategies`: {type(strategy).__name__} {strategy.name!r} already belongs "
+                                 "to another DomainAdapter (a strategy holds the sub-models and state its adapter "
+                                 "trains). Give each adapter its own, e.g. a copy: "
+                                 "type(strategy).from_config(strategy.get_config()).")
+        for strategy in self.strategies:
             strategy.setup(self)
             strategy.built = True
+            strategy._domadapt_set_up = True
 
         # === Training state ===
         # Schedules read progress p = (iterations - schedule_start) / planned_steps in

@@ -576,6 +576,15 @@ def _steps_for(stream: _Stream, batch_size: int) -> int | None:
     return max(1, math.ceil(stream.size / batch_size))
 
 
+def check_seed(seed):
+    """None (fresh randomness) or a non-negative integer (numpy's generators take it), or a clear error."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"Argument `seed` must be None or a non-negative integer; received seed={seed!r}.")
+    return int(seed)
+
+
 def check_positive_int(value, argument: str, allow_none: bool = False):
     """``value`` as an int; a ValueError naming ``argument`` unless it is a positive integer (or None if allowed)."""
     if value is None and allow_none:

@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from domadapt.data import check_seed
+
 __all__ = [
     "BACKGROUND",
     "IMAGE_SUFFIXES",
@@ -374,12 +376,6 @@ def _check_resize(resize):
     return resize
 
 
-def _check_seed(seed):
-    from domadapt.gap.checks import check_seed
-
-    return check_seed(seed)
-
-
 def _check_max(max_images):
     if max_images is None:
         return None
@@ -415,7 +411,7 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
     second copy), or a list of arrays when ``image_size`` is ``None``.
     """
     groups, class_names, skipped = _scan(root, labeled, class_names)
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(check_seed(seed))
     files, labels, images = [], [], []
     capacity = sum(len(c) if max_images is None else min(len(c), max_images) for c in groups)
     buffer = np.empty((capacity, *image_size, 3), np.uint8) if decode and image_size is not None else None
@@ -706,7 +702,7 @@ def read_images(path, image_size=None, max_images=None, seed=0, *, resize="stret
             return images, skipped
         _warn(skipped, path)
         return images
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise ValueError(f"{path}: expected a folder of images, a .npy or a .npz file.")

@@ -22,6 +22,7 @@ guard can ramp the adaptation down without retracing the step.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import keras
@@ -345,9 +346,9 @@ class CollapseGuard(keras.callbacks.Callback):
                 raise ValueError(f"Argument `{name}` must be {kind} integer; received {name}={value!r}.")
         for name, value in (("information_threshold", information_threshold), ("feature_std_ratio", feature_std_ratio),
                             ("source_drop", source_drop)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
                 raise ValueError(f"Argument `{name}` must be a number in [0, 1]; received {name}={value!r}.")
-        if isinstance(single_class_share, bool) or not isinstance(single_class_share, (int, float)) or not (
+        if isinstance(single_class_share, bool) or not isinstance(single_class_share, numbers.Real) or not (
                 0 < single_class_share):
             raise ValueError("Argument `single_class_share` must be a positive number (above 1 turns the rule off); "
                              f"received single_class_share={single_class_share!r}.")
@@ -355,15 +356,15 @@ class CollapseGuard(keras.callbacks.Callback):
         self.warmup_steps = warmup_steps
         self.information_threshold, self.single_class_share = float(information_threshold), float(single_class_share)
         self.feature_std_ratio, self.source_drop = float(feature_std_ratio), float(source_drop)
-        if isinstance(drift_share, bool) or not isinstance(drift_share, (int, float)) or not 0 < drift_share <= 1:
+        if isinstance(drift_share, bool) or not isinstance(drift_share, numbers.Real) or not 0 < drift_share <= 1:
             raise ValueError(f"Argument `drift_share` must be a number in (0, 1]; received drift_share={drift_share!r}.")
-        if drift_ratio is not None and (isinstance(drift_ratio, bool) or not isinstance(drift_ratio, (int, float))
+        if drift_ratio is not None and (isinstance(drift_ratio, bool) or not isinstance(drift_ratio, numbers.Real)
                                         or not drift_ratio > 1):
             raise ValueError(f"Argument `drift_ratio` must be a number > 1 or None; received drift_ratio={drift_ratio!r}.")
-        if isinstance(uncertain_share, bool) or not isinstance(uncertain_share, (int, float)) or not uncertain_share > 0:
+        if isinstance(uncertain_share, bool) or not isinstance(uncertain_share, numbers.Real) or not uncertain_share > 0:
             raise ValueError("Argument `uncertain_share` must be a positive number (above 1 turns the rule off); "
                              f"received uncertain_share={uncertain_share!r}.")
-        if (isinstance(uncertain_entropy, bool) or not isinstance(uncertain_entropy, (int, float))
+        if (isinstance(uncertain_entropy, bool) or not isinstance(uncertain_entropy, numbers.Real)
                 or not 0 <= uncertain_entropy <= 1):
             raise ValueError("Argument `uncertain_entropy` must be a number in [0, 1] (a fraction of log K); "
                              f"received uncertain_entropy={uncertain_entropy!r}.")

@@ -8,6 +8,7 @@ user's (so loss scaling, tf.distribute and checkpoints are unchanged).
 from __future__ import annotations
 
 import math
+import numbers
 
 import tensorflow as tf
 
@@ -45,7 +46,7 @@ class ParameterGroups:
             if not isinstance(group, (tuple, list)) or len(group) != 2:
                 raise TypeError(f"Argument `groups`: item {position} must be (variables, multiplier); received {group!r}.")
             variables, multiplier = group
-            if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not (
+            if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real) or not (
                 math.isfinite(multiplier) and multiplier > 0
             ):
                 raise ValueError(

@@ -23,6 +23,7 @@ recipe does not matter except for input transforms.
 from __future__ import annotations
 
 import inspect
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -77,7 +78,7 @@ class AdapterView:
 
     def set_target_labeled_weight(self, weight):
         """The weight of ``target_cls_loss`` for this fit (overrides ``fit(target_labeled_weight=)``)."""
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < float("inf"):
             raise ValueError(f"Argument `weight` must be a non-negative number; received weight={weight!r}.")
         self._set_target_labeled_weight(float(weight))
 
@@ -236,6 +237,8 @@ class Strategy(keras.layers.Layer):
         return Recipe(self, other)
 
     def __radd__(self, other):
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:  # sum([...]) starts from 0
+            return Recipe(self)
         return Recipe(other, self)
 
     def call(self, *args, **kwargs):  # a strategy is driven by its hooks, never called
@@ -329,6 +332,8 @@ class Recipe:
         return Recipe(self, other)
 
     def __radd__(self, other):
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:  # sum([...]) starts from 0
+            return Recipe(self)
         return Recipe(other, self)
 
     def __repr__(self):

@@ -265,7 +265,7 @@ def test_bad_strategy_arguments_are_clear_errors():
         da.MMD(kernels="laplace")
     with pytest.raises(ValueError, match="`schedule` must be one of"):
         da.DANN(schedule="linear")
-    with pytest.raises(ValueError, match="`dropout` must be in"):
+    with pytest.raises(ValueError, match="`dropout` must be a number in"):
         da.DANN(dropout=1.5)
     with pytest.raises(ValueError, match="one logit per example"):
         da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[da.DANN(discriminator=keras.layers.Dense(3))])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from domadapt.data import check_seed  # noqa: F401 (one rule for every seed, re-exported)
+
 
 def as_features(source_features, target_features, *, minimum=2):
     """Return both inputs as 2-D float arrays, or raise a clear error.
@@ -52,15 +54,6 @@ def subsample(features, max_samples, rng):
     if max_samples is None or len(features) <= max_samples:
         return features
     return features[np.sort(rng.choice(len(features), max_samples, replace=False))]
-
-
-def check_seed(seed):
-    """None (fresh randomness) or a non-negative integer (numpy's generators take it), or a clear error."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"Argument `seed` must be None or a non-negative integer; received seed={seed!r}.")
-    return int(seed)
 
 
 def check_positive(value, name, integer=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 import tensorflow as tf
@@ -48,7 +49,7 @@ class GradientReversal(keras.layers.Layer):
 
     def __init__(self, scale=1.0, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
             raise ValueError(f"Argument `scale` must be a finite number; received scale={scale!r}.")
         self.initial_scale = float(scale)
         self.scale = self.add_weight(

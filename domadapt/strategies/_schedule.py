@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -16,13 +17,25 @@ def ganin_ramp(progress):
 
 
 def check_weight(weight, argument="weight"):
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
         raise ValueError(f"Argument `{argument}` must be a non-negative number; received {argument}={weight!r}.")
     return float(weight)
 
 
+def check_units(value, argument, allow_empty=True):
+    """A tuple of positive integers (layer widths, filters), or a clear error naming ``argument``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"Argument `{argument}` must be a tuple of positive integers; received {argument}={value!r}.")
+    units = tuple(value)
+    if (not units and not allow_empty) or any(
+            isinstance(u, bool) or not isinstance(u, numbers.Integral) or u < 1 for u in units):
+        raise ValueError(f"Argument `{argument}` must be a {'' if allow_empty else 'non-empty '}tuple of positive "
+                         f"integers; received {argument}={value!r}.")
+    return tuple(int(u) for u in units)
+
+
 def check_schedule(schedule):
-    if not (schedule in SCHEDULES or callable(schedule)):
+    if not ((isinstance(schedule, str) and schedule in SCHEDULES) or callable(schedule)):
         raise ValueError(
             f"Argument `schedule` must be one of {SCHEDULES} or a callable progress -> multiplier; "
             f"received schedule={schedule!r}."

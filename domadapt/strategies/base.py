@@ -10,6 +10,8 @@ from domadapt.strategies.base import AdversarialStrategy, Strategy, WeightedStra
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -18,6 +20,7 @@ from domadapt.layers.gradient_reversal import GradientReversal as ReversalLayer
 from domadapt.strategies._class_weights import ClassWeightedAlignment
 from domadapt.strategies._schedule import (
     check_schedule,
+    check_units,
     check_weight,
     deserialize_schedule,
     scheduled,
@@ -168,16 +171,16 @@ class AdversarialStrategy(ClassWeightedAlignment, Strategy):
                 f"Argument `discriminator` must be a Keras layer/model mapping features to one logit; "
                 f"received {type(discriminator).__name__}."
             )
-        hidden_units = tuple(int(u) for u in hidden_units)
-        if any(u < 1 for u in hidden_units):
-            raise ValueError(f"Argument `hidden_units` must hold positive integers; received {hidden_units}.")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"Argument `dropout` must be in [0, 1); received dropout={dropout!r}.")
+        hidden_units = check_units(hidden_units, "hidden_units")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Argument `dropout` must be a number in [0, 1); received dropout={dropout!r}.")
         self.schedule = schedule
         self.hidden_units = hidden_units
         self.dropout = float(dropout)
-        self.discriminator = discriminator
+        # The reversal is tracked before the discriminator, as in a strategy whose discriminator setup creates:
+        # get_weights() of an adapter and of its from_config copy then line up.
         self.reversal = ReversalLayer(scale=0.0 if schedule == "ganin" else self.weight, name=f"{self.name}_reversal")
+        self.discriminator = discriminator
 
     def discriminator_input_dim(self, adapter) -> int:
         """Width of the discriminator's input (default: the backbone's feature width)."""
@@ -188,7 +191,11 @@ class AdversarialStrategy(ClassWeightedAlignment, Strategy):
         if self.discriminator is None:
             self.discriminator = _default_discriminator(self.hidden_units, self.dropout, f"{self.name}_discriminator")
         width = self.discriminator_input_dim(adapter)
-        output = keras.ops.shape(self.discriminator(keras.KerasTensor((None, width))))
+        try:
+            output = keras.ops.shape(self.discriminator(keras.KerasTensor((None, width))))
+        except (ValueError, TypeError) as error:  # a given discriminator built for another width
+            raise ValueError(f"Argument `discriminator` must take inputs of shape (batch, {width}) (the "
+                             f"{type(self).__name__} features it classifies); calling it on them failed: {error}") from None
         if len(output) != 2 or output[-1] != 1:
             raise ValueError(
                 f"Argument `discriminator` must output one logit per example; it outputs shape {tuple(output)}."

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from domadapt import _distribute, ops as domadapt_ops
+from domadapt.data import check_positive_int
 from domadapt.strategies.base import AdversarialStrategy
 
 # Above this many multilinear features, use the randomised map (Long et al. 2018, sec. 3.3).
@@ -54,10 +56,11 @@ class CDAN(AdversarialStrategy):
 
     def __init__(self, weight=0.1, entropy_conditioning=True, random_dim=1024, **kwargs):
         super().__init__(weight=weight, **kwargs)
+        if not isinstance(entropy_conditioning, (bool, np.bool_)):  # bool("no") is True
+            raise TypeError(f"Argument `entropy_conditioning` must be True or False; received "
+                            f"entropy_conditioning={entropy_conditioning!r}.")
         self.entropy_conditioning = bool(entropy_conditioning)
-        self.random_dim = int(random_dim)
-        if self.random_dim < 1:
-            raise ValueError(f"Argument `random_dim` must be a positive integer; received {random_dim!r}.")
+        self.random_dim = check_positive_int(random_dim, "random_dim")
 
     def discriminator_input_dim(self, adapter):
         self._randomised = adapter.feature_dim * adapter.num_classes > _MAX_EXACT_DIM

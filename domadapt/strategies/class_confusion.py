@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -89,7 +90,7 @@ class MCC(WeightedStrategy):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
         if (
             isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
+            or not isinstance(temperature, numbers.Real)
             or not math.isfinite(temperature)
             or temperature <= 0
         ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 
 from domadapt import _distribute, ops
@@ -56,7 +58,7 @@ class EntropyMinimization(WeightedStrategy):
 
     def __init__(self, weight=0.1, schedule=None, diversity=1.0, **kwargs):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
-        if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not diversity >= 0:
+        if isinstance(diversity, bool) or not isinstance(diversity, numbers.Real) or not diversity >= 0:
             raise ValueError(f"Argument `diversity` must be a number >= 0; received diversity={diversity!r}.")
         self.diversity = float(diversity)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 
 import keras
@@ -114,21 +115,22 @@ class FineTune(Strategy):
         self.trainable_spec = self._check_spec(trainable)
         if unfreeze not in (None, "gradual"):
             raise ValueError(f"Argument `unfreeze` must be None or 'gradual'; received unfreeze={unfreeze!r}.")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"Argument `every` must be a positive integer; received every={every!r}.")
         for name, value in (("backbone_lr", backbone_lr), ("decay", decay)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 10:
                 raise ValueError(f"Argument `{name}` must be a number in (0, 10]; received {name}={value!r}.")
         if batchnorm not in _BATCHNORM:
             raise ValueError(f"Argument `batchnorm` must be one of {_BATCHNORM}; received batchnorm={batchnorm!r}.")
-        if target_weight is not None and (not isinstance(target_weight, (int, float)) or target_weight < 0):
+        if target_weight is not None and (isinstance(target_weight, bool) or not isinstance(target_weight, numbers.Real)
+                                          or not math.isfinite(target_weight) or target_weight < 0):
             raise ValueError(f"Argument `target_weight` must be a non-negative number; received {target_weight!r}.")
         self.unfreeze = unfreeze
-        self.every = every
+        self.every = int(every)
         self.backbone_lr = float(backbone_lr)
         self.decay = float(decay)
         self.batchnorm = batchnorm
-        self.target_weight = target_weight
+        self.target_weight = None if target_weight is None else float(target_weight)
         self.verbose = bool(verbose)
         self.schedule = []  # [(epoch, [layer names unfrozen then])] for gradual unfreezing
         self.parameter_groups = None

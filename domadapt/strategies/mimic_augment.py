@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 import threading
 import zlib
 
@@ -10,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from domadapt.data import check_positive_int, check_seed
 from domadapt.strategies import _tf_presets
 from domadapt.strategies._tf_presets import RGB_ONLY, TF_METHODS, TF_PRESETS
 from domadapt.strategies._weather_table import PRESET_PARAMETERS, method_parameters, preset_parameters
@@ -131,7 +133,7 @@ def _check_masks(masks, images, ignore_index):
 
 
 def _check_unit(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
         raise ValueError(f"Argument `{name}` must be a number in [0, 1]; received {name}={value!r}.")
     return float(value)
 
@@ -211,9 +213,9 @@ class MimicAugment(Strategy):
         if apply_to not in ("source", "both"):
             raise ValueError(f"Argument `apply_to` must be 'source' or 'both'; received apply_to={apply_to!r}.")
         self.apply_to = apply_to
-        self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
+        self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else check_seed(seed)
         self.reference_method = reference_method
-        self.num_references = int(num_references)
+        self.num_references = check_positive_int(num_references, "num_references")
         self.references = None
         if reference_method is not None:
             if reference_method not in METHODS:

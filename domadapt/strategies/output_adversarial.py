@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from domadapt.layers.gradient_reversal import GradientReversal as ReversalLayer
-from domadapt.strategies._schedule import check_schedule, check_weight, scheduled, serialize_schedule
+from domadapt.strategies._schedule import check_schedule, check_units, check_weight, scheduled, serialize_schedule
 from domadapt.strategies.base import Strategy, deserialize_discriminator_config
 
 
@@ -75,12 +75,10 @@ class OutputAdversarial(Strategy):
                 "Argument `discriminator` must be a Keras layer/model mapping softmax maps to per-cell logits; "
                 f"received {type(discriminator).__name__}."
             )
-        filters = tuple(int(f) for f in filters)
-        if not filters or any(f < 1 for f in filters):
-            raise ValueError(f"Argument `filters` must be a non-empty tuple of positive integers; received {filters}.")
-        self.filters = filters
-        self.discriminator = discriminator
+        self.filters = check_units(filters, "filters", allow_empty=False)
+        # Tracked before the discriminator, as when setup creates it: get_weights() of copies line up.
         self.reversal = ReversalLayer(scale=0.0 if schedule == "ganin" else self.weight, name=f"{self.name}_reversal")
+        self.discriminator = discriminator
 
     def setup(self, adapter):
         if self.discriminator is None:

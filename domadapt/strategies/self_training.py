@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -370,7 +371,7 @@ class SelfTraining(WeightedStrategy):
         self.method = method
         if threshold is None:
             threshold = _DEFAULT_THRESHOLDS[method]
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 < threshold <= 1.0:
             raise ValueError(f"Argument `threshold` must be a number in (0, 1]; received threshold={threshold!r}.")
         self.threshold = float(threshold)
         if augmentation is not None and not isinstance(augmentation, keras.layers.Layer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import tensorflow as tf
 from scipy import stats
 
 from domadapt import _construction
+from domadapt.data import check_positive_int, without_labels
 from domadapt.health import prediction_collapse_reason, prediction_statistics
 from domadapt.validators.base import TASK_VALIDATORS, Validator, images_of, labeled, outputs, task_of
 from domadapt.validators.dev import DeepEmbeddedValidation
@@ -333,8 +335,19 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         raise TypeError("Argument `candidates` must be a dict {name: trained model} with at least one entry.")
     if isinstance(recommend_by, str) or not all(isinstance(n, str) for n in recommend_by):
         raise TypeError(f"Argument `recommend_by` must be a tuple of validator names; received {recommend_by!r}.")
-    if source_drop is not None and not (isinstance(source_drop, (int, float)) and 0 <= source_drop <= 1):
+    if source_drop is not None and not (isinstance(source_drop, numbers.Real) and 0 <= source_drop <= 1):
         raise ValueError(f"Argument `source_drop` must be a fraction in [0, 1] or None; received {source_drop!r}.")
+    # Checked before any validator runs (collapse_samples=0 was an UnboundLocalError at the end).
+    check_positive_int(collapse_samples, "collapse_samples")
+    if collapse_threshold is not None and (isinstance(collapse_threshold, bool)
+                                           or not isinstance(collapse_threshold, numbers.Real)
+                                           or not 0 <= collapse_threshold <= 1):
+        raise ValueError(f"Argument `collapse_threshold` must be a number in [0, 1] or None; received "
+                         f"collapse_threshold={collapse_threshold!r}.")
+    if (target_labels is not None and target is not None and not isinstance(target, tf.data.Dataset)
+            and hasattr(target, "__len__") and len(np.reshape(target_labels, -1)) != len(without_labels(target))):
+        raise ValueError(f"Argument `target_labels`: expected one label per target image ({len(without_labels(target))}"
+                         f"); received {len(np.reshape(target_labels, -1))}.")
     for name, model in candidates.items():
         if task_of(model) != "classification":
             raise ValueError(

@@ -12,7 +12,7 @@ import tensorflow as tf
 from domadapt.strategy import Recipe, Strategy, flatten_strategies
 from domadapt.data import without_labels
 from domadapt.validators.base import images_of
-from domadapt.validators.compare import DEFAULT_VALIDATORS, ComparisonTable, compare
+from domadapt.validators.compare import DEFAULT_VALIDATORS, ComparisonTable, compare, resolve_validators
 
 SOURCE_ONLY = "source-only"
 
@@ -102,6 +102,7 @@ def select(candidates, source, target, *, build_adapter=None, validation_source=
     ```
     """
     recipes, notes = _checked_candidates(candidates, build_adapter)
+    resolve_validators(validators)  # a bad name fails now, not after every candidate has trained
     seed = fit_kwargs.get("seed")
     train_source, validation_source, split_note = _split_source(source, validation_source, validation_split, seed)
     notes += split_note
@@ -165,8 +166,20 @@ def _checked_candidates(candidates, build_adapter):
 
 
 def _copied(recipe):
-    """Fresh strategy objects from their configs: the user's are never set up or trained."""
-    return [type(s).from_config(s.get_config()) for s in flatten_strategies(recipe)]
+    """Fresh strategy objects from their configs: the user's are never set up or trained.
+
+    Functions the user passed (a ``schedule``, FineTune's ``trainable``) are handed over as they are: their
+    serialised form needs a registered name to load, and an in-memory copy does not (a lambda schedule failed).
+    """
+    copies = []
+    for strategy in flatten_strategies(recipe):
+        config = strategy.get_config()
+        for key in config:
+            original = getattr(strategy, f"{key}_spec", getattr(strategy, key, None))
+            if callable(original) and not isinstance(original, (type, keras.layers.Layer)):
+                config[key] = original
+        copies.append(type(strategy).from_config(config))
+    return copies
 
 
 def _checked_adapter(adapter, name, made_by):

@@ -1,5 +1,7 @@
 """Soft neighbourhood density on the target."""
 
+import numbers
+
 import numpy as np
 
 from domadapt.validators.base import Validator, check_max_samples, images_of, outputs
@@ -25,7 +27,7 @@ class SoftNeighborhoodDensity(Validator):
     def __init__(self, temperature=0.05, use="probabilities", max_samples=2000, seed=0):
         if use not in ("probabilities", "features"):
             raise ValueError(f"Argument `use` must be 'probabilities' or 'features'; received {use!r}.")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
             raise ValueError(f"Argument `temperature` must be a positive number; received temperature={temperature!r}.")
         self.temperature = float(temperature)
         self.use = use
