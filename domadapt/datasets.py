@@ -108,7 +108,11 @@ def load_fashion_mnist(directory=None):
     if directory is not None and not Path(directory).is_dir():
         raise FileNotFoundError(f"Argument `directory`: {directory} is not a folder (it should hold Fashion-MNIST's "
                                 "four IDX files); no other copy is used in its place.")
-    candidates = [directory, os.environ.get("DOMADAPT_FASHION_MNIST"), DEBIAN_FASHION_MNIST]
+    named = os.environ.get("DOMADAPT_FASHION_MNIST") or None
+    if directory is None and named and not Path(named).is_dir():  # the user named it: no other copy in its place
+        raise FileNotFoundError(f"$DOMADAPT_FASHION_MNIST={named} is not a folder (it should hold Fashion-MNIST's "
+                                "four IDX files); no other copy is used in its place.")
+    candidates = [directory, named, DEBIAN_FASHION_MNIST]
     for candidate in candidates:
         if candidate is None or not Path(candidate).is_dir():
             continue
@@ -117,7 +121,7 @@ def load_fashion_mnist(directory=None):
             splits = tuple((read_idx(_find(folder, f"{split}-images-idx3-ubyte")),
                             read_idx(_find(folder, f"{split}-labels-idx1-ubyte"))) for split in ("train", "t10k"))
         except FileNotFoundError:
-            if candidate is directory:
+            if candidate is directory or (directory is None and candidate is named):
                 raise
             continue
         for (images, labels), split in zip(splits, ("train", "t10k")):

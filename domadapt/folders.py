@@ -347,6 +347,8 @@ def decode_image(path, image_size=None, resize="stretch") -> np.ndarray:
     print(decode_image(path, image_size=(2, 2))[0, 0])  # [255 255 255]
     ```
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"Argument `path` must be a path (str or pathlib.Path); received {type(path).__name__}.")
     image_size, resize = _check_size(image_size, allow_none=True), _check_resize(resize)
     try:
         return _decode(Path(path), image_size, resize)

@@ -111,3 +111,18 @@ def test_demo_refuses_to_replace_files_it_did_not_write_and_a_missing_data_folde
     with pytest.raises(SystemExit):
         demo_main(["--out", str(tmp_path / "new"), "--fashion-mnist", str(tmp_path / "missing")])
     assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_a_fashion_mnist_folder_named_by_the_environment_is_used_or_refused_never_replaced(tmp_path, monkeypatch):
+    # A missing or incomplete $DOMADAPT_FASHION_MNIST fell back to Debian's copy without a word.
+    from domadapt.datasets import load_fashion_mnist
+    from domadapt.folders import decode_image
+
+    monkeypatch.setenv("DOMADAPT_FASHION_MNIST", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match=r"\$DOMADAPT_FASHION_MNIST=.*missing is not a folder"):
+        load_fashion_mnist()
+    monkeypatch.setenv("DOMADAPT_FASHION_MNIST", str(tmp_path))  # a folder without the IDX files
+    with pytest.raises(FileNotFoundError):
+        load_fashion_mnist()
+    with pytest.raises(TypeError, match="Argument `path` must be a path"):  # os.fspath's message before
+        decode_image(123)
