@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from domadapt._checks import check_seed  # noqa: F401 (re-exported: one rule for every seed)
+
 __all__ = ["PairedData", "pair"]
 
 # Marker put in in-pipeline assertion messages so `fit` can recognise and re-raise them.
@@ -574,15 +576,6 @@ def _steps_for(stream: _Stream, batch_size: int) -> int | None:
     if stream.size is None:
         return None
     return max(1, math.ceil(stream.size / batch_size))
-
-
-def check_seed(seed):
-    """None (fresh randomness) or a non-negative integer (numpy's generators take it), or a clear error."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"Argument `seed` must be None or a non-negative integer; received seed={seed!r}.")
-    return int(seed)
 
 
 def check_positive_int(value, argument: str, allow_none: bool = False):

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from domadapt.data import check_seed
+from domadapt._checks import check_seed
 
 __all__ = [
     "BACKGROUND",
