@@ -258,6 +258,26 @@ class DomainAdapter(keras.Model):
             for variable, value in zip(model_variables, saved):
                 variable.assign(value)
 
+    @contextlib.contextmanager
+    def _reestimated_batchnorm(self, source, target_images):
+        """Within the block, the batch-norm statistics (the model's, the source's copies) are those of the current
+        weights, re-estimated on ``source`` / ``target_images`` as fit's end exports them; put back afterwards.
+        For callbacks that score the model during fit: the moving statistics lag the weights (bn_mode='domain')."""
+        if not self.source_batchnorm_statistics or target_images is None:
+            yield
+            return
+        variables = self._batchnorm_statistics() + list(self.source_batchnorm_statistics)
+        saved = [tf.identity(variable.value) for variable in variables]
+        try:
+            if source is not None:
+                self._reestimate_batchnorm(source, target_images)
+            else:
+                reestimate(self.classifier, self._batchnorm.layers, target_images, max_images=REESTIMATION_IMAGES)
+            yield
+        finally:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+
     def _batchnorm_statistics(self):
         return [s for layer in self._batchnorm.layers for s in (layer.moving_mean, layer.moving_variance)]
 

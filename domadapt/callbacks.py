@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import tempfile
 
 import keras
 
+from domadapt.data import without_labels
 from domadapt.health import CollapseGuard, CollapseWarning  # noqa: F401  (da.callbacks.CollapseGuard)
 from domadapt.validators.compare import resolve_validators
 
@@ -55,7 +57,13 @@ class ValidatorCheckpoint(keras.callbacks.Callback):
         self._best_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = self.validator(self.model, self.source, self.target)
+        # A DomainAdapter with per-domain batch-norm statistics is scored as fit would export these weights: its
+        # moving statistics lag them (DANN on the BN CNN's fog: 10% accuracy with them, 35% re-estimated).
+        statistics = getattr(self.model, "_reestimated_batchnorm", None)
+        context = (statistics(self.source, without_labels(self.target)) if statistics is not None
+                   and self.target is not None else contextlib.nullcontext())
+        with context:
+            value = self.validator(self.model, self.source, self.target)
         self.history.append(value)
         if logs is not None:
             logs[f"val_{self.validator.name}"] = value

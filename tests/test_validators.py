@@ -349,3 +349,23 @@ def test_validator_inputs_are_checked_before_any_prediction(moons, candidates):
         da.validate(model, target=target_x, validators=[SoftNeighborhoodDensity(), SoftNeighborhoodDensity(temperature=1.0)])
     with pytest.raises(ValueError, match="`target_labels`: expected one label per target image"):
         da.compare({"m": model}, target=target_x, target_labels=np.zeros(499, int), validators=["entropy"])
+
+
+def test_validator_checkpoint_scores_a_batchnorm_adapter_with_the_statistics_fit_would_export():
+    # The moving statistics of a short fit are mostly their initial 0 and 1: the checkpoint scored a model
+    # nobody would export. Now it scores the epoch's weights with statistics re-estimated on its target,
+    # which, after one epoch and no restore, is exactly the model fit returns.
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(256, 2)).astype("float32") * 3 + 5
+    labels = (source[:, 0] > 5).astype(int)
+    target = (source * 1.5 + 2).astype("float32")
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                                 keras.layers.ReLU()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD(weight=1e-3)])
+    adapter.compile(optimizer="adam")
+    checkpoint = da.callbacks.ValidatorCheckpoint("entropy", target=target, restore_best=False)
+    adapter.fit(source=(source, labels), target=target, epochs=1, batch_size=64, verbose=0, callbacks=[checkpoint],
+                collapse_guard=False)
+    exported = da.validate(adapter, target=target, validators=["entropy"])["entropy"]
+    assert checkpoint.history[0] == pytest.approx(exported, rel=1e-4, abs=1e-6)
