@@ -547,7 +547,9 @@ class DomainAdapter(keras.Model):
                 supervised loss in every task).
             epochs, callbacks, verbose, initial_epoch: as in ``keras.Model.fit``.
             validation_data: ``(images, labels)`` or a dataset of them (usually a
-                labeled target slice): reported as ``val_loss`` and ``val_<metric>``.
+                labeled target slice): reported as ``val_loss`` and ``val_<metric>``; with
+                ``bn_mode="domain"`` evaluated with target batch-norm statistics re-estimated
+                for the epoch's weights, as ``fit`` exports them (the moving ones lag).
             stop_on_nonfinite: stop with ``da.callbacks.NonFiniteLossError`` naming the
                 term and step when a loss term becomes NaN or inf.
             collapse_guard: ``True`` (default): a ``da.callbacks.CollapseGuard()`` watches
@@ -602,6 +604,8 @@ class DomainAdapter(keras.Model):
                                             # the probe judges a target that enters the steps, nothing else
                                             target_images=paired.target_images if "target" in paired.dataset.element_spec
                                             else None, probe_batch_size=paired.target_batch_size or paired.batch_size)
+        # validation_data is evaluated with the statistics fit would export for the epoch's weights (see evaluate).
+        object.__setattr__(self, "_validation_target", paired.target_images if validation_data is not None else None)
         try:
             history = super().fit(dataset, epochs=epochs, steps_per_epoch=paired.steps_per_epoch,
                                   validation_data=validation_data, callbacks=callbacks, verbose=verbose,
@@ -609,6 +613,8 @@ class DomainAdapter(keras.Model):
         except tf.errors.InvalidArgumentError as error:
             data.raise_input_error(error)
             raise
+        finally:
+            object.__setattr__(self, "_validation_target", None)
         self._reestimate_batchnorm(source, paired.target_images)
         return history
 
@@ -690,11 +696,14 @@ class DomainAdapter(keras.Model):
         if isinstance(x, tf.data.Dataset) and y is not None:
             raise ValueError("Argument `y` must be None when `x` is a dataset of (images, labels).")
         dataset = self._evaluation_dataset(x if isinstance(x, tf.data.Dataset) else (x, y), "x, y", batch_size)
-        try:
-            return super().evaluate(dataset, verbose=verbose, **kwargs)
-        except tf.errors.InvalidArgumentError as error:
-            data.raise_input_error(error)
-            raise
+        # During fit (validation_data), bn_mode='domain': the moving statistics lag the weights (a 4-step fit
+        # reported them); the epoch's weights are evaluated with target statistics re-estimated on fit's target.
+        with self._reestimated_batchnorm(None, self.__dict__.get("_validation_target")):
+            try:
+                return super().evaluate(dataset, verbose=verbose, **kwargs)
+            except tf.errors.InvalidArgumentError as error:
+                data.raise_input_error(error)
+                raise
 
     def predict(self, x, batch_size=None, verbose="auto", **kwargs):
         """Class probabilities for images ``x`` (an array or a dataset of images); per pixel for segmentation,

@@ -369,3 +369,22 @@ def test_validator_checkpoint_scores_a_batchnorm_adapter_with_the_statistics_fit
                 collapse_guard=False)
     exported = da.validate(adapter, target=target, validators=["entropy"])["entropy"]
     assert checkpoint.history[0] == pytest.approx(exported, rel=1e-4, abs=1e-6)
+
+
+def test_fit_validation_metrics_of_a_batchnorm_adapter_are_those_of_the_model_it_exports():
+    # Keras evaluated validation_data with the lagging moving statistics of a 4-step fit.
+    rng = np.random.default_rng(1)
+    source = rng.normal(size=(256, 2)).astype("float32") * 3 + 5
+    labels = (source[:, 0] > 5).astype(int)
+    target = (source * 1.5 + 2).astype("float32")
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                                 keras.layers.ReLU()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD(weight=1e-3)])
+    adapter.compile(optimizer="adam", metrics=["accuracy"])
+    history = adapter.fit(source=(source, labels), target=target, validation_data=(target, labels), epochs=1,
+                          batch_size=64, verbose=0, collapse_guard=False)
+    loss, accuracy = adapter.evaluate(target, labels, verbose=0)  # the model fit returns: the same weights
+    assert history.history["val_loss"][0] == pytest.approx(loss, rel=1e-4)
+    assert history.history["val_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
+    assert adapter.__dict__.get("_validation_target") is None  # evaluate after fit uses the exported statistics
