@@ -351,29 +351,9 @@ def test_validator_inputs_are_checked_before_any_prediction(moons, candidates):
         da.compare({"m": model}, target=target_x, target_labels=np.zeros(499, int), validators=["entropy"])
 
 
-def test_validator_checkpoint_scores_a_batchnorm_adapter_with_the_statistics_fit_would_export():
-    # The moving statistics of a short fit are mostly their initial 0 and 1: the checkpoint scored a model
-    # nobody would export. Now it scores the epoch's weights with statistics re-estimated on its target,
-    # which, after one epoch and no restore, is exactly the model fit returns.
-    rng = np.random.default_rng(0)
-    source = rng.normal(size=(256, 2)).astype("float32") * 3 + 5
-    labels = (source[:, 0] > 5).astype(int)
-    target = (source * 1.5 + 2).astype("float32")
-    keras.utils.set_random_seed(0)
-    backbone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
-                                 keras.layers.ReLU()])
-    adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD(weight=1e-3)])
-    adapter.compile(optimizer="adam")
-    checkpoint = da.callbacks.ValidatorCheckpoint("entropy", target=target, restore_best=False)
-    adapter.fit(source=(source, labels), target=target, epochs=1, batch_size=64, verbose=0, callbacks=[checkpoint],
-                collapse_guard=False)
-    exported = da.validate(adapter, target=target, validators=["entropy"])["entropy"]
-    assert checkpoint.history[0] == pytest.approx(exported, rel=1e-4, abs=1e-6)
-
-
-def test_fit_validation_metrics_of_a_batchnorm_adapter_are_those_of_the_model_it_exports():
-    # Keras evaluated validation_data with the lagging moving statistics of a 4-step fit.
-    rng = np.random.default_rng(1)
+def short_batchnorm_fit(seed, **fit_arguments):
+    """A BN adapter after one 4-step epoch (its moving statistics are mostly their initial 0 and 1)."""
+    rng = np.random.default_rng(seed)
     source = rng.normal(size=(256, 2)).astype("float32") * 3 + 5
     labels = (source[:, 0] > 5).astype(int)
     target = (source * 1.5 + 2).astype("float32")
@@ -382,8 +362,29 @@ def test_fit_validation_metrics_of_a_batchnorm_adapter_are_those_of_the_model_it
                                  keras.layers.ReLU()])
     adapter = da.DomainAdapter(backbone, num_classes=2, strategies=[da.MMD(weight=1e-3)])
     adapter.compile(optimizer="adam", metrics=["accuracy"])
-    history = adapter.fit(source=(source, labels), target=target, validation_data=(target, labels), epochs=1,
-                          batch_size=64, verbose=0, collapse_guard=False)
+    extra = {key: value(target, labels) if callable(value) else value for key, value in fit_arguments.items()}
+    history = adapter.fit(source=(source, labels), target=target, epochs=1, batch_size=64, verbose=0,
+                          collapse_guard=False, **extra)
+    return adapter, history, target, labels
+
+
+def test_validator_checkpoint_scores_a_batchnorm_adapter_with_the_statistics_fit_would_export():
+    # The checkpoint scored a model nobody would export. Now it scores the epoch's weights with statistics
+    # re-estimated on its target, which, after one epoch and no restore, is exactly the model fit returns.
+    checkpoints = []
+
+    def checkpoint(target, labels):
+        checkpoints.append(da.callbacks.ValidatorCheckpoint("entropy", target=target, restore_best=False))
+        return checkpoints
+
+    adapter, _, target, _ = short_batchnorm_fit(0, callbacks=checkpoint)
+    exported = da.validate(adapter, target=target, validators=["entropy"])["entropy"]
+    assert checkpoints[0].history[0] == pytest.approx(exported, rel=1e-4, abs=1e-6)
+
+
+def test_fit_validation_metrics_of_a_batchnorm_adapter_are_those_of_the_model_it_exports():
+    # Keras evaluated validation_data with the lagging moving statistics.
+    adapter, history, target, labels = short_batchnorm_fit(1, validation_data=lambda target, labels: (target, labels))
     loss, accuracy = adapter.evaluate(target, labels, verbose=0)  # the model fit returns: the same weights
     assert history.history["val_loss"][0] == pytest.approx(loss, rel=1e-4)
     assert history.history["val_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
