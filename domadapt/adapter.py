@@ -259,7 +259,7 @@ class DomainAdapter(keras.Model):
                 variable.assign(value)
 
     @contextlib.contextmanager
-    def _reestimated_batchnorm(self, source, target_images):
+    def _reestimated_batchnorm(self, source, target_images, batch_size=64):
         """Within the block, the batch-norm statistics (the model's, the source's copies) are those of the current
         weights, re-estimated on ``source`` / ``target_images`` as fit's end exports them; put back afterwards.
         For callbacks that score the model during fit: the moving statistics lag the weights (bn_mode='domain')."""
@@ -272,7 +272,8 @@ class DomainAdapter(keras.Model):
             if source is not None:
                 self._reestimate_batchnorm(source, target_images)
             else:
-                reestimate(self.classifier, self._batchnorm.layers, target_images, max_images=REESTIMATION_IMAGES)
+                reestimate(self.classifier, self._batchnorm.layers, target_images, batch_size=batch_size,
+                           max_images=REESTIMATION_IMAGES, argument="target")
             yield
         finally:
             for variable, value in zip(variables, saved):

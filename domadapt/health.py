@@ -411,26 +411,17 @@ class CollapseGuard(keras.callbacks.Callback):
                 "target_mean_probabilities": mean, "target_mean_entropy": entropy, "target_top_class_share": share}
 
     def _predict_with_reestimated_statistics(self):
-        """The probe's predictions with batch-norm statistics of the current weights, re-estimated on the probe.
+        """The probe's predictions with batch-norm statistics of the current weights, re-estimated on the probe
+        (``DomainAdapter._reestimated_batchnorm``, which puts the moving ones back: training continues as
+        without the guard).
 
         The moving statistics lag the weights (momentum 0.99: after 60 steps 55% of their weight is still
         the initial 0 and 1); fit re-estimates them with the final weights, so that is the model to judge
         (DANN on the batch-norm CNN's fog, seed 2: 100% of target images in one class with the moving
-        statistics at the first two epoch ends, 33-35% with re-estimated ones). The moving statistics are
-        put back, so training continues as without the guard.
+        statistics at the first two epoch ends, 33-35% with re-estimated ones).
         """
-        from domadapt.batchnorm import reestimate
-
-        statistics = [v for layer in self._probe_batchnorm for v in (layer.moving_mean, layer.moving_variance)]
-        saved = [ops.convert_to_numpy(variable) for variable in statistics]
-        classifier = self.model.classifier
-        try:
-            reestimate(classifier, self._probe_batchnorm, self._target_probe, batch_size=self._probe_batch_size,
-                       argument="target")
-            return classifier.predict(self._target_probe, batch_size=self._probe_batch_size, verbose=0)
-        finally:
-            for variable, value in zip(statistics, saved):
-                variable.assign(value)
+        with self.model._reestimated_batchnorm(None, self._target_probe, batch_size=self._probe_batch_size):  # noqa: SLF001
+            return self.model.classifier.predict(self._target_probe, batch_size=self._probe_batch_size, verbose=0)
 
     def _reset_run(self):
         self._healthy = None  # (epoch, model values, optimizer values) of the last healthy epoch end

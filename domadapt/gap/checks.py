@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from domadapt.data import check_seed  # noqa: F401 (one rule for every seed, re-exported)
+from domadapt._checks import check_seed  # noqa: F401 (one rule for every seed, re-exported)
 
 
 def as_features(source_features, target_features, *, minimum=2):

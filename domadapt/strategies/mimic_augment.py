@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from domadapt.data import check_positive_int, check_seed
+from domadapt._checks import check_seed
+from domadapt.data import check_positive_int
 from domadapt.strategies import _tf_presets
 from domadapt.strategies._tf_presets import RGB_ONLY, TF_METHODS, TF_PRESETS
 from domadapt.strategies._weather_table import PRESET_PARAMETERS, method_parameters, preset_parameters

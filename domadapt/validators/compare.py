@@ -345,9 +345,11 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         raise ValueError(f"Argument `collapse_threshold` must be a number in [0, 1] or None; received "
                          f"collapse_threshold={collapse_threshold!r}.")
     if (target_labels is not None and target is not None and not isinstance(target, tf.data.Dataset)
-            and hasattr(target, "__len__") and len(np.reshape(target_labels, -1)) != len(without_labels(target))):
-        raise ValueError(f"Argument `target_labels`: expected one label per target image ({len(without_labels(target))}"
-                         f"); received {len(np.reshape(target_labels, -1))}.")
+            and hasattr(target, "__len__")):
+        expected, given = len(without_labels(target)), np.size(target_labels)
+        if given != expected:
+            raise ValueError(f"Argument `target_labels`: expected one label per target image ({expected}); "
+                             f"received {given}.")
     for name, model in candidates.items():
         if task_of(model) != "classification":
             raise ValueError(
