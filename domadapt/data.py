@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from domadapt._checks import check_seed  # noqa: F401 (re-exported for the public modules: one rule for every seed)
+
 __all__ = ["PairedData", "pair"]
 
 # Marker put in in-pipeline assertion messages so `fit` can recognise and re-raise them.

@@ -181,8 +181,7 @@ def load_sunny_rainy(directory=None, per_domain=4000, test_size=2000, seed=0, sh
     print(name, data["source_x"].shape, data["target_x"].dtype)
     ```
     """
-    from domadapt._checks import check_seed
-    from domadapt.data import check_positive_int
+    from domadapt.data import check_positive_int, check_seed
 
     per_domain, test_size = check_positive_int(per_domain, "per_domain"), check_positive_int(test_size, "test_size")
     if check_seed(seed) is None:
