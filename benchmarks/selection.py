@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from domadapt.validators.agreement import MIN_CANDIDATES, ensemble_agreement
 from domadapt.validators.compare import COLLAPSE_THRESHOLD, VALIDATORS, recommend
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -128,8 +129,22 @@ def candidate_groups(rows, backbone="groupnorm"):
         groups[shift] = [{m: {"validators": r["validators"], "collapsed": unsupervised_collapse(r),
                               "target_accuracy": r["target_accuracy"]} for m, r in sorted(per_seed[s].items())}
                          for s in complete]
+        for group, seed in zip(groups[shift], complete):
+            _add_agreement(group, per_seed[seed])
         used += sum(len(per_seed[s]) for s in complete)
     return groups, seeds, left_out, used
+
+
+def _add_agreement(group, rows):
+    """Each candidate's ``agreement`` score, as ``da.compare`` computes it (the candidates' plurality vote on the
+    same unlabeled target images), when every run recorded its predicted classes there; rows without them (run
+    before they were recorded) leave the group without it."""
+    predictions = {m: row.get("validation_target_predictions") for m, row in rows.items() if m in group}
+    if len(predictions) < MIN_CANDIDATES or not all(predictions.values()):
+        return
+    scores = ensemble_agreement({m: np.frombuffer(p.encode(), dtype=np.uint8) - ord("0") for m, p in predictions.items()})
+    for method, value in scores.items():
+        group[method]["validators"] = {**group[method]["validators"], "agreement": value}
 
 
 def rows_of_validator_selection(path, backbone="groupnorm"):

@@ -36,7 +36,7 @@ from scipy import stats  # noqa: E402
 
 import domadapt as da  # noqa: E402
 from domadapt.datasets import load_sunny_rainy, small_cnn  # noqa: E402
-from domadapt.validators.compare import DEFAULT_VALIDATORS, VALIDATORS  # noqa: E402
+from domadapt.validators.compare import DEFAULT_VALIDATORS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -86,13 +86,15 @@ def train(strategies, data, epochs, seed=0):
     return adapter
 
 
-def summarise(scores, accuracy, source_only):
+def summarise(scores, accuracy, source_only, directions):
+    """``directions``: ``{validator: "higher" | "lower"}`` of the comparison table (its ``agreement`` column
+    is no validator class)."""
     names = list(next(iter(scores.values())))
     best = max(accuracy.values())
     summary = {}
     for name in names:
-        validator = VALIDATORS[name]()
-        oriented = {c: validator.ranking_score(scores[c][name]) for c in scores}
+        sign = 1.0 if directions[name] == "higher" else -1.0
+        oriented = {c: sign * scores[c][name] for c in scores}
         pick = max(oriented, key=oriented.get)
         rho = stats.spearmanr([oriented[c] for c in scores], [accuracy[c] for c in scores]).statistic
         summary[name] = {"spearman": float(rho), "picked": pick, "picked_accuracy": accuracy[pick],
@@ -144,11 +146,12 @@ def main(argv=None):
         source_val = (data["source_test_x"][:1000], data["source_test_y"][:1000])
         target_unlabeled = data["target_x"][:1000]
         table = da.compare(trained, source=source_val, target=target_unlabeled)
+        report["validators"] = list(table.directions)  # compare's agreement column included
         accuracy = {c: float(model.evaluate(data["target_test_x"], data["target_test_y"], verbose=0)[1])
                     for c, model in trained.items()}
         report["shifts"][shift] = {
             "scores": table.scores, "target_accuracy": accuracy, "recommended": table.recommended,
-            "warnings": table.warnings, "summary": summarise(table.scores, accuracy, accuracy["source-only"]),
+            "warnings": table.warnings, "summary": summarise(table.scores, accuracy, accuracy["source-only"], table.directions),
             "seconds": time.perf_counter() - started,
         }
         print(markdown({**report, "shifts": {shift: report["shifts"][shift]}}), flush=True)

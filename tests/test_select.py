@@ -161,3 +161,73 @@ def test_select_reads_a_target_dataset_once_so_every_candidate_is_scored_on_the_
     assert isinstance(seen["target"], np.ndarray) and seen["target"].shape == target_x.shape
     assert len(passes) == seen["passes"]  # compare and its validators read the array, not the dataset
     assert set(result.table.scores) == {"mcc", "source-only"}
+
+
+def test_ensemble_agreement_scores_each_candidate_against_the_plurality_vote():
+    from domadapt.validators.agreement import ensemble_agreement
+
+    votes = {"a": np.array([0, 1, 2, 2]), "b": np.array([0, 1, 2, 1]), "c": np.array([1, 1, 1, 1])}
+    # Votes per image: 0 (a, b), 1 (all), 2 (a, b), then a tie 2/1/1 -> 1 (b, c).
+    assert ensemble_agreement(votes) == {"a": 0.75, "b": 1.0, "c": 0.5}
+    # A three-way tie goes to the lowest class index.
+    assert ensemble_agreement({"a": [2], "b": [1], "c": [0]}) == {"a": 0.0, "b": 0.0, "c": 1.0}
+    with pytest.raises(ValueError, match="same, non-empty set of images"):
+        ensemble_agreement({"a": [0, 1], "b": [0]})
+    with pytest.raises(ValueError, match="candidate 'b' must give a 1-D array of integer"):
+        ensemble_agreement({"a": [0], "b": [0.5]})
+    with pytest.raises(TypeError, match="non-empty dict"):
+        ensemble_agreement({})
+
+
+def test_selection_benchmark_computes_agreement_as_compare_does_from_recorded_predictions():
+    from domadapt.validators.agreement import ensemble_agreement
+
+    recorded = {"source_only": "0120", "dann": "0121", "mmd": "1111"}
+    rows = [{"shift": "s", "method": m, "seed": 0, "backbone": "groupnorm", "target_accuracy": 0.5,
+             "source_accuracy": 0.9, "validators": {"reverse": 0.5}, "validation_target_predictions": p}
+            for m, p in recorded.items()]
+    groups, *_ = selection.candidate_groups(rows)
+    expected = ensemble_agreement({m: [int(c) for c in p] for m, p in recorded.items()})
+    assert {m: c["validators"]["agreement"] for m, c in groups["s"][0].items()} == expected
+    assert all("agreement" not in row["validators"] for row in rows)  # the rows read are not changed
+    del rows[1]["validation_target_predictions"]  # a run from before predictions were recorded
+    groups, *_ = selection.candidate_groups(rows)
+    assert all("agreement" not in c["validators"] for c in groups["s"][0].values())
+
+
+def _fixed_classifier(weights):
+    """A 2-class softmax classifier of 2-D points whose logits are ``x @ weights``."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, use_bias=False, activation="softmax")])
+    model.layers[0].set_weights([np.asarray(weights, "float32")])
+    return model
+
+
+def test_compare_adds_the_agreement_column_with_three_candidates_or_more():
+    target = np.random.default_rng(0).normal(size=(400, 2)).astype("float32")
+    by_first = [[1.0, -1.0], [0.0, 0.0]]  # class 0 where x0 > 0
+    candidates = {"a": _fixed_classifier(by_first), "b": _fixed_classifier(np.multiply(by_first, 2)),
+                  "other": _fixed_classifier([[0.0, 0.0], [1.0, -1.0]])}  # class 0 where x1 > 0
+    table = da.compare(candidates, target=target, validators=["entropy"], collapse_threshold=None)
+    assert table.directions["agreement"] == "higher"
+    assert table.scores["a"]["agreement"] == table.scores["b"]["agreement"] == 1.0
+    # "other" agrees with the vote of a and b on the images where x0 and x1 have the same sign: about half.
+    expected = np.mean((target[:, 0] > 0) == (target[:, 1] > 0))
+    assert table.scores["other"]["agreement"] == pytest.approx(expected) and 0.4 < expected < 0.6
+    # None of the default recommend_by is scored: every column decides, b is sharper than a (entropy).
+    assert table.recommended == "b"
+    table = da.compare(candidates, target=target, validators=["entropy"], recommend_by=("agreement",))
+    assert table.recommended == "a"  # a and b tie on agreement: the first listed
+    mixed = {"other": candidates["other"], "a": candidates["a"], "b": candidates["b"]}
+    assert da.compare(mixed, target=target, validators=["entropy"], recommend_by=("agreement",)).recommended == "a"
+    two = da.compare({"a": candidates["a"], "other": candidates["other"]}, target=target, validators=["entropy"])
+    assert "agreement" not in two.directions  # two candidates cannot outvote one another
+    off = da.compare(candidates, target=target, validators=["entropy"], agreement=False)
+    assert "agreement" not in off.directions and "agreement" not in off.scores["a"]
+    with pytest.raises(TypeError, match="`agreement` must be True or False"):
+        da.compare(candidates, target=target, agreement="yes")
+
+    class Named(da.validators.Entropy):
+        name = "agreement"
+
+    with pytest.raises(ValueError, match="named 'agreement'"):
+        da.compare(candidates, target=target, validators=[Named()])

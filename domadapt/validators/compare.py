@@ -16,6 +16,7 @@ from scipy import stats
 from domadapt import _construction
 from domadapt.data import check_positive_int, without_labels
 from domadapt.health import prediction_collapse_reason, prediction_statistics
+from domadapt.validators.agreement import MIN_CANDIDATES, ensemble_agreement
 from domadapt.validators.base import TASK_VALIDATORS, Validator, images_of, labeled, outputs, task_of
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
@@ -292,7 +293,7 @@ def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=(
 
 def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS, *, target_labels=None,
             recommend_by=RECOMMENDING, source_drop=SOURCE_DROP, collapse_threshold=COLLAPSE_THRESHOLD,
-            collapse_samples=2000, check_class_mix=True):
+            collapse_samples=2000, check_class_mix=True, agreement=True):
     """Score several trained candidates, rank them, and recommend one.
 
     The recommendation (:func:`recommend`) is the best mean rank over the validators
@@ -310,6 +311,14 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     recommendation) is issued once, as a Python ``UserWarning``, and kept in
     ``table.warnings``. With ``target_labels`` (for your own labeled slice), the
     table adds true target accuracy and each validator's Spearman correlation with it.
+
+    With ``agreement`` (default) and at least three candidates, the table has one more
+    column, ``agreement``: each candidate's share of the ``collapse_samples`` target
+    images on which it predicts the candidates' plurality vote
+    (:func:`domadapt.validators.agreement.ensemble_agreement`, EnsV, Hu et al. 2024).
+    It scores a candidate against the others, so it changes with the candidate set;
+    ``recommend_by`` may name it (with fewer candidates it is absent and the other
+    names decide).
 
     The class mix (``check_class_mix``, on by default): when a candidate aligns the
     domains without class weights (DANN, CDAN, MMD, CORAL without ``class_weights=``),
@@ -339,6 +348,8 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         raise ValueError(f"Argument `source_drop` must be a fraction in [0, 1] or None; received {source_drop!r}.")
     # Checked before any validator runs (collapse_samples=0 was an UnboundLocalError at the end).
     check_positive_int(collapse_samples, "collapse_samples")
+    if not isinstance(agreement, bool):
+        raise TypeError(f"Argument `agreement` must be True or False; received agreement={agreement!r}.")
     if collapse_threshold is not None and (isinstance(collapse_threshold, bool)
                                            or not isinstance(collapse_threshold, numbers.Real)
                                            or not 0 <= collapse_threshold <= 1):
@@ -357,6 +368,9 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
                 f"has task={task_of(model)!r}. Score each candidate with da.validate(model, source, target) instead."
             )
     resolved = resolve_validators(validators)
+    if agreement and len(candidates) >= MIN_CANDIDATES and any(v.name == "agreement" for v in resolved):
+        raise ValueError("Argument `validators` has a validator named 'agreement', the name of compare's own agreement "
+                         "column: rename it, or pass agreement=False.")
     if isinstance(target, tf.data.Dataset):
         # Read once: each validator reading it again would score each candidate on other images (a shuffled
         # dataset) and read the target once per validator and candidate.
@@ -370,16 +384,24 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     collapse_reasons = {}
     # Read once (a dataset target is concatenated), for whichever of the checks below needs it.
     target_images = functools.cache(lambda: images_of(target, "target", next(iter(candidates.values()))))
-    if target is not None and collapse_threshold is not None:
+    with_agreement = agreement and len(candidates) >= MIN_CANDIDATES
+    if target is not None and (collapse_threshold is not None or with_agreement):
         # A seeded random subset, as the validators sample: the first images of a class-sorted target are
         # one class, and an accurate model looked collapsed on them.
         images = target_images()
         subset = np.sort(np.random.default_rng(0).permutation(len(images))[:collapse_samples])
+        predicted_classes = {}
         for c in candidates:
             probabilities, _ = outputs(candidates[c], images[subset])
-            reason = collapse_reason(probabilities, collapse_threshold)
+            predicted_classes[c] = np.argmax(probabilities, axis=1)
+            reason = None if collapse_threshold is None else collapse_reason(probabilities, collapse_threshold)
             if reason is not None:
                 collapse_reasons[c] = reason
+        if with_agreement:
+            for c, value in ensemble_agreement(predicted_classes).items():
+                scores[c]["agreement"] = value
+            directions["agreement"] = "higher"
+            oriented["agreement"] = {c: scores[c]["agreement"] for c in scores}
     recommended, mean_rank, excluded = recommend(oriented, by=recommend_by, source_drop=source_drop,
                                                  collapsed=collapse_reasons)
     table_warnings = []
