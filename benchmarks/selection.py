@@ -137,12 +137,15 @@ def candidate_groups(rows, backbone="groupnorm"):
 
 def _add_agreement(group, rows):
     """Each candidate's ``agreement`` score, as ``da.compare`` computes it (the candidates' plurality vote on the
-    same unlabeled target images), when every run recorded its predicted classes there; rows without them (run
-    before they were recorded) leave the group without it."""
+    same unlabeled target images; one digit per image, so at most 10 classes), when every run recorded its
+    predicted classes there; rows without them (run before they were recorded) leave the group without it."""
     predictions = {m: row.get("validation_target_predictions") for m, row in rows.items() if m in group}
     if len(predictions) < MIN_CANDIDATES or not all(predictions.values()):
         return
-    scores = ensemble_agreement({m: np.frombuffer(p.encode(), dtype=np.uint8) - ord("0") for m, p in predictions.items()})
+    # compare leaves collapsed candidates out of the vote; here as its collapse filter is emulated.
+    voters = [m for m in predictions if not group[m]["collapsed"]]
+    scores = ensemble_agreement({m: np.frombuffer(p.encode(), dtype=np.uint8) - ord("0") for m, p in predictions.items()},
+                                voters)
     for method, value in scores.items():
         group[method]["validators"] = {**group[method]["validators"], "agreement": value}
 

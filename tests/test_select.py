@@ -27,7 +27,8 @@ def build_adapter(strategies, learning_rate=3e-3):
 def rule_arithmetic(table):
     """The pick, recomputed from the table alone: best mean rank over the deciding validators."""
     eligible = [c for c in table.scores if c not in table.excluded]
-    deciding = [n for n in RECOMMENDING if n in table.directions] or list(table.directions)
+    deciding = ([n for n in RECOMMENDING if n in table.directions]
+                or [n for n in table.directions if n != "agreement"] or list(table.directions))
     sign = {n: 1.0 if table.directions[n] == "higher" else -1.0 for n in deciding}
     ranks = {n: stats.rankdata([-sign[n] * table.scores[c][n] for c in eligible]) for n in deciding}
     mean_rank = [np.mean([ranks[n][i] for n in deciding]) for i in range(len(eligible))]
@@ -213,8 +214,8 @@ def test_compare_adds_the_agreement_column_with_three_candidates_or_more():
     # "other" agrees with the vote of a and b on the images where x0 and x1 have the same sign: about half.
     expected = np.mean((target[:, 0] > 0) == (target[:, 1] > 0))
     assert table.scores["other"]["agreement"] == pytest.approx(expected) and 0.4 < expected < 0.6
-    # None of the default recommend_by is scored: every column decides, b is sharper than a (entropy).
-    assert table.recommended == "b"
+    # None of the default recommend_by is scored: every column but agreement decides, b is sharper than a (entropy).
+    assert table.recommended == "b" and "agreement" not in table.reasons[0]
     table = da.compare(candidates, target=target, validators=["entropy"], recommend_by=("agreement",))
     assert table.recommended == "a"  # a and b tie on agreement: the first listed
     mixed = {"other": candidates["other"], "a": candidates["a"], "b": candidates["b"]}
@@ -231,3 +232,32 @@ def test_compare_adds_the_agreement_column_with_three_candidates_or_more():
 
     with pytest.raises(ValueError, match="named 'agreement'"):
         da.compare(candidates, target=target, validators=[Named()])
+    assert "agreement" in da.compare(candidates, target=target, validators=[Named()], agreement=False).directions
+
+
+    class NamedSourceScore(da.validators.SourceAccuracy):
+        name = "agreement"
+
+    # Without a target compare adds no column of its own: a validator of that name is no clash.
+    labels = (target[:, 0] <= 0).astype(int)
+    table = da.compare(candidates, source=(target, labels), target=None, validators=[NamedSourceScore()])
+    assert table.scores["a"]["agreement"] == 1.0 and table.scores["other"]["agreement"] < 0.6
+    # Different label spaces cannot vote together: no column.
+    three = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    mixed_classes = {**candidates, "three": three}
+    assert "agreement" not in da.compare(mixed_classes, target=target, validators=["entropy"]).directions
+
+
+def test_compare_leaves_collapsed_and_diverged_candidates_out_of_the_vote():
+    target = np.random.default_rng(0).normal(size=(400, 2)).astype("float32")
+    diverged = _fixed_classifier([[np.nan, np.nan], [np.nan, np.nan]])  # NaN outputs: argmax 0 everywhere
+    constant = _fixed_classifier([[0.0, 0.0], [0.0, 0.0]])  # identical outputs for every image: collapsed
+    candidates = {"diverged": diverged, "constant": constant, "a": _fixed_classifier([[1.0, -1.0], [0.0, 0.0]]),
+                  "b": _fixed_classifier([[2.0, -2.0], [0.0, 0.0]]), "other": _fixed_classifier([[0.0, 0.0], [1.0, -1.0]])}
+    with pytest.warns(UserWarning):
+        table = da.compare(candidates, target=target, validators=["entropy"], recommend_by=("agreement",))
+    agreement = {c: table.scores[c]["agreement"] for c in candidates}
+    # The vote is a and b's (other loses 2 to 1): the two broken candidates, which would have outvoted the
+    # healthy ones on half the images (class 0 three times), do not vote, and score what they agree by chance.
+    assert agreement["a"] == agreement["b"] == 1.0 and agreement["other"] < 0.6
+    assert agreement["diverged"] == pytest.approx(np.mean(target[:, 0] > 0)) and table.recommended == "a"

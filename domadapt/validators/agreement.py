@@ -8,14 +8,18 @@ import numpy as np
 MIN_CANDIDATES = 3
 
 
-def ensemble_agreement(predicted_classes):
+def ensemble_agreement(predicted_classes, voters=None):
     """Each candidate's share of target images on which it predicts the candidates' plurality vote.
 
-    The vote of image i is the class most candidates predict for it (all candidates,
-    the scored one included; a tie goes to the lowest class index). A candidate that
-    agrees with the ensemble's pseudo-labels scores high: the ensemble of several
-    adaptations is usually more accurate than most of its members, and a candidate
-    that has collapsed or drifted far from every other one agrees with it least.
+    The vote of image i is the class most voters predict for it (by default every
+    candidate, the scored one included; a tie goes to the lowest class index). A
+    candidate that agrees with the ensemble's pseudo-labels scores high: the ensemble
+    of several adaptations is usually more accurate than most of its members. That
+    holds only while most voters are sound: when most candidates fail alike (the
+    earlier validator suite, ``benchmarks/results/validator_selection.md``: most
+    candidates near 10-20% accuracy), the vote is their common failure and agreement
+    rewards it. :func:`da.compare` leaves collapsed candidates and candidates with
+    non-finite outputs out of the vote (they are still scored).
     This is the ensemble-based validation EnsV of Hu et al. ("Towards Reliable Model
     Selection for Unsupervised Domain Adaptation", NeurIPS 2024 Datasets and
     Benchmarks), here with hard votes, since hard predictions are what candidates of
@@ -27,7 +31,10 @@ def ensemble_agreement(predicted_classes):
 
     Args:
         predicted_classes: ``{candidate: (num_images,) integer class indices}``, the
-            same target images in the same order for every candidate.
+            same target images in the same order for every candidate, and the same
+            classes.
+        voters: the candidates whose predictions make the vote (default: all); an
+            empty selection means all.
 
     Returns:
         ``{candidate: agreement in [0, 1]}`` (higher is better).
@@ -57,11 +64,16 @@ def ensemble_agreement(predicted_classes):
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError("Argument `predicted_classes`: every candidate must predict the same, non-empty set of images; "
                          f"received lengths {sorted(lengths)}.")
+    voters = list(arrays) if voters is None else list(voters)
+    unknown = [name for name in voters if name not in arrays]
+    if unknown:
+        raise ValueError(f"Argument `voters` names {unknown}, which are not candidates of `predicted_classes`.")
+    voters = voters or list(arrays)
     stacked = np.stack(list(arrays.values()))  # (candidates, images)
     num_classes = int(stacked.max()) + 1
     counts = np.zeros((stacked.shape[1], num_classes), dtype=np.int64)
-    for classes in stacked:
-        np.add.at(counts, (np.arange(stacked.shape[1]), classes), 1)
+    for name in voters:
+        np.add.at(counts, (np.arange(stacked.shape[1]), arrays[name]), 1)
     vote = counts.argmax(axis=1)  # the first maximum: ties go to the lowest class index
     return {name: float(np.mean(classes == vote)) for name, classes in zip(arrays, stacked)}
 

@@ -241,7 +241,7 @@ def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=(
     Candidates whose source accuracy is more than ``source_drop`` below the best
     candidate's are set aside (``None``: no such guard), then the ``collapsed`` ones;
     if a step would leave nobody, it is skipped. Among the rest, the pick has the best
-    mean rank over the validators ``by`` (those present; all of them when none is):
+    mean rank over the validators ``by`` (those present; when none is, all of them but ``agreement``):
     rank 1 is the best score, ties share the average rank, ties in mean rank go to
     the candidate listed first.
 
@@ -277,7 +277,8 @@ def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=(
     kept = [c for c in eligible if c not in set(collapsed)]
     excluded.update({c: "collapsed" for c in eligible if c not in kept})
     eligible = kept or eligible
-    deciding = [n for n in by if n in oriented] or list(oriented)
+    # Agreement scores a candidate against the others: it decides only where named.
+    deciding = [n for n in by if n in oriented] or [n for n in oriented if n != "agreement"] or list(oriented)
     # A NaN score makes every rank NaN, and the pick would be whichever candidate is listed first.
     kept = [c for c in eligible if all(np.isfinite(oriented[n][c]) for n in deciding)]
     excluded.update({c: "non-finite score" for c in eligible if c not in kept})
@@ -312,13 +313,14 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
     ``table.warnings``. With ``target_labels`` (for your own labeled slice), the
     table adds true target accuracy and each validator's Spearman correlation with it.
 
-    With ``agreement`` (default) and at least three candidates, the table has one more
-    column, ``agreement``: each candidate's share of the ``collapse_samples`` target
-    images on which it predicts the candidates' plurality vote
+    With ``agreement`` (default), a target and at least three candidates with the same
+    classes, the table has one more column, ``agreement``: each candidate's share of
+    the ``collapse_samples`` target images on which it predicts the plurality vote of
+    the candidates that are not collapsed and have finite outputs
     (:func:`domadapt.validators.agreement.ensemble_agreement`, EnsV, Hu et al. 2024).
     It scores a candidate against the others, so it changes with the candidate set;
-    ``recommend_by`` may name it (with fewer candidates it is absent and the other
-    names decide).
+    it takes part in the recommendation only where ``recommend_by`` names it (with
+    fewer candidates it is absent and the other names decide).
 
     The class mix (``check_class_mix``, on by default): when a candidate aligns the
     domains without class weights (DANN, CDAN, MMD, CORAL without ``class_weights=``),
@@ -368,7 +370,8 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
                 f"has task={task_of(model)!r}. Score each candidate with da.validate(model, source, target) instead."
             )
     resolved = resolve_validators(validators)
-    if agreement and len(candidates) >= MIN_CANDIDATES and any(v.name == "agreement" for v in resolved):
+    if (agreement and target is not None and len(candidates) >= MIN_CANDIDATES
+            and any(v.name == "agreement" for v in resolved)):
         raise ValueError("Argument `validators` has a validator named 'agreement', the name of compare's own agreement "
                          "column: rename it, or pass agreement=False.")
     if isinstance(target, tf.data.Dataset):
@@ -390,15 +393,21 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
         # one class, and an accurate model looked collapsed on them.
         images = target_images()
         subset = np.sort(np.random.default_rng(0).permutation(len(images))[:collapse_samples])
-        predicted_classes = {}
+        predicted_classes, widths, non_finite = {}, set(), set()
         for c in candidates:
             probabilities, _ = outputs(candidates[c], images[subset])
             predicted_classes[c] = np.argmax(probabilities, axis=1)
+            widths.add(np.shape(probabilities)[-1])
+            if not np.all(np.isfinite(probabilities)):
+                non_finite.add(c)
             reason = None if collapse_threshold is None else collapse_reason(probabilities, collapse_threshold)
             if reason is not None:
                 collapse_reasons[c] = reason
-        if with_agreement:
-            for c, value in ensemble_agreement(predicted_classes).items():
+        # Class indices of different label spaces cannot be put to one vote.
+        if with_agreement and len(widths) == 1:
+            # A collapsed or diverged candidate (NaN outputs: argmax 0 everywhere) would vote one class for every image.
+            voters = [c for c in candidates if c not in collapse_reasons and c not in non_finite]
+            for c, value in ensemble_agreement(predicted_classes, voters).items():
                 scores[c]["agreement"] = value
             directions["agreement"] = "higher"
             oriented["agreement"] = {c: scores[c]["agreement"] for c in scores}
@@ -417,7 +426,8 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
                 f"{c}: source accuracy {scores[c]['source_accuracy']:.3f} is more than {source_drop:.0%} below the "
                 f"best ({best_source:.3f}); it is not recommended"
             )
-    deciding = [n for n in recommend_by if n in directions] or list(directions)
+    deciding = ([n for n in recommend_by if n in directions] or [n for n in directions if n != "agreement"]
+                or list(directions))
     reasons = [f"best mean rank ({mean_rank[recommended]:.1f}) over {', '.join(deciding)}"]
     for name in directions:
         top = max(mean_rank, key=lambda c: oriented[name][c])
