@@ -272,8 +272,8 @@ def evaluate(rows, backbone="groupnorm", extra_rows=()):
     chosen_on_all = choose_rule(rules, accuracies, shifts)
     ranked = sorted(rules, key=lambda r: -np.mean([accuracies[r][s] for s in shifts]))  # stable: ties keep family order
     today = Rule(TODAY, 0.15, True)
-    report_today = str(today)
-    report = {"today_rule": report_today, "backbone": backbone, "rows_used": used, "shifts": shifts, "suite_shifts": suite_shifts, "seeds": seeds,
+    report = {"today_rule": str(today), "backbone": backbone, "rows_used": used, "shifts": shifts,
+              "suite_shifts": suite_shifts, "seeds": seeds,
               "seeds_left_out_partial": {s: v for s, v in left_out.items() if v},
               "methods": {s: list(groups[s][0]) for s in shifts}, "validators": validators, "num_rules": len(rules),
               "chosen_on_all_shifts": {"by": list(chosen_on_all.by), "source_drop": chosen_on_all.source_drop,

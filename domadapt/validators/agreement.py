@@ -69,13 +69,12 @@ def ensemble_agreement(predicted_classes, voters=None):
     if unknown:
         raise ValueError(f"Argument `voters` names {unknown}, which are not candidates of `predicted_classes`.")
     voters = voters or list(arrays)
-    stacked = np.stack(list(arrays.values()))  # (candidates, images)
-    num_classes = int(stacked.max()) + 1
-    counts = np.zeros((stacked.shape[1], num_classes), dtype=np.int64)
+    num_images, num_classes = lengths.pop(), max(int(classes.max()) for classes in arrays.values()) + 1
+    counts = np.zeros((num_images, num_classes), dtype=np.int64)
     for name in voters:
-        np.add.at(counts, (np.arange(stacked.shape[1]), arrays[name]), 1)
+        counts[np.arange(num_images), arrays[name]] += 1  # one vote per image and voter: no repeated index
     vote = counts.argmax(axis=1)  # the first maximum: ties go to the lowest class index
-    return {name: float(np.mean(classes == vote)) for name, classes in zip(arrays, stacked)}
+    return {name: float(np.mean(classes == vote)) for name, classes in arrays.items()}
 
 
 __all__ = ["MIN_CANDIDATES", "ensemble_agreement"]

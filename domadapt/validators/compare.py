@@ -237,6 +237,12 @@ def collapse_reason(probabilities, threshold=0.01, single_class_share=0.99):
     return prediction_collapse_reason(*prediction_statistics(probabilities), threshold, single_class_share)
 
 
+def _deciding_validators(by, present):
+    """The scores a recommendation ranks on: those of ``by`` that are ``present``; when none is, every present one
+    but ``agreement``, which scores a candidate against the others and decides only where named."""
+    return [n for n in by if n in present] or [n for n in present if n != "agreement"] or list(present)
+
+
 def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=()):
     """The recommendation rule of :func:`compare` and :func:`select`, as plain arithmetic.
 
@@ -279,8 +285,7 @@ def recommend(oriented, *, by=RECOMMENDING, source_drop=SOURCE_DROP, collapsed=(
     kept = [c for c in eligible if c not in set(collapsed)]
     excluded.update({c: "collapsed" for c in eligible if c not in kept})
     eligible = kept or eligible
-    # Agreement scores a candidate against the others: it decides only where named.
-    deciding = [n for n in by if n in oriented] or [n for n in oriented if n != "agreement"] or list(oriented)
+    deciding = _deciding_validators(by, oriented)
     # A NaN score makes every rank NaN, and the pick would be whichever candidate is listed first.
     kept = [c for c in eligible if all(np.isfinite(oriented[n][c]) for n in deciding)]
     excluded.update({c: "non-finite score" for c in eligible if c not in kept})
@@ -428,8 +433,7 @@ def compare(candidates, source=None, target=None, validators=DEFAULT_VALIDATORS,
                 f"{c}: source accuracy {scores[c]['source_accuracy']:.3f} is more than {source_drop:.0%} below the "
                 f"best ({best_source:.3f}); it is not recommended"
             )
-    deciding = ([n for n in recommend_by if n in directions] or [n for n in directions if n != "agreement"]
-                or list(directions))
+    deciding = _deciding_validators(recommend_by, directions)
     reasons = [f"best mean rank ({mean_rank[recommended]:.1f}) over {', '.join(deciding)}"]
     for name in directions:
         top = max(mean_rank, key=lambda c: oriented[name][c])
