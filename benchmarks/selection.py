@@ -13,9 +13,13 @@ per (shift, seed) from validator scores alone (``domadapt.validators.compare.rec
 very function ``da.compare`` uses). The family of rules: every validator alone and the mean
 rank over every pair and triple of validators, each with and without a source-accuracy-drop
 guard (several thresholds) and with and without the collapse filter. For each held-out
-shift, the rule with the best mean target accuracy of its picks over the OTHER shifts is
-chosen and applied to the held-out shift; that held-out number is what the report leads with.
-The rule chosen on all shifts (in-sample, labelled so) is the library's default.
+shift, a rule is chosen on the OTHER shifts only and applied to the held-out shift; that
+held-out number is what the report leads with. Choosing on the other shifts: the rule with the
+best mean target accuracy of its picks, unless a rule with fewer validators trails it by less
+than a margin of standard errors of their per-shift difference (the one-standard-error rule at
+margin 1); the margin (0 = best mean, up to 2) is itself chosen by a leave-one-shift-out nested
+inside the other shifts. The procedure with margin 0 alone (the one before 2026-12-01's second
+run) is reported too. The rule chosen on all shifts (in-sample, labelled so) is the library's default.
 
 Only rows that carry ``validators`` are used; for each shift, only seeds whose runs cover every
 method that shift has validator scores for (a partly run seed is left out, and counted).
@@ -42,9 +46,15 @@ NUM_CLASSES = 10  # every shift of benchmarks/shifts.py has 10 classes
 SINGLE_CLASS_SHARE = 0.99
 # In tie-break order: the previous default (15%) first, no guard last.
 SOURCE_DROPS = (0.15, 0.10, 0.05, 0.02, None)
-# The rule shipped before this run: IM + SND + reverse, 15% drop, filter (chosen in-sample on the suite's six
-# shifts and the earlier suite's run of 2026-11-30; reverse alone before that, IM + reverse before that).
+# The rule shipped until 2026-12-01's first selection rerun: IM + SND + reverse, 15% drop, filter (chosen
+# in-sample on the suite's six shifts and the earlier suite's run of 2026-11-30; reverse alone before that,
+# IM + reverse before that).
 TODAY = ("information_maximization", "snd", "reverse")
+# How many standard errors a richer rule may trail the best and still be preferred when it has
+# fewer validators (``choose_rule``): 0 is "the best mean" (the procedure before 2026-12-01's
+# second run), 1 the one-standard-error rule. Which one applies is itself chosen by
+# leave-one-shift-out on the shifts a rule is chosen on (``choose_margin``).
+SIMPLICITY_MARGINS = (0.0, 0.25, 0.5, 1.0, 2.0)
 EXCLUDED_METHODS = ("oracle",)  # trained on target labels: not a candidate a user without them could train
 
 
@@ -176,19 +186,56 @@ def mean_pick_accuracies(rules, groups):
             for rule in rules}
 
 
-def choose_rule(rules, accuracies, shifts):
-    """The first of ``rules`` with the best mean over ``shifts`` of ``accuracies[rule][shift]``."""
-    scores = [np.mean([accuracies[rule][s] for s in shifts]) for rule in rules]
-    return rules[int(np.argmax(scores))]
+def choose_rule(rules, accuracies, shifts, margin=0.0):
+    """The rule to ship, chosen on ``shifts`` from ``accuracies[rule][shift]``.
+
+    ``margin=0``: the first of ``rules`` with the best mean over ``shifts``. ``margin=k > 0``:
+    the rule with the fewest validators among those whose mean is within ``k`` standard errors
+    of the best one's (the standard error of the mean per-shift difference to the best rule,
+    paired by shift), the highest mean among those, then the first in family order.
+    ``k=1`` is the one-standard-error rule (Breiman et al. 1984, *Classification and Regression
+    Trees*, 3.4.3): a richer rule whose gain is inside the shift-to-shift spread has not shown one.
+    With one shift there is no spread and the best mean decides.
+    """
+    means = np.array([np.mean([accuracies[rule][s] for s in shifts]) for rule in rules])
+    best = int(np.argmax(means))
+    if margin <= 0 or len(shifts) < 2:
+        return rules[best]
+    within = []
+    for index, rule in enumerate(rules):
+        differences = np.array([accuracies[rules[best]][s] - accuracies[rule][s] for s in shifts])
+        if differences.mean() <= margin * differences.std(ddof=1) / np.sqrt(len(shifts)) + 1e-12:
+            within.append(index)
+    fewest = min(len(rules[i].by) for i in within)
+    return rules[max((i for i in within if len(rules[i].by) == fewest), key=lambda i: (means[i], -i))]
 
 
-def leave_one_shift_out(rules, groups):
-    """``{held-out shift: rule chosen on the other shifts}`` (needs at least two shifts)."""
+def choose_margin(rules, accuracies, shifts, margins=SIMPLICITY_MARGINS):
+    """The margin of :func:`choose_rule` whose rules, chosen on all of ``shifts`` but one, pick
+    best on the one left out (mean over ``shifts``); ties go to the larger margin (the simpler
+    rule). Fewer than 3 shifts leave no spread to measure: margin 0."""
+    if len(shifts) < 3:
+        return 0.0
+    scores = {margin: np.mean([accuracies[choose_rule(rules, accuracies, [s for s in shifts if s != held], margin)][held]
+                               for held in shifts]) for margin in margins}
+    return max(margins, key=lambda margin: (round(float(scores[margin]), 9), margin))
+
+
+def choose(rules, accuracies, shifts, margins=SIMPLICITY_MARGINS):
+    """``(rule, margin)``: the margin by leave-one-shift-out on ``shifts``, then the rule on all of them."""
+    margin = choose_margin(rules, accuracies, shifts, margins)
+    return choose_rule(rules, accuracies, shifts, margin), margin
+
+
+def leave_one_shift_out(rules, groups, margins=SIMPLICITY_MARGINS):
+    """``{held-out shift: (rule, margin)}``: both chosen on the other shifts only (the margin by a
+    leave-one-shift-out nested inside them), so the held-out shift judges the whole procedure.
+    Needs at least two shifts."""
     shifts = list(groups)
     if len(shifts) < 2:
         raise ValueError(f"leave-one-shift-out needs at least 2 shifts with validator scores; have {shifts}.")
     accuracies = mean_pick_accuracies(rules, groups)
-    return {held: choose_rule(rules, accuracies, [s for s in shifts if s != held]) for held in shifts}
+    return {held: choose(rules, accuracies, [s for s in shifts if s != held], margins) for held in shifts}
 
 
 # =========================================================================== report
@@ -198,7 +245,8 @@ def _mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def shift_summary(shift, rule, groups, oracle_accuracy):
+def shift_summary(shift, rule, margin, groups, oracle_accuracy):
+    """The picks of ``rule`` on ``shift``; ``margin``: the one it was chosen with (None: not chosen here)."""
     accuracies = pick_accuracies(rule, groups[shift])
     picks = [rule.pick(group) for group in groups[shift]]
     methods = list(groups[shift][0])
@@ -207,7 +255,7 @@ def shift_summary(shift, rule, groups, oracle_accuracy):
     pick_mean, pick_std = _mean_std(accuracies)
     source_only = method_means["source_only"]
     gap = (pick_mean - source_only) / (oracle_accuracy - source_only) if oracle_accuracy - source_only > 0 else float("nan")
-    return {"shift": shift, "rule": str(rule), "picks": picks, "pick_mean": pick_mean, "pick_std": pick_std,
+    return {"shift": shift, "rule": str(rule), "margin": margin, "picks": picks, "pick_mean": pick_mean, "pick_std": pick_std,
             "best_candidate": best, "best_mean": method_means[best], "source_only": source_only,
             "oracle": oracle_accuracy, "gap_closed": gap, "num_seeds": len(accuracies)}
 
@@ -241,7 +289,8 @@ def _table(summaries, title):
         spread = f"± {s['pick_std']:.1%} (n={s['num_seeds']})" if s["num_seeds"] > 1 else "(1 seed)"
         oracle = "—" if math.isnan(s["oracle"]) else f"{s['oracle']:.1%}"
         gap = "—" if math.isnan(s["gap_closed"]) else f"{s['gap_closed']:+.0%}"
-        lines.append(f"| {s['shift']} | {s['rule']} | {', '.join(s['picks'])} | {s['pick_mean']:.1%} {spread} "
+        margin = "" if s.get("margin") is None else f" (margin {s['margin']:g} SE)"
+        lines.append(f"| {s['shift']} | {s['rule']}{margin} | {', '.join(s['picks'])} | {s['pick_mean']:.1%} {spread} "
                      f"| {s['best_candidate']} {s['best_mean']:.1%} | {s['source_only']:.1%} | {oracle} | {gap} |")
     g = goals(summaries)
     lines.append(f"\nMean gap closed (over shifts with an oracle) {g['mean_gap_closed']:+.0%} (goal ≥ 50%: "
@@ -269,7 +318,7 @@ def evaluate(rows, backbone="groupnorm", extra_rows=()):
     oracle = oracle_accuracies(rows, backbone, seeds)
     shifts = list(groups)
     accuracies = mean_pick_accuracies(rules, groups)
-    chosen_on_all = choose_rule(rules, accuracies, shifts)
+    chosen_on_all, margin_on_all = choose(rules, accuracies, shifts)
     ranked = sorted(rules, key=lambda r: -np.mean([accuracies[r][s] for s in shifts]))  # stable: ties keep family order
     today = Rule(TODAY, 0.15, True)
     report = {"today_rule": str(today), "backbone": backbone, "rows_used": used, "shifts": shifts,
@@ -277,15 +326,23 @@ def evaluate(rows, backbone="groupnorm", extra_rows=()):
               "seeds_left_out_partial": {s: v for s, v in left_out.items() if v},
               "methods": {s: list(groups[s][0]) for s in shifts}, "validators": validators, "num_rules": len(rules),
               "chosen_on_all_shifts": {"by": list(chosen_on_all.by), "source_drop": chosen_on_all.source_drop,
-                                       "collapse_filter": chosen_on_all.collapse_filter, "text": str(chosen_on_all)},
+                                       "collapse_filter": chosen_on_all.collapse_filter, "text": str(chosen_on_all),
+                                       "margin": margin_on_all},
+              "margins": list(SIMPLICITY_MARGINS),
               "top_rules_in_sample": [{"rule": str(r), "mean_pick_accuracy": float(np.mean([accuracies[r][s] for s in shifts])),
                                        "per_shift": accuracies[r]} for r in ranked[:8]]}
     sections = {}
     if len(shifts) >= 2:
-        held_rules = leave_one_shift_out(rules, groups)
-        sections["held_out"] = [shift_summary(s, held_rules[s], groups, oracle[s]) for s in shifts]
-    sections["in_sample"] = [shift_summary(s, chosen_on_all, groups, oracle[s]) for s in shifts]
-    sections["today"] = [shift_summary(s, today, groups, oracle[s]) for s in shifts]
+        held = leave_one_shift_out(rules, groups)
+        sections["held_out"] = [shift_summary(s, *held[s], groups, oracle[s]) for s in shifts]
+        best_mean = leave_one_shift_out(rules, groups, margins=(0.0,))
+        sections["held_out_best_mean"] = [shift_summary(s, *best_mean[s], groups, oracle[s]) for s in shifts]
+        # How much the held-out result owes to the margin: each margin fixed instead of chosen.
+        report["held_out_by_fixed_margin"] = {
+            f"{margin:g}": goals([shift_summary(s, *fixed[s], groups, oracle[s]) for s in shifts])
+            for margin in SIMPLICITY_MARGINS for fixed in [leave_one_shift_out(rules, groups, margins=(margin,))]}
+    sections["in_sample"] = [shift_summary(s, chosen_on_all, margin_on_all, groups, oracle[s]) for s in shifts]
+    sections["today"] = [shift_summary(s, today, None, groups, oracle[s]) for s in shifts]
     report.update(sections)
     report["goals"] = {name: goals(summaries) for name, summaries in sections.items()}
     return report
@@ -309,20 +366,32 @@ def render_markdown(report):
              + f" {report['num_rules']} rules (each of "
              f"{len(report['validators'])} validators alone, mean rank over every pair and triple; source-accuracy "
              f"guard 15 / 10 / 5 / 2% / none; collapse filter on / off; ties go to fewer validators, then filter on, "
-             f"then the looser guard).\n"]
+             f"then the looser guard). Choosing a rule on a set of shifts: the best mean pick accuracy, unless a rule "
+             f"with fewer validators trails it by at most `margin` standard errors of their per-shift differences "
+             f"(margin 1: the one-standard-error rule, Breiman et al. 1984); the margin, one of "
+             f"{', '.join(format(m, 'g') for m in report['margins'])}, is chosen by leave-one-shift-out on the same "
+             f"shifts (nested inside the held-out loop; ties to the larger margin).\n"]
     if "held_out" in report:
-        text, _ = _table(report["held_out"], "Held out: the rule chosen on the other shifts, applied to this one")
+        text, _ = _table(report["held_out"], "Held out: the rule (and margin) chosen on the other shifts, applied to this one")
         lines += text
+        text, _ = _table(report["held_out_best_mean"], "For reference, held out with margin 0 only (the best mean on the "
+                                                       "other shifts: the procedure before this run)")
+        lines += text
+        lines += ["\nHeld out with each margin fixed instead of chosen (mean gap closed; worst shift vs source-only; mean "
+                  "below the best candidate): " + "; ".join(
+                      f"{margin} SE: {g['mean_gap_closed']:+.0%}, {100 * g['worst_vs_source_only']:+.1f}, "
+                      f"{100 * g['mean_below_best']:.1f}" for margin, g in report["held_out_by_fixed_margin"].items()) + "."]
     else:
         lines.append("\nOnly one shift has validator scores: no leave-one-shift-out number yet.\n")
     text, _ = _table(report["in_sample"], f"In-sample (rule chosen on all shifts, evaluated on the same): "
-                                          f"{report['chosen_on_all_shifts']['text']}")
+                                          f"{report['chosen_on_all_shifts']['text']} (margin "
+                                          f"{report['chosen_on_all_shifts']['margin']:g} SE)")
     lines += text
     lines.append("\nTop rules on all shifts (in-sample mean pick accuracy; ties in family order): "
                  + "; ".join(f"{t['rule']} {t['mean_pick_accuracy']:.1%}" for t in report["top_rules_in_sample"][:5]) + ".")
     lines.append("\nThis in-sample rule is the default of `da.compare` / `da.select`; the held-out table is the "
                  "estimate of how it does on a new shift.")
-    text, _ = _table(report["today"], f"For reference: the rule shipped before this run ({report['today_rule']}), "
+    text, _ = _table(report["today"], f"For reference: the rule shipped until 2026-12-01 ({report['today_rule']}), "
                                       "chosen in-sample on the suite and the earlier suite's previous run")
     lines += text
     return "\n".join(lines) + "\n"

@@ -86,15 +86,37 @@ def test_leave_one_shift_out_judges_a_rule_on_the_shift_it_was_not_chosen_on():
     im, reverse = selection.Rule(("information_maximization",), None, False), selection.Rule(("reverse",), None, False)
     chosen = selection.leave_one_shift_out([im, reverse], groups)
     # Held out c: IM wins on a and b (0.9 vs 0.6) and is then scored on c, where it picks 0.2.
-    assert chosen["c"] == im
-    assert selection.shift_summary("c", chosen["c"], groups, 0.8)["pick_mean"] == pytest.approx(0.2)
+    assert chosen["c"][0] == im
+    assert selection.shift_summary("c", *chosen["c"], groups, 0.8)["pick_mean"] == pytest.approx(0.2)
     # Held out a: on b and c IM averages 0.55 and reverse 0.6, so reverse is judged on a.
-    assert chosen["a"] == chosen["b"] == reverse
-    assert selection.shift_summary("a", chosen["a"], groups, 0.8)["pick_mean"] == pytest.approx(0.6)
+    assert chosen["a"][0] == chosen["b"][0] == reverse
+    assert selection.shift_summary("a", *chosen["a"], groups, 0.8)["pick_mean"] == pytest.approx(0.6)
     # In-sample, IM looks best (0.667 > 0.6): the number the held-out procedure does not report.
     accuracies = selection.mean_pick_accuracies([im, reverse], groups)
     assert selection.choose_rule([im, reverse], accuracies, ["a", "b", "c"]) == im
     assert np.mean(list(accuracies[im].values())) == pytest.approx((0.9 + 0.9 + 0.2) / 3)
+
+
+def test_a_richer_rule_must_win_beyond_the_shift_to_shift_spread():
+    single = selection.Rule(("information_maximization",), None, False)
+    pair = selection.Rule(("information_maximization", "reverse"), None, False)
+    shifts = ["a", "b", "c", "d"]
+    # The pair's mean is 0.5 points higher, but it wins and loses by 8-10 points from shift to shift:
+    # mean difference 0.005, standard error 0.049.
+    noisy = {single: dict.fromkeys(shifts, 0.70), pair: {"a": 0.80, "b": 0.62, "c": 0.78, "d": 0.62}}
+    assert selection.choose_rule([single, pair], noisy, shifts, margin=0.0) == pair
+    assert selection.choose_rule([single, pair], noisy, shifts, margin=0.05) == pair  # 0.005 > 0.05 x 0.049
+    assert selection.choose_rule([single, pair], noisy, shifts, margin=1.0) == single
+    # Held out one at a time, the pair chosen where it leads (held out b or d) picks 0.62 there; the
+    # single rule always picks 0.70, so the nested choice of margin prefers the simpler rule.
+    assert selection.choose_margin([single, pair], noisy, shifts) == max(selection.SIMPLICITY_MARGINS)
+    assert selection.choose([single, pair], noisy, shifts) == (single, max(selection.SIMPLICITY_MARGINS))
+    # A gain of 5 points on every shift has no spread: the pair is kept at any margin.
+    steady = {single: dict.fromkeys(shifts, 0.70), pair: dict.fromkeys(shifts, 0.75)}
+    assert all(selection.choose_rule([single, pair], steady, shifts, margin=m) == pair for m in selection.SIMPLICITY_MARGINS)
+    assert selection.choose([single, pair], steady, shifts)[0] == pair
+    # With two shifts no nested spread can be measured: margin 0.
+    assert selection.choose_margin([single, pair], noisy, ["a", "b"]) == 0.0
 
 
 def test_rule_guard_and_collapse_filter_and_partial_seeds():
