@@ -162,12 +162,86 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
             else:
                 target_images = None
         guard._watch_target(target_images, probe_batch_size, probe_batchnorm)  # noqa: SLF001 (the target rules' probe)
+    callbacks = _with_exported_statistics(adapter, callbacks, target_images)
     callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
     if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
         callbacks.append(StopOnNonFinite())
     for strategy in adapter.strategies:
         callbacks.extend(strategy.callbacks())
     return callbacks
+
+
+# Callbacks that see the model as it trains, not as fit exports it: Keras' own bookkeeping, resumption
+# (its backup is training state: the moving statistics included) and ours (which score exported
+# statistics themselves or need none).
+_TRAINING_STATE_CALLBACKS = (keras.callbacks.History, keras.callbacks.ProgbarLogger, keras.callbacks.BackupAndRestore,
+                             CollapseGuard, StopOnNonFinite)
+
+
+class _ExportedStatistics(keras.callbacks.Callback):
+    """The user's callbacks, run at each epoch's end (and the training's) with the batch-norm statistics
+    fit would export for the current weights (bn_mode="domain": re-estimated on the target), then put back.
+
+    A training BatchNormalization layer's moving statistics lag its weights and mix what it saw:
+    a ModelCheckpoint, an EarlyStopping on a target metric or a user's own evaluation would otherwise
+    score (and save) a model that is not the one fit returns. Every other hook runs unchanged.
+    """
+
+    def __init__(self, callbacks, adapter, target_images):
+        super().__init__()
+        self.callbacks = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False)
+        self._adapter, self._target_images = adapter, target_images
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callbacks.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callbacks.set_params(params)
+
+    def _exported(self):
+        return self._adapter._reestimated_batchnorm(None, self._target_images)  # noqa: SLF001
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self._exported():
+            self.callbacks.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        with self._exported():
+            self.callbacks.on_train_end(logs)
+
+
+def _delegate(hook):
+    def call(self, *args, **kwargs):
+        return getattr(self.callbacks, hook)(*args, **kwargs)
+
+    call.__name__ = hook
+    return call
+
+
+for _hook in ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end", "on_test_begin",
+              "on_test_end", "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
+              "on_predict_batch_begin", "on_predict_batch_end"):
+    setattr(_ExportedStatistics, _hook, _delegate(_hook))
+
+
+def _with_exported_statistics(adapter, callbacks, target_images):
+    """``callbacks`` with the user's own ones grouped in one ``_ExportedStatistics`` (in their order, where
+    the first of them was) when fit exports re-estimated statistics (bn_mode="domain", a training BN layer,
+    a target); unchanged otherwise."""
+    from domadapt.batchnorm import batchnorm_layers
+    from domadapt.callbacks import ValidatorCheckpoint  # re-estimates the source's statistics too, itself
+
+    keep = _TRAINING_STATE_CALLBACKS + (ValidatorCheckpoint,)
+    users = [c for c in callbacks if not isinstance(c, keep)]
+    if (not users or target_images is None or not getattr(adapter, "source_batchnorm_statistics", None)
+            or not any(layer.trainable for layer in batchnorm_layers(adapter))):
+        return callbacks
+    first = callbacks.index(users[0])
+    grouped = _ExportedStatistics(users, adapter, target_images)
+    rest = [c for c in callbacks if isinstance(c, keep)]
+    return [*[c for c in rest if callbacks.index(c) < first], grouped, *[c for c in rest if callbacks.index(c) > first]]
 
 
 def restored_epoch(callbacks):

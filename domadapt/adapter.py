@@ -546,7 +546,12 @@ class DomainAdapter(keras.Model):
                 follow the task: class indices ``(N,)``, regression targets shaped like
                 the head's output, or masks ``(N, H, W)`` (``cls_loss`` is the task's
                 supervised loss in every task).
-            epochs, callbacks, verbose, initial_epoch: as in ``keras.Model.fit``.
+            epochs, callbacks, verbose, initial_epoch: as in ``keras.Model.fit``. With
+                ``bn_mode="domain"`` and a target, your callbacks' ``on_epoch_end`` and
+                ``on_train_end`` run with the batch-norm statistics fit would export for the
+                current weights (re-estimated on the target), put back afterwards: a
+                ModelCheckpoint saves, and an evaluation scores, the model fit returns
+                (``keras.callbacks.BackupAndRestore`` keeps the training state as it is).
             validation_data: ``(images, labels)`` or a dataset of them (usually a
                 labeled target slice): reported as ``val_loss`` and ``val_<metric>``; with
                 ``bn_mode="domain"`` evaluated with target batch-norm statistics re-estimated

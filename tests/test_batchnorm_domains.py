@@ -366,3 +366,41 @@ def test_reestimation_checks_the_images_against_the_model_before_any_statistic_c
     with pytest.raises(ValueError, match=r"Argument `images` is an endless tf.data.Dataset.*images.take\(n\)"):
         da.reestimate_batchnorm_statistics(model, endless)
     assert da.reestimate_batchnorm_statistics(model, endless, max_images=200) == 200
+
+
+class _SeenAtEpochEnd(keras.callbacks.Callback):
+    """What a user's callback sees: the statistics and the classifier's target accuracy at each epoch's end."""
+
+    def __init__(self, images, labels):
+        super().__init__()
+        self.images, self.labels, self.seen, self.after_train_end = images, labels, [], None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append((statistics(self.model.classifier), accuracy(self.model.classifier, self.images, self.labels)))
+
+    def on_train_end(self, logs=None):
+        self.after_train_end = statistics(self.model.classifier)
+
+
+def test_user_callbacks_see_the_statistics_fit_exports_and_training_keeps_its_own():
+    source, (target_images, target_labels) = foggy_digits()
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(bn_cnn(), num_classes=10, strategies=[da.MMD()])
+    adapter.compile(optimizer=keras.optimizers.Adam(3e-3))
+    seen = _SeenAtEpochEnd(target_images, target_labels)
+    stopper = keras.callbacks.EarlyStopping(monitor="cls_loss", mode="min", patience=50)  # a Keras callback runs as before
+    moving = []  # the moving statistics, read from a hook that is not wrapped
+    on_begin = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: moving.append(statistics(adapter)))
+    adapter.fit(source=source, target=target_images, epochs=3, batch_size=64, verbose=0, seed=0,
+                collapse_guard=False, callbacks=[seen, stopper, on_begin])
+    exported = statistics(adapter.classifier)
+    # The last epoch's weights are the final ones: the callback saw exactly what fit exports.
+    for name, (mean, variance) in exported.items():
+        np.testing.assert_allclose(seen.seen[-1][0][name][0], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(seen.after_train_end[name][1], variance, rtol=1e-5, atol=1e-6)
+    assert seen.seen[-1][1] == accuracy(adapter.classifier, target_images, target_labels)
+    # Training kept its moving averages: the epoch-end statistics were put back before the next epoch
+    # (they differ from the re-estimated ones the callback saw), and EarlyStopping ran its epochs.
+    first = next(iter(exported))
+    assert not np.allclose(moving[1][first][0], seen.seen[0][0][first][0], atol=1e-3)
+    assert stopper.stopped_epoch == 0 and len(moving) == 3
