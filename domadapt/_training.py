@@ -189,32 +189,39 @@ class _ExportedStatistics(keras.callbacks.Callback):
 
     def __init__(self, callbacks, adapter, target_images):
         super().__init__()
-        self.callbacks = keras.callbacks.CallbackList(callbacks, add_history=False, add_progbar=False)
+        # A plain list, not a keras CallbackList: that one copies `logs`, and what a callback writes into them
+        # (a metric for a later EarlyStopping, or for History) must reach the callbacks after it.
+        self.callbacks = list(callbacks)
         self._adapter, self._target_images = adapter, target_images
 
     def set_model(self, model):
         super().set_model(model)
-        self.callbacks.set_model(model)
+        for callback in self.callbacks:
+            callback.set_model(model)
 
     def set_params(self, params):
         super().set_params(params)
-        self.callbacks.set_params(params)
+        for callback in self.callbacks:
+            callback.set_params(params)
 
     def _exported(self):
         return self._adapter._reestimated_batchnorm(None, self._target_images)  # noqa: SLF001
 
     def on_epoch_end(self, epoch, logs=None):
         with self._exported():
-            self.callbacks.on_epoch_end(epoch, logs)
+            for callback in self.callbacks:
+                callback.on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
         with self._exported():
-            self.callbacks.on_train_end(logs)
+            for callback in self.callbacks:
+                callback.on_train_end(logs)
 
 
 def _delegate(hook):
     def call(self, *args, **kwargs):
-        return getattr(self.callbacks, hook)(*args, **kwargs)
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args, **kwargs)
 
     call.__name__ = hook
     return call

@@ -377,6 +377,7 @@ class _SeenAtEpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seen.append((statistics(self.model.classifier), accuracy(self.model.classifier, self.images, self.labels)))
+        logs["target_accuracy"] = self.seen[-1][1]  # for the callbacks after it, and History
 
     def on_train_end(self, logs=None):
         self.after_train_end = statistics(self.model.classifier)
@@ -388,11 +389,11 @@ def test_user_callbacks_see_the_statistics_fit_exports_and_training_keeps_its_ow
     adapter = da.DomainAdapter(bn_cnn(), num_classes=10, strategies=[da.MMD()])
     adapter.compile(optimizer=keras.optimizers.Adam(3e-3))
     seen = _SeenAtEpochEnd(target_images, target_labels)
-    stopper = keras.callbacks.EarlyStopping(monitor="cls_loss", mode="min", patience=50)  # a Keras callback runs as before
+    stopper = keras.callbacks.EarlyStopping(monitor="target_accuracy", mode="max", patience=50)  # reads seen's log
     moving = []  # the moving statistics, read from a hook that is not wrapped
     on_begin = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: moving.append(statistics(adapter)))
-    adapter.fit(source=source, target=target_images, epochs=3, batch_size=64, verbose=0, seed=0,
-                collapse_guard=False, callbacks=[seen, stopper, on_begin])
+    history = adapter.fit(source=source, target=target_images, epochs=3, batch_size=64, verbose=0, seed=0,
+                          collapse_guard=False, callbacks=[seen, stopper, on_begin])
     exported = statistics(adapter.classifier)
     # The last epoch's weights are the final ones: the callback saw exactly what fit exports.
     for name, (mean, variance) in exported.items():
@@ -404,3 +405,5 @@ def test_user_callbacks_see_the_statistics_fit_exports_and_training_keeps_its_ow
     first = next(iter(exported))
     assert not np.allclose(moving[1][first][0], seen.seen[0][0][first][0], atol=1e-3)
     assert stopper.stopped_epoch == 0 and len(moving) == 3
+    assert history.history["target_accuracy"] == [accuracy_seen for _, accuracy_seen in seen.seen]
+    assert stopper.best == max(history.history["target_accuracy"])
