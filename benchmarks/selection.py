@@ -213,7 +213,9 @@ def choose_rule(rules, accuracies, shifts, margin=0.0):
 def choose_margin(rules, accuracies, shifts, margins=SIMPLICITY_MARGINS):
     """The margin of :func:`choose_rule` whose rules, chosen on all of ``shifts`` but one, pick
     best on the one left out (mean over ``shifts``); ties go to the larger margin (the simpler
-    rule). Fewer than 3 shifts leave no spread to measure: margin 0."""
+    rule). One margin given: that one. Fewer than 3 shifts leave no spread to measure: margin 0."""
+    if len(margins) == 1:
+        return margins[0]
     if len(shifts) < 3:
         return 0.0
     scores = {margin: np.mean([accuracies[choose_rule(rules, accuracies, [s for s in shifts if s != held], margin)][held]

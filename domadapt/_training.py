@@ -124,7 +124,7 @@ class ScheduleClock(keras.callbacks.Callback):
 
 
 def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite, collapse_guard=True,
-                  target_images=None, probe_batch_size=None):
+                  target_images=None, probe_batch_size=None, exported_target=None):
     """The collapse guard, the user's callbacks, the schedule clock, StopOnNonFinite (unless given or off), the strategies' own.
 
     The collapse guard (``collapse_guard``: True, False or a CollapseGuard; one in
@@ -136,6 +136,7 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
     if not isinstance(collapse_guard, (bool, CollapseGuard)):
         raise TypeError("Argument `collapse_guard` must be True, False or a da.callbacks.CollapseGuard; received "
                         f"{collapse_guard!r} of type {type(collapse_guard).__name__}.")
+    callbacks = list(keras.tree.flatten(callbacks))
     given = [c for c in callbacks if isinstance(c, CollapseGuard)]
     callbacks = [c for c in callbacks if not isinstance(c, CollapseGuard)]
     guard = given[0] if given else (collapse_guard if isinstance(collapse_guard, CollapseGuard) else None)
@@ -162,7 +163,7 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
             else:
                 target_images = None
         guard._watch_target(target_images, probe_batch_size, probe_batchnorm)  # noqa: SLF001 (the target rules' probe)
-    callbacks = _with_exported_statistics(adapter, callbacks, target_images)
+    callbacks = _with_exported_statistics(adapter, callbacks, exported_target)
     callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]
     if stop_on_nonfinite and not any(isinstance(c, StopOnNonFinite) for c in callbacks):
         callbacks.append(StopOnNonFinite())
@@ -233,22 +234,40 @@ for _hook in ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_tr
     setattr(_ExportedStatistics, _hook, _delegate(_hook))
 
 
-def _with_exported_statistics(adapter, callbacks, target_images):
-    """``callbacks`` with the user's own ones grouped in one ``_ExportedStatistics`` (in their order, where
-    the first of them was) when fit exports re-estimated statistics (bn_mode="domain", a training BN layer,
-    a target); unchanged otherwise."""
-    from domadapt.batchnorm import batchnorm_layers
+def _uses_end_hooks(callback):
+    """Whether ``callback`` does anything at an epoch's or the training's end (its own method, or a
+    LambdaCallback's function): only those need the exported statistics, and each group costs a re-estimation."""
+    return any(hook in vars(callback) or getattr(type(callback), hook) is not getattr(keras.callbacks.Callback, hook)
+               for hook in ("on_epoch_end", "on_train_end"))
+
+
+def _with_exported_statistics(adapter, callbacks, exported_target):
+    """``callbacks`` (nested lists flattened, as Keras does) where each run of the user's own callbacks between
+    the ones left as they are is grouped in an ``_ExportedStatistics``, in place, when fit exports statistics
+    re-estimated on ``exported_target`` (bn_mode="domain" with a target); unchanged otherwise. A run in which no
+    callback acts at an epoch's end is left as it is."""
     from domadapt.callbacks import ValidatorCheckpoint  # re-estimates the source's statistics too, itself
 
-    keep = _TRAINING_STATE_CALLBACKS + (ValidatorCheckpoint,)
-    users = [c for c in callbacks if not isinstance(c, keep)]
-    if (not users or target_images is None or not getattr(adapter, "source_batchnorm_statistics", None)
-            or not any(layer.trainable for layer in batchnorm_layers(adapter))):
+    if exported_target is None or not getattr(adapter, "source_batchnorm_statistics", None):
         return callbacks
-    first = callbacks.index(users[0])
-    grouped = _ExportedStatistics(users, adapter, target_images)
-    rest = [c for c in callbacks if isinstance(c, keep)]
-    return [*[c for c in rest if callbacks.index(c) < first], grouped, *[c for c in rest if callbacks.index(c) > first]]
+    keep = _TRAINING_STATE_CALLBACKS + (ValidatorCheckpoint,)
+    result, run = [], []
+
+    def close_run():
+        if any(_uses_end_hooks(callback) for callback in run):
+            result.append(_ExportedStatistics(run, adapter, exported_target))
+        else:
+            result.extend(run)
+        run.clear()
+
+    for callback in callbacks:
+        if isinstance(callback, keep):
+            close_run()
+            result.append(callback)
+        else:
+            run.append(callback)
+    close_run()
+    return result
 
 
 def restored_epoch(callbacks):

@@ -585,7 +585,7 @@ class DomainAdapter(keras.Model):
                 f"strategy has {local_devices} local devices. Use "
                 "bn_mode='domain' (per-domain statistics, shared scale/shift), which supports several devices.")
         check_requirements(self.strategies, target=target, target_labeled=target_labeled)
-        callbacks = list(callbacks or [])
+        callbacks = list(keras.tree.flatten(callbacks or []))  # nested lists, as keras.Model.fit takes them
         # Resuming: every stream starts where an uninterrupted run would be at that epoch.
         start_epoch = max(int(initial_epoch), _training.restored_epoch(callbacks))
         paired = self._pair(
@@ -609,7 +609,8 @@ class DomainAdapter(keras.Model):
                                             collapse_guard=collapse_guard,
                                             # the probe judges a target that enters the steps, nothing else
                                             target_images=paired.target_images if "target" in paired.dataset.element_spec
-                                            else None, probe_batch_size=paired.target_batch_size or paired.batch_size)
+                                            else None, probe_batch_size=paired.target_batch_size or paired.batch_size,
+                                            exported_target=paired.target_images)  # what _reestimate_batchnorm uses
         # validation_data is evaluated with the statistics fit would export for the epoch's weights (see evaluate).
         object.__setattr__(self, "_validation_target", paired.target_images if validation_data is not None else None)
         try:

@@ -407,3 +407,51 @@ def test_user_callbacks_see_the_statistics_fit_exports_and_training_keeps_its_ow
     assert stopper.stopped_epoch == 0 and len(moving) == 3
     assert history.history["target_accuracy"] == [accuracy_seen for _, accuracy_seen in seen.seen]
     assert stopper.best == max(history.history["target_accuracy"])
+
+
+def test_callbacks_keep_their_order_and_nesting_and_are_grouped_only_when_fit_exports_target_statistics(monkeypatch):
+    from domadapt._training import _ExportedStatistics
+
+    source, (target_images, target_labels) = foggy_digits()
+    source = (source[0][:256], source[1][:256])
+
+    def fitted(strategies, callbacks, bn_mode="domain", target=target_images[:256]):
+        keras.utils.set_random_seed(0)
+        adapter = da.DomainAdapter(bn_cnn(), num_classes=10, strategies=strategies, bn_mode=bn_mode)
+        adapter.compile(optimizer=keras.optimizers.Adam(3e-3))
+        adapter.fit(source=source, target=target, epochs=2, batch_size=64, verbose=0, seed=0,
+                    collapse_guard=False, callbacks=callbacks)
+        return adapter
+
+    # ValidatorCheckpoint logs val_information_maximization; the EarlyStopping after it monitors that log.
+    checkpoint = da.callbacks.ValidatorCheckpoint(target=target_images[:128])
+    stopper = keras.callbacks.EarlyStopping(monitor="val_information_maximization", mode="max", patience=5)
+    order = []
+    first = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: order.append("first"))
+    last = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: order.append("last"),
+                                          on_epoch_end=lambda epoch, logs: order.append(epoch))
+    fitted([da.MMD()], [[first, checkpoint], [stopper, last]])
+    assert stopper.best is not None and stopper.best == max(checkpoint.history)
+    assert order == ["first", "last", 0, 1]
+
+    # Source-only training with a target: fit exports target statistics, so a callback sees them.
+    seen = _SeenAtEpochEnd(target_images, target_labels)
+    adapter = fitted([], [seen])
+    for name, (mean, _) in statistics(adapter.classifier).items():
+        np.testing.assert_allclose(seen.after_train_end[name][0], mean, rtol=1e-5, atol=1e-6)
+
+    # Nothing is grouped where fit exports no target statistics, or where no callback acts at an epoch's end.
+    from domadapt import _training
+    grouped = []
+    original = _training._with_exported_statistics
+
+    def spy(adapter, callbacks, exported_target):
+        result = original(adapter, callbacks, exported_target)
+        grouped.append([type(c).__name__ for c in result if isinstance(c, _ExportedStatistics)])
+        return result
+
+    monkeypatch.setattr(_training, "_with_exported_statistics", spy)
+    fitted([da.MMD()], [keras.callbacks.TerminateOnNaN()])
+    fitted([da.MMD()], [_SeenAtEpochEnd(target_images, target_labels)], bn_mode="joint")
+    fitted([da.MMD()], [_SeenAtEpochEnd(target_images, target_labels)])
+    assert grouped == [[], [], ["_ExportedStatistics"]]

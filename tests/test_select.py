@@ -115,8 +115,9 @@ def test_a_richer_rule_must_win_beyond_the_shift_to_shift_spread():
     steady = {single: dict.fromkeys(shifts, 0.70), pair: dict.fromkeys(shifts, 0.75)}
     assert all(selection.choose_rule([single, pair], steady, shifts, margin=m) == pair for m in selection.SIMPLICITY_MARGINS)
     assert selection.choose([single, pair], steady, shifts)[0] == pair
-    # With two shifts no nested spread can be measured: margin 0.
+    # With two shifts no nested spread can be measured: margin 0, unless one margin is fixed.
     assert selection.choose_margin([single, pair], noisy, ["a", "b"]) == 0.0
+    assert selection.choose([single, pair], noisy, ["a", "b"], margins=(2.0,)) == (single, 2.0)
 
 
 def test_rule_guard_and_collapse_filter_and_partial_seeds():
