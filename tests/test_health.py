@@ -391,3 +391,27 @@ def test_the_drift_rule_reads_the_training_steps_not_the_probe_snapshot():
     assert not guard.collapse_reasons(first, epochs_done=0) and not guard.collapse_reasons(swing, epochs_done=1)
     drift = {**_period(0.40), "steps_target_top_class_share": 0.62}  # the steps themselves drift: fires
     assert any("drift onto one class: 62%" in r for r in guard.collapse_reasons(drift, epochs_done=2))
+
+
+def test_a_caught_collapse_with_an_adversary_reports_its_discriminator_and_what_to_try_instead(flat_digits):
+    # The target far from the source (every pixel +10) and almost no reversed gradient: the discriminator wins.
+    far = {**flat_digits, "target_x": flat_digits["target_x"] + 10.0}
+    guard = da.callbacks.CollapseGuard(warmup_steps=20)
+    _, _, history, caught = fit_digits(far, [PushToOneClass(20.0), da.DANN(1e-3, hidden_units=(32,), dropout=0.0)], guard,
+                                       epochs=4)
+    # Caught at epoch 2 (measured: discriminator accuracy 0.84, then 1.0; it stops training once backed off).
+    assert caught and history.history["domain_acc"][guard.events[0]["epoch"]] >= 0.95
+    assert "DANN's discriminator told 100% of this epoch's images' domains apart (domain_acc" in caught[0]
+    assert "its reversed gradient vanishes" in caught[0] and "da.MMD" in caught[0] and "da.select" in caught[0]
+    # Without an adversary the warning gives no such advice.
+    _, _, _, caught = fit_digits(flat_digits, [PushToOneClass(20.0)], da.callbacks.CollapseGuard(warmup_steps=20),
+                                 epochs=2)
+    assert caught and "discriminator" not in caught[0]
+    adapter = da.DomainAdapter(mlp_backbone(64), num_classes=10, strategies=[da.DANN(), da.CDAN()])
+    guard.set_model(adapter)
+    advice = guard._adversarial_advice({"domain_acc": 0.9, "cdan_acc": 0.97})
+    assert "DANN's discriminator told 90% of this epoch's images' domains apart (domain_acc; 50% is confusion)" in advice
+    assert "CDAN's discriminator told 97% of this epoch's images' domains apart (cdan_acc; 50% is confusion, " \
+           "near-certain: its reversed gradient vanishes)" in advice
+    guard.set_model(da.DomainAdapter(mlp_backbone(64), num_classes=10, strategies=[da.MMD()]))
+    assert guard._adversarial_advice({"mmd_loss": 0.1}) == ""
