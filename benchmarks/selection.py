@@ -5,7 +5,8 @@
 
 Reads the rows of ``benchmarks/shifts.py`` (one per shift x method x seed x backbone, with
 target accuracy and the unsupervised validator scores measured without target labels) and
-writes ``results/selection.md`` and ``results/selection.json``.
+writes ``results/selection.md`` and ``results/selection.json`` (``selection_<backbone>.*`` for
+another backbone, with the shipped rule, chosen on the groupnorm rows, applied to them).
 
 For each shift and seed the candidates are that seed's runs of every method except the
 oracle (source-only included, so a rule may pick "do not adapt"). A rule picks one candidate
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from domadapt.validators.agreement import MIN_CANDIDATES, ensemble_agreement
-from domadapt.validators.compare import COLLAPSE_THRESHOLD, VALIDATORS, recommend
+from domadapt.validators.compare import COLLAPSE_THRESHOLD, RECOMMENDING, SOURCE_DROP, VALIDATORS, recommend
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUM_CLASSES = 10  # every shift of benchmarks/shifts.py has 10 classes
@@ -345,6 +346,11 @@ def evaluate(rows, backbone="groupnorm", extra_rows=()):
             for margin in SIMPLICITY_MARGINS for fixed in [leave_one_shift_out(rules, groups, margins=(margin,))]}
     sections["in_sample"] = [shift_summary(s, chosen_on_all, margin_on_all, groups, oracle[s]) for s in shifts]
     sections["today"] = [shift_summary(s, today, None, groups, oracle[s]) for s in shifts]
+    shipped = Rule(tuple(RECOMMENDING), SOURCE_DROP, True)
+    report["shipped_rule"] = str(shipped)
+    if shipped != chosen_on_all and set(shipped.by) <= set(validators):
+        # Rows the shipped rule was not chosen on (another backbone): an independent check of it.
+        sections["shipped"] = [shift_summary(s, shipped, None, groups, oracle[s]) for s in shifts]
     report.update(sections)
     report["goals"] = {name: goals(summaries) for name, summaries in sections.items()}
     return report
@@ -393,6 +399,10 @@ def render_markdown(report):
                  + "; ".join(f"{t['rule']} {t['mean_pick_accuracy']:.1%}" for t in report["top_rules_in_sample"][:5]) + ".")
     lines.append("\nThis in-sample rule is the default of `da.compare` / `da.select`; the held-out table is the "
                  "estimate of how it does on a new shift.")
+    if "shipped" in report:
+        text, _ = _table(report["shipped"], f"The library's rule as shipped ({report['shipped_rule']}, chosen on "
+                                            "the groupnorm rows), on these rows")
+        lines += text
     text, _ = _table(report["today"], f"For reference: the rule shipped until 2026-12-01 ({report['today_rule']}), "
                                       "chosen in-sample on the suite and the earlier suite's previous run")
     lines += text
@@ -411,9 +421,10 @@ def main(argv=None):
     extra = [rows_of_validator_selection(args.earlier, args.backbone)] if str(args.earlier) != "none" else []
     report = evaluate(rows, args.backbone, extra)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "selection.json").write_text(json.dumps(report, indent=1) + "\n")
+    stem = "selection" if args.backbone == "groupnorm" else f"selection_{args.backbone}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     markdown = render_markdown(report)
-    (args.out / "selection.md").write_text(markdown)
+    (args.out / f"{stem}.md").write_text(markdown)
     print(markdown)
 
 
