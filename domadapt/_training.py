@@ -136,7 +136,6 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
     if not isinstance(collapse_guard, (bool, CollapseGuard)):
         raise TypeError("Argument `collapse_guard` must be True, False or a da.callbacks.CollapseGuard; received "
                         f"{collapse_guard!r} of type {type(collapse_guard).__name__}.")
-    callbacks = list(keras.tree.flatten(callbacks))
     given = [c for c in callbacks if isinstance(c, CollapseGuard)]
     callbacks = [c for c in callbacks if not isinstance(c, CollapseGuard)]
     guard = given[0] if given else (collapse_guard if isinstance(collapse_guard, CollapseGuard) else None)
@@ -242,7 +241,7 @@ def _uses_end_hooks(callback):
 
 
 def _with_exported_statistics(adapter, callbacks, exported_target):
-    """``callbacks`` (nested lists flattened, as Keras does) where each run of the user's own callbacks between
+    """``callbacks`` (a flat list: fit flattens nested ones, as Keras does) where each run of the user's own callbacks between
     the ones left as they are is grouped in an ``_ExportedStatistics``, in place, when fit exports statistics
     re-estimated on ``exported_target`` (bn_mode="domain" with a target); unchanged otherwise. A run in which no
     callback acts at an epoch's end is left as it is."""

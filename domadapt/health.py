@@ -586,13 +586,16 @@ class CollapseGuard(keras.callbacks.Callback):
 
         found = []
         for strategy, mapping in zip(self.model.strategies, self.model._log_names["per_strategy"]):  # noqa: SLF001
-            if isinstance(strategy, AdversarialStrategy):
-                name = mapping.get(strategy.accuracy_name, strategy.accuracy_name)
-                accuracy = float(logs[name]) if logs and name in logs else None
-                found.append(f"{type(strategy).__name__}'s discriminator told "
-                             + (f"{accuracy:.0%} of this epoch's images' domains apart ({name}; 50% is confusion"
-                                + (", near-certain: its reversed gradient vanishes" if accuracy >= SATURATED_DISCRIMINATOR_ACCURACY
-                                   else "") + ")" if accuracy is not None else "the domains apart (accuracy not logged)"))
+            if not isinstance(strategy, AdversarialStrategy):
+                continue
+            name = mapping.get(strategy.accuracy_name, strategy.accuracy_name)
+            said = f"{type(strategy).__name__}'s discriminator told "
+            if not logs or name not in logs:
+                found.append(said + "the domains apart (accuracy not logged)")
+                continue
+            accuracy = float(logs[name])
+            saturated = ", near-certain: its reversed gradient vanishes" if accuracy >= SATURATED_DISCRIMINATOR_ACCURACY else ""
+            found.append(said + f"{accuracy:.0%} of this epoch's images' domains apart ({name}; 50% is confusion{saturated})")
         if not found:
             return ""
         return (f" {'; '.join(found)}. Adversarial alignment of domains this far apart tends to pull the target onto "
