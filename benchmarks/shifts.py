@@ -73,6 +73,9 @@ class Shift:
     # "from_target:<method>" when no preset describes the shift.
     user_preset: str
     renderer: str | None = None  # a key of shift_renderers.RENDERERS; None: a real second source
+    # Added after the library's selection rule and collapse-guard thresholds were frozen (2026-12-02):
+    # benchmarks/selection.py never chooses a rule on these, it only reports the frozen one on them.
+    held_back: bool = False
 
 
 SHIFTS = {
@@ -85,6 +88,12 @@ SHIFTS = {
         "fonts_to_handwritten", "digits typeset from TrueType fonts -> scikit-learn handwritten digits (not rendered)",
         "from_target:fda",
     ),
+    "snow": Shift("snow", "Fashion-MNIST -> own snow model (soft flakes, cold bright lift) [held back]", "snow", "snow",
+                  held_back=True),
+    "pixelated": Shift("pixelated", "Fashion-MNIST -> 8-11 px sensor shown in blocks, read noise [held back]", "noise",
+                       "pixelated", held_back=True),
+    "underwater": Shift("underwater", "Fashion-MNIST -> red absorbed, blue-green backscatter, caustics [held back]",
+                        "from_target:histogram", "underwater", held_back=True),
 }
 
 

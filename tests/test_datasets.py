@@ -126,3 +126,31 @@ def test_a_fashion_mnist_folder_named_by_the_environment_is_used_or_refused_neve
         load_fashion_mnist()
     with pytest.raises(TypeError, match="Argument `path` must be a path"):  # os.fspath's message before
         decode_image(123)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("domadapt.shifts", fromlist=["RENDERERS"]).RENDERERS))
+def test_shift_renderers_are_deterministic_uint8_maps_that_depend_on_the_seed(name):
+    from domadapt.shifts import RENDERERS
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 3), dtype="uint8")
+    original = images.copy()
+    first, again, other = RENDERERS[name](images, seed=3), RENDERERS[name](images, seed=3), RENDERERS[name](images, seed=4)
+    assert first.dtype == np.uint8 and first.shape == images.shape
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    np.testing.assert_array_equal(images, original)  # the caller's images are not touched
+
+
+def test_the_held_back_renderers_do_what_their_docstrings_say():
+    from domadapt.shifts import pixelated_sensor, snowfall, underwater
+
+    white = np.full((8, 28, 28, 3), 255, "uint8")
+    under = underwater(white, seed=0).astype("float64")
+    assert (under[..., 0] < 0.45 * under[..., 2]).all()  # red absorbed first
+    black = np.zeros((8, 28, 28, 3), "uint8")
+    snowy = snowfall(black, seed=0).astype("float64")
+    assert snowy.mean() > 0.2 * 255 and snowy[..., 2].mean() > snowy[..., 0].mean()  # lifted towards a cold white
+    # A one-pixel checkerboard cannot survive an 8-11 px sensor: it averages to mid-grey (plus read noise).
+    checkerboard = (np.indices((28, 28)).sum(axis=0) % 2 * 255).astype("uint8")[None, ..., None].repeat(8, 0).repeat(3, -1)
+    blocks = pixelated_sensor(checkerboard, seed=0).astype("float64")
+    assert abs(blocks.mean() - 127.5) < 10 and blocks.std() < 0.12 * 255
