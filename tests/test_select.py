@@ -120,6 +120,39 @@ def test_a_richer_rule_must_win_beyond_the_shift_to_shift_spread():
     assert selection.choose([single, pair], noisy, ["a", "b"], margins=(2.0,)) == (single, 2.0)
 
 
+def test_held_back_shifts_take_no_part_in_choosing_and_are_reported_with_the_frozen_choices():
+    def rows_for(shift, accuracies_by_method, seeds=(0, 1)):
+        rows = []
+        for seed in seeds:
+            for method, (accuracy, information) in accuracies_by_method.items():
+                rows.append({"shift": shift, "method": method, "seed": seed, "backbone": "groupnorm",
+                             "target_accuracy": accuracy, "source_accuracy": 0.9,
+                             "validators": {"source_accuracy": 0.9, "information_maximization": information,
+                                            "reverse": 1.0 - information}})
+            rows.append({"shift": shift, "method": "oracle", "seed": seed, "backbone": "groupnorm",
+                         "target_accuracy": 0.95, "source_accuracy": 0.5, "validators": {}})
+        return rows
+
+    # On the choosing shifts IM picks the best candidate (x); on the held-back one IM's pick (x) is the worst.
+    choosing = rows_for("a", {"source_only": (0.5, 1.0), "x": (0.8, 2.0), "y": (0.6, 0.5)}) + rows_for(
+        "b", {"source_only": (0.4, 1.0), "x": (0.7, 2.0), "y": (0.5, 0.5)})
+    held = rows_for("h", {"source_only": (0.6, 1.0), "x": (0.3, 2.0), "y": (0.9, 0.5)})
+    alone = selection.evaluate(choosing)
+    report = selection.evaluate(choosing + held, held_back=["h"])
+    assert report["shifts"] == ["a", "b"] and report["held_back_shifts"] == ["h"]
+    # The held-back shift changed no choice: the same rule, the same in-sample and held-out picks.
+    assert report["chosen_on_all_shifts"] == alone["chosen_on_all_shifts"]
+    assert report["held_out"] == alone["held_out"] and report["in_sample"] == alone["in_sample"]
+    [shipped] = report["held_back_shipped"]
+    assert shipped["picks"] == ["x", "x"] and shipped["pick_mean"] == pytest.approx(0.3)
+    assert shipped["gap_closed"] == pytest.approx((0.3 - 0.6) / (0.95 - 0.6))
+    assert shipped["best_candidate"] == "y" and shipped["best_mean"] == pytest.approx(0.9)
+    # "Always the best method of the choosing shifts" is x too (0.75 mean there), chosen without h.
+    assert report["held_back_fixed_method"][0]["picks"] == ["x", "x"]
+    markdown = selection.render_markdown(report)
+    assert "Held-back shifts: h" in markdown and "always x (no validator)" in markdown
+
+
 def test_rule_guard_and_collapse_filter_and_partial_seeds():
     group = {"source_only": candidate(0.5, 1.0, 0.5, source_accuracy=0.9),
              "dropped": candidate(0.1, 3.0, 0.9, source_accuracy=0.6),
