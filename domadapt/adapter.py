@@ -552,6 +552,8 @@ class DomainAdapter(keras.Model):
                 current weights (re-estimated on the target), put back afterwards: a
                 ModelCheckpoint saves, and an evaluation scores, the model fit returns
                 (``keras.callbacks.BackupAndRestore`` keeps the training state as it is).
+                Cost: one inference pass over up to 4,096 target images per epoch end for
+                each run of such callbacks (those with neither hook cost nothing).
             validation_data: ``(images, labels)`` or a dataset of them (usually a
                 labeled target slice): reported as ``val_loss`` and ``val_<metric>``; with
                 ``bn_mode="domain"`` evaluated with target batch-norm statistics re-estimated
