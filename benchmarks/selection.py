@@ -325,14 +325,15 @@ def best_fixed_method(groups, shifts):
                                                              for s in shifts])))
 
 
-def held_back_sections(held_groups, groups, oracle, rules, accuracies, shipped, chosen, margin):
+def held_back_sections(held_groups, groups, suite_shifts, oracle, rules, accuracies, shipped, chosen, margin):
     """What choices made on ``groups`` (the choosing shifts) do on ``held_groups``, shifts nobody chose on: the
     shipped rule, the rule the procedure chooses on all choosing shifts, their best mean (margin 0), and always
-    running the method that did best there."""
+    running the method that did best on ``suite_shifts`` (the choosing shifts whose candidates are the suite's
+    methods: an earlier suite's are others)."""
     shifts = list(groups)
     choices = {"held_back_shipped": (shipped, None), "held_back_chosen": (chosen, margin),
                "held_back_best_mean": (choose_rule(rules, accuracies, shifts, 0.0), 0.0),
-               "held_back_fixed_method": (best_fixed_method(groups, shifts), None)}
+               "held_back_fixed_method": (best_fixed_method(groups, suite_shifts), None)}
     return {name: [shift_summary(s, rule, rule_margin, held_groups, oracle[s]) for s in held_groups]
             for name, (rule, rule_margin) in choices.items()}
 
@@ -342,6 +343,8 @@ def evaluate(rows, backbone="groupnorm", extra_rows=(), held_back=()):
     names no rule is chosen on (reported apart, with the rules chosen on the others)."""
     groups, seeds, left_out, used = candidate_groups(rows, backbone)
     held_groups = {s: groups.pop(s) for s in list(groups) if s in held_back}
+    held_seeds = {s: seeds.pop(s) for s in held_groups}
+    used -= sum(len(group) for seed_groups in held_groups.values() for group in seed_groups)
     suite_shifts = list(groups)
     for more in extra_rows:
         more_groups, more_seeds, more_left_out, more_used = candidate_groups(more, backbone)
@@ -386,10 +389,10 @@ def evaluate(rows, backbone="groupnorm", extra_rows=(), held_back=()):
         # Rows the shipped rule was not chosen on (another backbone): an independent check of it.
         sections["shipped"] = [shift_summary(s, shipped, None, groups, oracle[s]) for s in shifts]
     if held_groups:
-        report["held_back_shifts"] = list(held_groups)
-        report["held_back_seeds"] = {s: seeds[s] for s in held_groups}
-        held_oracle = oracle_accuracies(rows, backbone, {s: seeds[s] for s in held_groups})
-        sections.update(held_back_sections(held_groups, groups, held_oracle, rules, accuracies, shipped,
+        report["held_back_shifts"], report["held_back_seeds"] = list(held_groups), held_seeds
+        report["held_back_rows_used"] = sum(len(group) for seed_groups in held_groups.values() for group in seed_groups)
+        held_oracle = oracle_accuracies(rows, backbone, held_seeds)
+        sections.update(held_back_sections(held_groups, groups, suite_shifts, held_oracle, rules, accuracies, shipped,
                                            chosen_on_all, margin_on_all))
     report.update(sections)
     report["goals"] = {name: goals(summaries) for name, summaries in sections.items()}
@@ -451,7 +454,8 @@ def render_markdown(report):
         lines.append("Added to the suite after the library's rule was frozen (commit 9144c96: renderers written and "
                      "committed before any training run on them was seen). No rule, margin or method below was chosen on "
                      "them: each was chosen on the shifts above (" + ", ".join(report["shifts"]) + ") and only applied "
-                     "here. Seeds: " + "; ".join(f"{s}: {v}" for s, v in report["held_back_seeds"].items()) + ".")
+                     "here. " + f"{report['held_back_rows_used']} runs; seeds: "
+                     + "; ".join(f"{s}: {v}" for s, v in report["held_back_seeds"].items()) + ".")
         titles = {"held_back_shipped": f"The library's rule as shipped ({report['shipped_rule']})",
                   "held_back_chosen": "The rule the procedure chooses on all the shifts above (nested margin)",
                   "held_back_best_mean": "The rule with the best mean on the shifts above (margin 0)",
