@@ -332,8 +332,9 @@ def held_back_sections(held_groups, groups, suite_shifts, oracle, rules, accurac
     methods: an earlier suite's are others)."""
     shifts = list(groups)
     choices = {"held_back_shipped": (shipped, None), "held_back_chosen": (chosen, margin),
-               "held_back_best_mean": (choose_rule(rules, accuracies, shifts, 0.0), 0.0),
-               "held_back_fixed_method": (best_fixed_method(groups, suite_shifts), None)}
+               "held_back_best_mean": (choose_rule(rules, accuracies, shifts, 0.0), 0.0)}
+    if suite_shifts:  # the earlier suite's candidates are other recipes: no method to carry over from them alone
+        choices["held_back_fixed_method"] = (best_fixed_method(groups, suite_shifts), None)
     return {name: [shift_summary(s, rule, rule_margin, held_groups, oracle[s]) for s in held_groups]
             for name, (rule, rule_margin) in choices.items()}
 
@@ -341,10 +342,10 @@ def held_back_sections(held_groups, groups, suite_shifts, oracle, rules, accurac
 def evaluate(rows, backbone="groupnorm", extra_rows=(), held_back=()):
     """The report; ``extra_rows``: lists of rows from other suites, each grouped on its own; ``held_back``: shift
     names no rule is chosen on (reported apart, with the rules chosen on the others)."""
-    groups, seeds, left_out, used = candidate_groups(rows, backbone)
-    held_groups = {s: groups.pop(s) for s in list(groups) if s in held_back}
-    held_seeds = {s: seeds.pop(s) for s in held_groups}
-    used -= sum(len(group) for seed_groups in held_groups.values() for group in seed_groups)
+    # Grouped apart: which seeds count as complete depends on the methods present, and the held-back rows must
+    # not decide that for the choosing shifts.
+    held_groups, held_seeds, _, held_used = candidate_groups([r for r in rows if r["shift"] in held_back], backbone)
+    groups, seeds, left_out, used = candidate_groups([r for r in rows if r["shift"] not in held_back], backbone)
     suite_shifts = list(groups)
     for more in extra_rows:
         more_groups, more_seeds, more_left_out, more_used = candidate_groups(more, backbone)
@@ -390,7 +391,7 @@ def evaluate(rows, backbone="groupnorm", extra_rows=(), held_back=()):
         sections["shipped"] = [shift_summary(s, shipped, None, groups, oracle[s]) for s in shifts]
     if held_groups:
         report["held_back_shifts"], report["held_back_seeds"] = list(held_groups), held_seeds
-        report["held_back_rows_used"] = sum(len(group) for seed_groups in held_groups.values() for group in seed_groups)
+        report["held_back_rows_used"] = held_used
         held_oracle = oracle_accuracies(rows, backbone, held_seeds)
         sections.update(held_back_sections(held_groups, groups, suite_shifts, held_oracle, rules, accuracies, shipped,
                                            chosen_on_all, margin_on_all))
@@ -459,8 +460,11 @@ def render_markdown(report):
         titles = {"held_back_shipped": f"The library's rule as shipped ({report['shipped_rule']})",
                   "held_back_chosen": "The rule the procedure chooses on all the shifts above (nested margin)",
                   "held_back_best_mean": "The rule with the best mean on the shifts above (margin 0)",
-                  "held_back_fixed_method": "No validator: always the method with the best mean on the shifts above"}
+                  "held_back_fixed_method": "No validator: always the method with the best mean on the suite's "
+                                            "shifts above (" + ", ".join(report["suite_shifts"]) + ")"}
         for name, title in titles.items():
+            if name not in report:
+                continue
             text, _ = _table(report[name], title)
             lines += text
     return "\n".join(lines) + "\n"

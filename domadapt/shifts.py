@@ -156,9 +156,10 @@ def sodium_cast(images, seed):
 def snowfall(images, seed):
     """Snow: a cold, brighter, lower-contrast scene under falling flakes of our own model.
 
-    Flakes: 2-5% of pixels seeded, each grown into a soft disk (Gaussian, sigma 0.5-1.1 px)
-    at 60-100% brightness, a few smeared by wind along one per-image direction; the scene is
-    lifted towards a bluish white (0.80, 0.85, 0.92) by 25-40% and its contrast drops.
+    Flakes: 2-5% of pixels seeded (strength 0.6-1), each grown into a soft disk (Gaussian,
+    sigma 0.5-1.1 px) and smeared by wind along one per-image direction over 3 px; the field
+    is scaled so its brightest flake saturates (flake peaks land at ~40-100% brightness); the
+    scene is lifted towards a bluish white (0.80, 0.85, 0.92) by 25-40% and its contrast drops.
     """
     rng = np.random.default_rng(seed)
     x = _as_float(images)

@@ -137,12 +137,14 @@ def test_held_back_shifts_take_no_part_in_choosing_and_are_reported_with_the_fro
     choosing = rows_for("a", {"source_only": (0.5, 1.0), "x": (0.8, 2.0), "y": (0.6, 0.5)}) + rows_for(
         "b", {"source_only": (0.4, 1.0), "x": (0.7, 2.0), "y": (0.5, 0.5)})
     held = rows_for("h", {"source_only": (0.6, 1.0), "x": (0.3, 2.0), "y": (0.9, 0.5)})
+    # A method only the held-back shift has, on a seed only it has: neither may decide which choosing runs count.
+    held += rows_for("h", {"z": (0.5, 0.1)}, seeds=(0, 1, 2))
     alone = selection.evaluate(choosing)
     report = selection.evaluate(choosing + held, held_back=["h"])
     assert report["shifts"] == ["a", "b"] and report["held_back_shifts"] == ["h"]
-    # The held-back shift changed no choice: the same rule, the same in-sample and held-out picks.
-    assert report["chosen_on_all_shifts"] == alone["chosen_on_all_shifts"]
-    assert report["held_out"] == alone["held_out"] and report["in_sample"] == alone["in_sample"]
+    # The held-back shift changed no choice: the same rule, the same in-sample and held-out picks, the same data.
+    for key in ("chosen_on_all_shifts", "held_out", "in_sample", "rows_used", "seeds", "seeds_left_out_partial"):
+        assert report[key] == alone[key], key
     [shipped] = report["held_back_shipped"]
     assert shipped["picks"] == ["x", "x"] and shipped["pick_mean"] == pytest.approx(0.3)
     assert shipped["gap_closed"] == pytest.approx((0.3 - 0.6) / (0.95 - 0.6))
