@@ -248,12 +248,16 @@ def _mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def _method_means(seed_groups):
+    """``{method: mean over seeds of its target accuracy}`` for one shift's groups."""
+    return {m: float(np.mean([g[m]["target_accuracy"] for g in seed_groups])) for m in seed_groups[0]}
+
+
 def shift_summary(shift, rule, margin, groups, oracle_accuracy):
     """The picks of ``rule`` on ``shift``; ``margin``: the one it was chosen with (None: not chosen here)."""
     accuracies = pick_accuracies(rule, groups[shift])
     picks = [rule.pick(group) for group in groups[shift]]
-    methods = list(groups[shift][0])
-    method_means = {m: float(np.mean([g[m]["target_accuracy"] for g in groups[shift]])) for m in methods}
+    method_means = _method_means(groups[shift])
     best = max(method_means, key=method_means.get)
     pick_mean, pick_std = _mean_std(accuracies)
     source_only = method_means["source_only"]
@@ -320,9 +324,8 @@ class AlwaysMethod:
 
 def best_fixed_method(groups, shifts):
     """:class:`AlwaysMethod` of the candidate with the best mean target accuracy over ``shifts``."""
-    methods = list(groups[shifts[0]][0])
-    return AlwaysMethod(max(methods, key=lambda m: np.mean([np.mean([g[m]["target_accuracy"] for g in groups[s]])
-                                                             for s in shifts])))
+    means = [_method_means(groups[s]) for s in shifts]
+    return AlwaysMethod(max(means[0], key=lambda m: np.mean([per_shift[m] for per_shift in means])))
 
 
 def held_back_sections(held_groups, groups, suite_shifts, oracle, rules, accuracies, shipped, chosen, margin):

@@ -384,7 +384,8 @@ def render_markdown(rows, expected_seeds=3):
              "(oracle − source-only) on the means; oracle = the same model trained on the labeled target training "
              "split. A gain inside the seed spread is no gain. Targets are rendered by `domadapt/shifts.py`, "
              "code that shares nothing with albumentations or the library's presets; `fonts_to_handwritten` is "
-             "two real image sources, not rendered. Shifts marked [held back] (snow, pixelated, underwater) were "
+             "two real image sources, not rendered. Shifts marked [held back] ("
+             + ", ".join(name for name, shift in SHIFTS.items() if shift.held_back) + ") were "
              "added on 2026-12-02 after the library's defaults, the collapse guard's thresholds and the selection rule "
              "were frozen (commit 9144c96): nothing was chosen on them; their mean is kept apart.", "",
              "**Collapsed** (marked ⚠ with the count of runs): ≥ 50% of target predictions in one class, or source "
