@@ -18,10 +18,31 @@ of the same shape, deterministically.
 
 from __future__ import annotations
 
+import functools
 import glob
+import numbers
 
 import cv2
 import numpy as np
+
+
+def _renderer(render):
+    """Check a renderer's arguments before any pixel is touched: uint8 RGB ``(N, H, W, 3)`` and an integer seed.
+    (Float images would be read as 0-255 and come out near black; grey ones broadcast into other shapes.)"""
+
+    @functools.wraps(render)
+    def checked(images, seed):
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            described = (f"an array of dtype {images.dtype} and shape {images.shape}" if isinstance(images, np.ndarray)
+                         else f"{type(images).__name__}")
+            raise ValueError(f"Argument `images` of {render.__name__} must be a uint8 numpy array of RGB images shaped "
+                             f"(N, H, W, 3); received {described}. Convert with "
+                             "`np.repeat(grey[..., None], 3, -1)` or `(x * 255).round().astype('uint8')` first.")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"Argument `seed` of {render.__name__} must be an integer; received {seed!r}.")
+        return render(images, seed)
+
+    return checked
 
 
 def _as_float(images):
@@ -53,6 +74,7 @@ def _line_kernel(length, angle_degrees):
     return kernel / kernel.sum()
 
 
+@_renderer
 def rain_streaks(images, seed):
     """Rain: a grey wet-day veil, darker scene, and bright slanted streaks of our own model.
 
@@ -75,6 +97,7 @@ def rain_streaks(images, seed):
     return _to_uint8(out)
 
 
+@_renderer
 def low_light(images, seed):
     """Low light: under-exposure with a gamma curve, photon shot noise, read noise, then auto-gain.
 
@@ -94,6 +117,7 @@ def low_light(images, seed):
     return _to_uint8(signal)
 
 
+@_renderer
 def fog_veil(images, seed):
     """Fog: contrast loss towards a bright veil with a spatially varying transmission.
 
@@ -120,6 +144,7 @@ def _disk_kernel(radius):
     return kernel / kernel.sum()
 
 
+@_renderer
 def defocus_jpeg(images, seed):
     """A cheap camera: lens defocus (a disk point-spread function, radius 1.2-1.8 px) then
     JPEG compression at quality 12-25 (8x8 blocking and ringing on 28-pixel images)."""
@@ -135,6 +160,7 @@ def defocus_jpeg(images, seed):
     return out
 
 
+@_renderer
 def sodium_cast(images, seed):
     """Colour cast: a sodium-lamp white balance (orange), a lifted tinted black level and
     lower contrast. Per-image channel gains R 0.95-1.05, G 0.62-0.78, B 0.25-0.42; black
@@ -153,6 +179,7 @@ def sodium_cast(images, seed):
 # collapse guard's thresholds were frozen: the suite reports them apart, as shifts no rule,
 # default or threshold of the library was chosen on.
 
+@_renderer
 def snowfall(images, seed):
     """Snow: a cold, brighter, lower-contrast scene under falling flakes of our own model.
 
@@ -178,6 +205,7 @@ def snowfall(images, seed):
     return _to_uint8(out)
 
 
+@_renderer
 def pixelated_sensor(images, seed):
     """A low-resolution sensor: area-averaged down to 8-11 px, shown with nearest-neighbour
     blocks at the original size, then Gaussian read noise (std 0.03-0.07) per pixel."""
@@ -193,6 +221,7 @@ def pixelated_sensor(images, seed):
     return _to_uint8(out)
 
 
+@_renderer
 def underwater(images, seed):
     """Underwater: wavelength-dependent absorption (red lost first), a blue-green backscatter
     veil and moving caustic light.

@@ -154,3 +154,14 @@ def test_the_held_back_renderers_do_what_their_docstrings_say():
     checkerboard = (np.indices((28, 28)).sum(axis=0) % 2 * 255).astype("uint8")[None, ..., None].repeat(8, 0).repeat(3, -1)
     blocks = pixelated_sensor(checkerboard, seed=0).astype("float64")
     assert abs(blocks.mean() - 127.5) < 10 and blocks.std() < 0.12 * 255
+
+
+@pytest.mark.parametrize("name", sorted(__import__("domadapt.shifts", fromlist=["RENDERERS"]).RENDERERS))
+def test_shift_renderers_refuse_images_they_would_render_wrongly(name):
+    from domadapt.shifts import RENDERERS
+
+    for bad in (np.zeros((2, 28, 28), "uint8"), np.zeros((2, 28, 28, 3), "float32"), [[0]]):
+        with pytest.raises(ValueError, match=r"`images` .*uint8 .*\(N, H, W, 3\)"):
+            RENDERERS[name](bad, seed=0)
+    with pytest.raises(TypeError, match="`seed`"):
+        RENDERERS[name](np.zeros((2, 28, 28, 3), "uint8"), seed=0.5)
