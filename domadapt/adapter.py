@@ -140,6 +140,8 @@ class DomainAdapter(keras.Model):
         self._functional = _construction.Untracked(
             feature_extractor=keras.Model(images, features, name="feature_extractor"),
             classifier=keras.Model(images, outputs, name="classifier"),
+            # Validators read both outputs: one backbone pass (domadapt.validators.base.outputs).
+            scorer=keras.Model(images, [outputs, features], name="scorer"),
             # Segmentation: images -> (pooled features, feature map), the head's input, in one backbone pass.
             encoder=keras.Model(images, [features, feature_map], name="encoder")
             if self.task.name == "segmentation" else None,

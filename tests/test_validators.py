@@ -17,6 +17,7 @@ from domadapt.validators import (
     SoftNeighborhoodDensity,
 )
 from domadapt.validators.snd import snd_of
+from domadapt.validators.compare import DEFAULT_VALIDATORS
 
 
 class FixedOutputs(keras.Model):
@@ -389,3 +390,21 @@ def test_fit_validation_metrics_of_a_batchnorm_adapter_are_those_of_the_model_it
     assert history.history["val_loss"][0] == pytest.approx(loss, rel=1e-4)
     assert history.history["val_accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
     assert adapter.__dict__.get("_validation_target") is None  # evaluate after fit uses the exported statistics
+
+
+def test_validate_predicts_each_image_set_once_with_the_scores_of_separate_calls(moons, candidates, monkeypatch):
+    # The seven default validators score the same held-out images; each used to run the backbone
+    # again (20 predict passes, classifier and feature extractor apart, on two image sets).
+    source_x, source_y, target_x, _ = moons
+    adapter = candidates["source-only"]
+    source = (source_x[:200], source_y[:200])
+    separate = {name: da.validate(adapter, source=source, target=target_x, validators=[name])
+                for name in DEFAULT_VALIDATORS}
+    passes = []
+    predict = keras.Model.predict
+    monkeypatch.setattr(keras.Model, "predict", lambda self, x, *a, **k: passes.append(len(x)) or predict(self, x, *a, **k))
+    together = da.validate(adapter, source=source, target=target_x)
+    assert together == {name: scores[name] for scores in separate.values() for name in scores}
+    # one joint (probabilities, features) pass per image set and statistics: source, target, and the
+    # mmd validator's random subsets of each
+    assert len(passes) <= 4, passes

@@ -4,6 +4,7 @@ and features on some images."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import numpy as np
 import tensorflow as tf
@@ -157,24 +158,70 @@ def labeled(value, argument, model=None):
     return images, labels
 
 
+# The outputs of one da.validate call, shared by its validators (see shared_outputs).
+_SHARED_OUTPUTS = contextvars.ContextVar("domadapt_shared_outputs", default=None)
+
+
+@contextlib.contextmanager
+def shared_outputs():
+    """Within the block, :func:`outputs` predicts each (model, images, feature extractor, domain) once.
+
+    The validators of one ``da.validate`` call score the same held-out images: without
+    it the seven defaults ran the backbone 20 times over them. Entries hold the images
+    they were computed on (so an id is not reused while the block lasts) and their arrays
+    are read-only. Nested blocks share the outer one's entries.
+    """
+    if _SHARED_OUTPUTS.get() is not None:
+        yield
+        return
+    token = _SHARED_OUTPUTS.set({})
+    try:
+        yield
+    finally:
+        _SHARED_OUTPUTS.reset(token)
+
+
 def outputs(model, images, feature_extractor=None, batch_size=256, *, domain="target"):
     """``(probabilities, features)``: a DomainAdapter gives both; a plain classifier gives
     probabilities, and features from ``feature_extractor`` (else the probabilities).
 
     ``domain="source"`` scores the images with the source's batch-norm statistics
     when ``model`` is a DomainAdapter that keeps them (``bn_mode="domain"``); its
-    classifier carries the target's."""
+    classifier carries the target's. A DomainAdapter gives both in one backbone pass;
+    inside :func:`shared_outputs` a repeated call returns the first one's (read-only) arrays."""
     if domain not in ("source", "target"):
         raise ValueError(f"Argument `domain` must be 'source' or 'target'; received domain={domain!r}.")
+    shared = _SHARED_OUTPUTS.get()
+    key = (id(model), id(images), id(feature_extractor), domain, batch_size)
+    if shared is not None and key in shared:
+        held, result = shared[key]
+        if held[0] is model and held[1] is images and held[2] is feature_extractor:
+            return result
+    result = _predict_outputs(model, images, feature_extractor, batch_size, domain)
+    if shared is not None:
+        for array in result:
+            array.flags.writeable = False
+        shared[key] = ((model, images, feature_extractor), result)
+    return result
+
+
+def _predict_outputs(model, images, feature_extractor, batch_size, domain):
     classifier = getattr(model, "classifier", model)
     extractor = getattr(model, "feature_extractor", feature_extractor)
+    # A DomainAdapter's images -> (probabilities, pooled features) model: one backbone pass for both.
+    scorer = getattr(getattr(model, "_functional", None), "scorer", None)
     statistics = getattr(model, "_source_statistics", None) if domain == "source" else None
     with statistics() if statistics is not None else contextlib.nullcontext():
-        probabilities = np.asarray(classifier.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
-        if extractor is None:
-            return probabilities, probabilities
-        features = np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
-    return probabilities, features.reshape(len(features), -1)
+        if scorer is not None:
+            probabilities, features = scorer.predict(images, batch_size=batch_size, verbose=0)
+        else:
+            probabilities = classifier.predict(images, batch_size=batch_size, verbose=0)
+            if extractor is None:
+                probabilities = np.asarray(probabilities, dtype=np.float64)
+                return probabilities, probabilities
+            features = extractor.predict(images, batch_size=batch_size, verbose=0)
+    features = np.asarray(features, dtype=np.float64)
+    return np.asarray(probabilities, dtype=np.float64), features.reshape(len(features), -1)
 
 
 def entropies(probabilities):

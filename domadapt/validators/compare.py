@@ -17,7 +17,7 @@ from domadapt import _construction
 from domadapt.data import check_positive_int, without_labels
 from domadapt.health import prediction_collapse_reason, prediction_statistics
 from domadapt.validators.agreement import MIN_CANDIDATES, ensemble_agreement
-from domadapt.validators.base import TASK_VALIDATORS, Validator, images_of, labeled, outputs, task_of
+from domadapt.validators.base import TASK_VALIDATORS, Validator, images_of, labeled, outputs, shared_outputs, task_of
 from domadapt.validators.dev import DeepEmbeddedValidation
 from domadapt.validators.entropy import Entropy
 from domadapt.validators.information_maximization import InformationMaximization
@@ -105,7 +105,8 @@ def validate(model, source=None, target=None, validators=DEFAULT_VALIDATORS, *, 
     resolved = resolve_validators(validators)
     for validator in resolved:
         validator.check_task(model)
-    return {v.name: v(model, source, target, feature_extractor=feature_extractor) for v in resolved}
+    with shared_outputs():  # the validators score the same images: predict them once
+        return {v.name: v(model, source, target, feature_extractor=feature_extractor) for v in resolved}
 
 
 @dataclass
