@@ -768,7 +768,57 @@ def adapt_at_test_time(model, target, method=DEFAULT_METHOD, *, epochs=None, bat
     adapted = adapter.model
     if adapter._batchnorm:
         reestimate_batchnorm_statistics(adapted, target, batch_size=batch_size)
+    # The stream's guard judges every GUARD_IMAGES images, on outputs predicted before each step: a
+    # target shorter than that, the images after the last check and the final steps are never judged.
+    # The copy returned is judged here, as it will predict, against the source model on the same images.
+    probe = _probe_images(target, image_rank)
+    reason = _final_collapse_reason(np.asarray(source.predict(probe, batch_size=batch_size, verbose=0)),
+                                    np.asarray(adapted.predict(probe, batch_size=batch_size, verbose=0)))
+    if reason is not None:
+        restored = "source state" if adapter._healthy is adapter._initial else "last healthy state"
+        adapter._restore(adapter._healthy)
+        if adapter._batchnorm:
+            reestimate_batchnorm_statistics(adapted, target, batch_size=batch_size)
+        warnings.warn(f"Test-time adaptation ({method.name}) collapsed by its end: {reason}. The copy returned is "
+                      f"the {restored} of the adaptation (a lower learning rate or method='eata' adapts more "
+                      "safely).", RuntimeWarning, stacklevel=2)
     return adapted
+
+
+# Images of the target the returned copy is judged on (adapt_at_test_time's final check).
+FINAL_CHECK_IMAGES = 1024
+
+
+def _probe_images(target, image_rank):
+    """Up to ``FINAL_CHECK_IMAGES`` images of ``target``: evenly spaced in an array, the first ones of a dataset."""
+    if not isinstance(target, tf.data.Dataset):
+        count = min(FINAL_CHECK_IMAGES, len(target))
+        return target[np.unique(np.linspace(0, len(target) - 1, count).round().astype(int))]
+    gathered, total = [], 0
+    for batch in _target_batches(target, 256, image_rank, None):
+        gathered.append(np.asarray(batch))
+        total += len(gathered[-1])
+        if total >= FINAL_CHECK_IMAGES:
+            break
+    return np.concatenate(gathered)[:FINAL_CHECK_IMAGES]
+
+
+def _final_collapse_reason(source_outputs, adapted_outputs):
+    """Why the adapted model's predictions collapsed where the source model's did not (the stream guard's
+    two rules: :func:`collapse_reason` and the class spread falling below ``SPREAD_DROP`` of the source's), or None."""
+    source = np.asarray(TestTimeAdapter._probabilities(source_outputs), dtype=np.float64)
+    adapted = np.asarray(TestTimeAdapter._probabilities(adapted_outputs), dtype=np.float64)
+    reason = collapse_reason(adapted)
+    if reason is not None:
+        return reason if collapse_reason(source) is None else None
+    spreads = []
+    for probabilities in (source, adapted):
+        counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(probabilities)
+        spreads.append(float(np.exp(-np.sum(counts[counts > 0] * np.log(counts[counts > 0])))))
+    if spreads[1] < SPREAD_DROP * spreads[0]:
+        return (f"its predictions narrow onto fewer classes (class-spread perplexity {spreads[1]:.2f}, "
+                f"{spreads[0]:.2f} for the source model on the same images)")
+    return None
 
 
 # =========================================================================== command line

@@ -329,3 +329,18 @@ def test_a_model_without_a_static_output_shape_is_a_clear_type_error():
 
     with pytest.raises(TypeError, match="Argument `model` must be a built functional or Sequential"):
         da.TestTimeAdapter(Subclassed(), method="tent")
+
+
+def test_adapt_at_test_time_judges_the_copy_it_returns_even_on_a_target_shorter_than_a_guard_window():
+    # 240 images < GUARD_IMAGES: the stream's guard never ran, and Tent at a learning rate of 1 returned a
+    # model predicting one class for 99.6% of the target, without a warning.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(3, activation="softmax")])
+    images = np.random.default_rng(0).normal(size=(240, 4)).astype("float32")
+    assert collapse_reason(model.predict(images, verbose=0)) is None
+    with pytest.warns(RuntimeWarning, match="collapsed by its end"):
+        adapted = da.adapt_at_test_time(model, images, method=Tent(learning_rate=1.0), epochs=1, batch_size=16)
+    predictions = adapted.predict(images, verbose=0)
+    assert collapse_reason(predictions) is None
+    assert np.bincount(predictions.argmax(axis=1), minlength=3).max() < 0.9 * len(images)
