@@ -481,3 +481,20 @@ def test_appearance_check_holds_its_level_under_label_shift_alone_with_a_small_s
         outputs = _Outputs(outputs_of(source_labels), source_labels, outputs_of(target_labels), num_classes)
         p_values.append(_appearance_check(outputs, q, seed=trial)[1])
     assert np.mean(np.array(p_values) < 0.01) <= 0.03 and np.mean(np.array(p_values) < 0.05) <= 0.08
+
+
+def test_em_gives_a_class_absent_from_the_held_out_source_no_target_share_so_prior_correction_applies():
+    # EM started from the mean calibrated probability, ~1e-13 (not 0) for a class no source image has:
+    # q came out 1.7e-6 there while p was 0, and prior_corrected refused the pair.
+    rng = np.random.default_rng(0)
+    classifier = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, activation="softmax")])
+    classifier.layers[0].set_weights([np.array([[-4.0, 0.0, 4.0]]), np.zeros(3)])
+    source_labels = rng.choice([0, 2], 400)
+    target_labels = rng.choice([0, 2], 400, p=[0.3, 0.7])
+    images = lambda labels: rng.normal(labels - 1.0, 0.5)[:, None].astype("float32")  # noqa: E731
+    result = da.gap.label_shift(classifier, (images(source_labels), source_labels), images(target_labels), method="em",
+                                bootstrap=20)
+    assert result.target_proportions[1] == 0.0 and result.source_proportions[1] == 0.0
+    assert abs(result.target_proportions.sum() - 1.0) < 1e-9
+    corrected = da.gap.prior_corrected(classifier, result.target_proportions, result.source_proportions)
+    assert np.all(corrected.predict(images(target_labels), verbose=0)[:, 1] == 0.0)

@@ -308,8 +308,11 @@ class _Outputs:
         if method == "bbse":
             return _bbse(source.argmax(axis=1), self.source_labels[source_index], target.argmax(axis=1),
                          self.num_classes)
-        # BCTS makes the mean calibrated probability the source's class shares: EM's starting prior.
-        return _em(target, source.mean(axis=0))
+        # BCTS makes the mean calibrated probability the source's class shares: EM's starting prior. A class
+        # absent from the held-out source labels keeps a tiny calibrated mass (~1e-13), which EM would turn into
+        # a target share that no source proportion backs (prior_corrected then refuses it): it gets 0, as in BBSE.
+        prior = np.where(self.source_proportions(source_index) > 0, source.mean(axis=0), 0.0)
+        return _em(target, prior / prior.sum())
 
 
 def _appearance_check(outputs, target_proportions, seed):
