@@ -10,6 +10,7 @@ import tempfile
 
 import keras
 
+from domadapt._files import apply_umask
 from domadapt.data import without_labels
 from domadapt.health import CollapseGuard, CollapseWarning  # noqa: F401  (da.callbacks.CollapseGuard)
 from domadapt.validators.compare import resolve_validators
@@ -183,9 +184,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             with os.fdopen(handle, "w") as file:
                 file.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a plain open() would not
+            apply_umask(temporary)  # mkstemp makes it private; a plain open() would not
             os.replace(temporary, metadata)
         except BaseException:
             if os.path.exists(temporary):

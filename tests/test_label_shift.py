@@ -498,3 +498,36 @@ def test_em_gives_a_class_absent_from_the_held_out_source_no_target_share_so_pri
     assert abs(result.target_proportions.sum() - 1.0) < 1e-9
     corrected = da.gap.prior_corrected(classifier, result.target_proportions, result.source_proportions)
     assert np.all(corrected.predict(images(target_labels), verbose=0)[:, 1] == 0.0)
+
+
+def test_a_corrected_model_corrects_again_like_one_correction_by_the_composed_shift(tmp_path):
+    # Fixed layer names made the second correction a raw Keras "name used 2 times" error.
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    images = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    p, q, r = [1 / 3, 1 / 3, 1 / 3], [0.5, 0.3, 0.2], [0.2, 0.2, 0.6]
+    twice = da.gap.prior_corrected(da.gap.prior_corrected(classifier, q, p), r, q)
+    once = da.gap.prior_corrected(classifier, r, p)
+    np.testing.assert_allclose(twice.predict(images, verbose=0), once.predict(images, verbose=0), atol=1e-6)
+    twice.save(tmp_path / "twice.keras")
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "twice.keras").predict(images, verbose=0),
+                               once.predict(images, verbose=0), atol=1e-6)
+
+
+def test_label_shift_result_json_gets_the_umask_mode_and_results_compare_without_raising(tmp_path):
+    import os
+
+    rng = np.random.default_rng(0)
+    classifier = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, activation="softmax")])
+    classifier.layers[0].set_weights([np.array([[-3.0, 3.0]]), np.zeros(2)])
+    labels = rng.integers(0, 2, 200)
+    result = da.gap.label_shift(classifier, (labels[:, None].astype("float32") - 0.5, labels),
+                                rng.normal(size=(200, 1)).astype("float32"), bootstrap=0)
+    umask = os.umask(0o022)
+    try:
+        path = result.to_json(tmp_path / "shift.json")
+    finally:
+        os.umask(umask)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)  # mkstemp's 0600 before
+    loaded = type(result).from_dict(json.loads(path.read_text()))
+    assert (loaded == result) is False and loaded.to_dict() == result.to_dict()  # == raised a ValueError before

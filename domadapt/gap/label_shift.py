@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from scipy import optimize, stats
 
+from domadapt._files import apply_umask
 from domadapt.data import check_image_shape
 from domadapt.gap.checks import check_seed
 
@@ -54,7 +55,7 @@ def _total_variation(a, b):
     return float(0.5 * np.abs(np.asarray(a) - np.asarray(b)).sum())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # array fields: == would raise; compare to_dict() instead
 class LabelShiftResult:
     """What :func:`label_shift` found.
 
@@ -213,6 +214,7 @@ class LabelShiftResult:
         try:
             with os.fdopen(handle, "w") as file:
                 json.dump(self.to_dict(), file, indent=2)
+            apply_umask(temporary)  # mkstemp makes it private (0600); a plain open() would not
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -719,7 +721,9 @@ def prior_corrected(model, target_proportions, source_proportions):
         source_proportions: p(y), the classes' shares in the training data.
 
     Returns:
-        A new ``keras.Model`` (images -> corrected probabilities) sharing the weights of ``model``.
+        A new ``keras.Model`` (images -> corrected probabilities) sharing the weights of ``model``, except
+        those of a last layer with ``activation="softmax"`` (a Dense, say): that layer is copied without
+        its softmax, so later changes to ``model``'s last layer do not reach the copy.
 
     Example:
 
@@ -745,8 +749,13 @@ def prior_corrected(model, target_proportions, source_proportions):
         logits_layer.set_weights(classifier.layers[-1].get_weights())
     # -1e9 rather than log 0 = -inf: a class absent from the target gets probability 0 without NaNs.
     shift = np.where(q > 0, np.log(np.maximum(q, 1e-300)) - np.log(np.maximum(p, 1e-300)), -1e9).astype("float32")
-    adjust = keras.layers.Dense(num_classes, use_bias=True, trainable=False, dtype="float32", name="prior_correction",
-                                kernel_initializer="identity", bias_initializer=keras.initializers.Constant(shift))
-    probabilities = keras.layers.Activation("softmax", dtype="float32", name="prior_corrected_probabilities")(
+    # A model corrected again (or a corrected one inside a larger model) already holds these names.
+    taken = {layer.name for layer in classifier._flatten_layers(include_self=False)}  # noqa: SLF001
+    suffix = next(f"_{i}" if i else "" for i in range(len(taken) + 1)
+                  if f"prior_correction{f'_{i}' if i else ''}" not in taken)
+    adjust = keras.layers.Dense(num_classes, use_bias=True, trainable=False, dtype="float32",
+                                name=f"prior_correction{suffix}", kernel_initializer="identity",
+                                bias_initializer=keras.initializers.Constant(shift))
+    probabilities = keras.layers.Activation("softmax", dtype="float32", name=f"prior_corrected_probabilities{suffix}")(
         adjust(logits))
     return keras.Model(classifier.inputs, probabilities, name=f"{classifier.name}_prior_corrected")
