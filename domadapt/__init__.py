@@ -51,12 +51,17 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
+def _import_everything():
+    """Import every public name, which registers the Keras-serialisable classes (a saved adapter loads)."""
+    for name in _EXPORTS:
+        __getattr__(name)
+
+
 # The `domadapt` command imports the library lazily, so that `domadapt --help` starts
-# without TensorFlow; everywhere else every name is imported now, which also registers
-# the Keras-serialisable classes before a saved model is loaded.
+# without TensorFlow (it calls _import_everything before loading a saved model);
+# everywhere else every name is imported now.
 if _os.path.basename(_sys.argv[0] if _sys.argv else "") not in ("domadapt", "domadapt.exe", "domadapt-script.py"):
-    for _name in _EXPORTS:
-        __getattr__(_name)
+    _import_everything()
 
 __version__ = "0.1.0"
 

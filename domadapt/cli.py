@@ -317,17 +317,25 @@ def _existing_file(path, flag):
 
 
 def _load_classifier(path, class_names=None):
-    """A saved Keras classifier; with ``class_names``, it must output one score per class."""
+    """A saved Keras classifier (a saved ``da.DomainAdapter`` gives its ``classifier``); with ``class_names``, it
+    must output one score per class."""
     import keras
 
-    import domadapt.backbones  # noqa: F401  registers ImageNetPreprocessing, which saved classifiers may hold
+    import domadapt
 
+    domadapt._import_everything()  # noqa: SLF001  registers the classes a saved adapter or classifier may hold
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a file that is not a model
         first = (str(error).strip().splitlines() or [""])[0][:200]
         raise CommandError(f"{path} cannot be loaded as a Keras model ({type(error).__name__}: {first}).") from None
-    shape = model.output_shape
+    if isinstance(model, domadapt.DomainAdapter):
+        model = model.classifier  # what fit exports: the target's batch-norm statistics
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError):  # a subclassed model that was never called, a multi-output layer graph
+        raise CommandError(f"{path} holds a {type(model).__name__} without one static output shape; save the "
+                           "classifier as a functional or Sequential keras.Model.") from None
     if class_names is not None and (not isinstance(shape, tuple) or len(shape) != 2 or shape[-1] != len(class_names)):
         raise CommandError(f"{path} outputs shape {shape}, but the source folder has {len(class_names)} classes "
                            f"{class_names}: expected (None, {len(class_names)}).")

@@ -344,3 +344,26 @@ def test_adapt_at_test_time_judges_the_copy_it_returns_even_on_a_target_shorter_
     predictions = adapted.predict(images, verbose=0)
     assert collapse_reason(predictions) is None
     assert np.bincount(predictions.argmax(axis=1), minlength=3).max() < 0.9 * len(images)
+
+
+def test_command_line_adapts_a_saved_domain_adapter_through_its_classifier(tmp_path):
+    # A saved da.DomainAdapter loaded, then failed with a raw AttributeError (no output_shape); from the
+    # `domadapt` command its classes were not even registered.
+    keras.utils.set_random_seed(0)
+    backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, padding="same"),
+                                 keras.layers.BatchNormalization(), keras.layers.ReLU()])
+    adapter = da.DomainAdapter(backbone, num_classes=2, preprocess=keras.layers.Rescaling(1 / 255))
+    adapter.compile(optimizer="adam")
+    rng = np.random.default_rng(0)
+    adapter.fit(source=(rng.integers(0, 256, (32, 8, 8, 3)).astype("uint8"), rng.integers(0, 2, 32)), epochs=1,
+                verbose=0)
+    adapter.save(tmp_path / "adapter.keras")
+    target = (rng.integers(0, 256, (200, 8, 8, 3)) // 2 + 100).astype("uint8")  # darker, low contrast
+    np.save(tmp_path / "target.npy", target)
+    arguments = ["adapt-at-test-time", str(tmp_path / "adapter.keras"), str(tmp_path / "target.npy"), "--out",
+                 str(tmp_path / "out"), "--method", "norm"]
+    assert cli_main(arguments) == 0
+    adapted = keras.models.load_model(tmp_path / "out" / "classifier.keras")
+    expected = da.adapt_at_test_time(adapter.classifier, target, method="norm")
+    np.testing.assert_allclose(adapted.predict(target[:8], verbose=0), expected.predict(target[:8], verbose=0),
+                               atol=1e-5)
