@@ -54,7 +54,8 @@ from keras import ops
 
 from domadapt import ops as da_ops
 from domadapt.batchnorm import batchnorm_layers, check_not_endless, reestimate_batchnorm_statistics
-from domadapt.data import without_labels
+from domadapt._checks import check_seed
+from domadapt.data import check_finite_images, without_labels
 from domadapt.validators.compare import collapse_reason
 
 __all__ = ["EATA", "InfoMax", "Norm", "Tent", "TestTimeAdapter", "adapt_at_test_time"]
@@ -313,14 +314,17 @@ def _method(method):
 
 
 def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0:
-        raise ValueError(f"Argument `{name}` must be a positive number; received {name}={value!r}.")
+    # Finite too: an infinite learning rate or statistics prior turned every prediction into NaN.
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value > 0
+            or not np.isfinite(value)):
+        raise ValueError(f"Argument `{name}` must be a finite positive number; received {name}={value!r}.")
     return float(value)
 
 
 def _non_negative(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value >= 0:
-        raise ValueError(f"Argument `{name}` must be a number >= 0; received {name}={value!r}.")
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not value >= 0
+            or not np.isfinite(value)):
+        raise ValueError(f"Argument `{name}` must be a finite number >= 0; received {name}={value!r}.")
     return float(value)
 
 
@@ -687,6 +691,9 @@ def _read_target(target, model):
                          f"received an array of shape {target.shape}.")
     if len(target) == 0:
         raise ValueError("Argument `target` is empty: test-time adaptation needs unlabeled target images.")
+    if target.dtype.kind not in "biuf":
+        raise TypeError(f"Argument `target` must hold numeric images; received an array of dtype {target.dtype}.")
+    check_finite_images(target, "target")  # else the error named the internal `images` or `batch`
     return target
 
 
@@ -750,6 +757,7 @@ def adapt_at_test_time(model, target, method=DEFAULT_METHOD, *, epochs=None, bat
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"Argument `{name}` must be a positive integer; received {name}={value!r}.")
+    seed = check_seed(seed)
     target = _read_target(target, source)
     if not method.uses_gradients:
         adapted = _copy(source)

@@ -233,8 +233,18 @@ def test_groupnorm_model_tent_and_errors(trained):
         da.adapt_at_test_time("model.keras", trained["target_x"])
     with pytest.raises(ValueError, match="`learning_rate`"):
         EATA(learning_rate=-1)
-    with pytest.raises(ValueError, match=r"`diversity` must be a number >= 0; received diversity=-1"):
+    with pytest.raises(ValueError, match=r"`diversity` must be a finite number >= 0; received diversity=-1"):
         InfoMax(diversity=-1)
+    for make, name in ((lambda value: Norm(statistics_prior=value), "statistics_prior"),
+                       (lambda value: Tent(learning_rate=value), "learning_rate")):
+        with pytest.raises(ValueError, match=f"`{name}` must be a finite"):
+            make(float("inf"))  # accepted before, and every prediction came out NaN
+    with pytest.raises(ValueError, match="`seed`"):
+        da.adapt_at_test_time(model, trained["target_x"], seed="a")  # numpy's TypeError before
+    with pytest.raises(ValueError, match="Argument `target`: image 0"):
+        da.adapt_at_test_time(model, np.full((4, 8, 8, 1), np.nan, "float32"), method="norm")  # named `images`
+    with pytest.raises(TypeError, match="`target` must hold numeric images"):
+        da.adapt_at_test_time(model, np.full((4, 8, 8, 1), "a"), method="norm")
     assert repr(InfoMax(**InfoMax(diversity=1.0).get_config())) == repr(InfoMax(diversity=1.0))
     assert da.TestTimeAdapter(model).method.name == "infomax"
     with pytest.raises(ValueError, match=r"`batch` must have shape \(None, 8, 8, 1\)"):
