@@ -98,8 +98,10 @@ class DomainAdapter(keras.Model):
         super().__init__(name=name, **kwargs)
         self.task = _tasks.get(task)
         self._default_head = head is None
-        if head is None and self.task.name == "regression":
-            head = self.task.default_head(num_classes)  # Dense(1); a ValueError if num_classes is given
+        if self.task.name == "regression":
+            # Dense(1); a ValueError if num_classes is given, with a head of your own too (it would be ignored).
+            default_head = self.task.default_head(num_classes)
+            head = default_head if head is None else head
         _construction.check_arguments(backbone, num_classes, head, preprocess, bn_mode)
         # === Layers ===
         self.backbone = backbone

@@ -97,8 +97,12 @@ def test_regression_labels_losses_and_metrics():
         adapter.fit(source=(x, np.full((64, 2), np.nan)), target=x, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="'accuracy' .* does not apply to task='regression'"):
         adapter.compile(optimizer="adam", metrics=["accuracy"])
+    with pytest.raises(ValueError, match="NaN or inf"):  # finite in float64, inf in the float32 training reads
+        adapter.fit(source=(x, np.full((64, 2), 1e39)), target=x, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="num_classes=3 with task='regression'"):
         da.DomainAdapter(_vector_backbone(), num_classes=3, task="regression")
+    with pytest.raises(ValueError, match="num_classes=3 with task='regression'"):  # ignored without a word before
+        da.DomainAdapter(_vector_backbone(), num_classes=3, task="regression", head=keras.layers.Dense(2))
     classifier = da.DomainAdapter(_vector_backbone(), num_classes=2)
     classifier.compile(optimizer="adam")
     with pytest.raises(ValueError, match="whole class indices"):  # classification still refuses float targets
