@@ -34,7 +34,6 @@ adapter = da.DomainAdapter(backbone, num_classes=3, task=da.tasks.Segmentation(i
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import keras
 import numpy as np
@@ -454,7 +453,8 @@ def mean_iou(labels, predictions, num_classes, ignore_index=255) -> float:
     """Mean intersection over union of class-index masks, as ``keras.metrics.MeanIoU`` computes it (numpy).
 
     IoU_c = TP_c / (TP_c + FP_c + FN_c) over pixels whose label is not ``ignore_index``;
-    the mean is over classes present in the labels or the predictions. Higher is better.
+    the mean is over classes present in the labels or the predictions (0.0 when every
+    pixel is ignored, as Keras reports it). Higher is better.
 
     Args:
         labels: masks of shape ``(N, H, W)``.
@@ -470,15 +470,25 @@ def mean_iou(labels, predictions, num_classes, ignore_index=255) -> float:
     print(mean_iou(np.array([[[0, 1], [1, 255]]]), np.array([[[0, 1], [0, 0]]]), num_classes=2))  # 0.5
     ```
     """
-    labels = np.asarray(labels).reshape(-1)
-    predictions = np.asarray(predictions)
-    if predictions.size == labels.size * num_classes:  # probabilities or logits (N, H, W, C)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"Argument `num_classes` must be a positive integer; received num_classes={num_classes!r}.")
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if predictions.size == labels.size * num_classes and num_classes > 1:  # probabilities or logits (N, H, W, C)
         predictions = predictions.reshape(-1, num_classes).argmax(axis=-1)
-    predictions = predictions.reshape(-1).astype(np.int64)
+    elif predictions.size != labels.size:
+        raise ValueError(f"Arguments `labels` and `predictions` must describe the same pixels: labels of shape "
+                         f"{labels.shape}, predictions of shape {predictions.shape} (expected {labels.shape} or "
+                         f"{(*labels.shape, num_classes)}).")
+    labels, predictions = labels.reshape(-1), predictions.reshape(-1).astype(np.int64)
     keep = np.ones_like(labels, dtype=bool) if ignore_index is None else labels != ignore_index
+    for name, values in (("labels", labels[keep]), ("predictions", predictions[keep])):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"Argument `{name}` must hold class indices in [0, {num_classes})"
+                             f"{'' if name == 'predictions' or ignore_index is None else f' or {ignore_index}'}; "
+                             f"received values from {values.min()} to {values.max()}.")
     confusion = np.zeros((num_classes, num_classes), np.float64)
     np.add.at(confusion, (labels[keep], predictions[keep]), 1.0)
     true_positives = np.diag(confusion)
     union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positives
     present = union > 0
-    return float(np.mean(true_positives[present] / union[present])) if present.any() else math.nan
+    return float(np.mean(true_positives[present] / union[present])) if present.any() else 0.0

@@ -188,6 +188,17 @@ def test_mean_iou_of_evaluate_equals_a_numpy_reference():
     rng = np.random.default_rng(0)  # a class absent from labels and predictions is left out of the mean
     labels, guess = rng.integers(0, 2, (3, 5, 5)), rng.integers(0, 2, (3, 5, 5))
     assert tasks.mean_iou(labels, guess, 4, None) == pytest.approx(_mean_iou_by_class(labels, guess, 4, -1))
+    # bad input: clear errors naming the argument (raw numpy IndexErrors before); all pixels ignored: 0.0 like
+    # Keras' MeanIoU (NaN before)
+    with pytest.raises(ValueError, match=r"`labels` must hold class indices in \[0, 2\) or 255; received values from 0 to 3"):
+        tasks.mean_iou(np.array([[[0, 3]]]), np.array([[[0, 1]]]), 2)
+    with pytest.raises(ValueError, match="`labels` must hold class indices in"):
+        tasks.mean_iou(np.array([[[0, 255]]]), np.array([[[0, 1]]]), 2, ignore_index=None)
+    with pytest.raises(ValueError, match="same pixels"):
+        tasks.mean_iou(np.zeros((1, 2, 2), int), np.zeros((1, 3, 3), int), 2)
+    assert tasks.mean_iou(np.full((1, 2, 2), 255), np.zeros((1, 2, 2), int), 2) == 0.0
+    all_ignored = np.full(masks[:4].shape, 255)
+    assert adapter.evaluate(images[:4], all_ignored, verbose=0, return_dict=True)["mean_iou"] == 0.0
 
 
 def test_output_adversarial_discriminator_learns_and_reports_its_accuracy():
