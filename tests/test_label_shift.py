@@ -531,3 +531,20 @@ def test_label_shift_result_json_gets_the_umask_mode_and_results_compare_without
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)  # mkstemp's 0600 before
     loaded = type(result).from_dict(json.loads(path.read_text()))
     assert (loaded == result) is False and loaded.to_dict() == result.to_dict()  # == raised a ValueError before
+
+
+def test_label_shift_reads_a_labeled_target_pair_and_refuses_bad_batch_sizes_and_proportions():
+    rng = np.random.default_rng(0)
+    classifier = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, activation="softmax")])
+    classifier.layers[0].set_weights([np.array([[-3.0, 3.0]]), np.zeros(2)])
+    source_labels, target_labels = rng.integers(0, 2, 200), rng.choice(2, 200, p=[0.2, 0.8])
+    source = (rng.normal(source_labels - 0.5, 0.5)[:, None].astype("float32"), source_labels)
+    target = rng.normal(target_labels - 0.5, 0.5)[:, None].astype("float32")
+    plain = da.gap.label_shift(classifier, source, target, bootstrap=0)
+    paired = da.gap.label_shift(classifier, source, (target, 1 - target_labels), bootstrap=0)  # labels never read
+    np.testing.assert_array_equal(paired.target_proportions, plain.target_proportions)  # a numpy error before
+    for bad in ("a", 0, 2.5):
+        with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):  # "a": a TypeError
+            da.gap.label_shift(classifier, source, target, batch_size=bad)  # deep inside; 0 was accepted
+    with pytest.raises(ValueError, match="`target_proportions` must hold 2 non-negative proportions"):
+        da.gap.prior_corrected(classifier, {"a": 1}, [0.5, 0.5])  # float() TypeError before

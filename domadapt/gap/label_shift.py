@@ -26,7 +26,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from domadapt._files import apply_umask
-from domadapt.data import check_image_shape
+from domadapt.data import check_image_shape, without_labels
 from domadapt.gap.checks import check_seed
 
 __all__ = ["LabelShiftResult", "label_shift", "label_shift_check", "logits_model", "prior_corrected"]
@@ -475,8 +475,12 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
     ``method="bbse"`` (black-box shift estimation, Lipton et al. 2018): with J[i, j] =
     P(prediction i, class j) on the labeled source and mu[i] the share of target
     images predicted i, solve J w = mu for w = q / p (ridge-regularised towards
-    w = 1), clip at 0, renormalise q = w p. Consistent under label shift whatever
-    the classifier's accuracy, if J is invertible.
+    w = 1), clip at 0, renormalise q = w p. Without the ridge it is consistent under
+    label shift whatever the classifier's accuracy, if J is invertible; the ridge
+    (``BBSE_RIDGE`` times the mean diagonal of JᵀJ, fixed, not shrinking with the
+    number of images) keeps a small bias towards w = 1 that grows as J nears
+    singularity (computed with the exact J, true share 0.7: 0.01 total variation at
+    60% accuracy for 3 classes, 0.07 at 45% for 2).
     ``method="em"``: maximum likelihood (Saerens et al. 2002; q <- mean_x of p(y|x)
     q(y)/p(y), renormalised per image) on probabilities first calibrated on the
     held-out source by bias-corrected temperature scaling (BCTS, Alexandari et al.
@@ -554,10 +558,13 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
             f"Argument `source` must be a tuple (images, labels) of labeled held-out source images; received "
             f"{type(source).__name__}."
         )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be a positive integer; received batch_size={batch_size!r}.")
     classifier = _classifier_of(model)
-    source_images = np.asarray(source[0])
-    target_images = np.asarray(target)
     expected = _input_shape(classifier)
+    source_images = np.asarray(source[0])
+    # (images, labels) as elsewhere in the library: the labels are never read
+    target_images = np.asarray(without_labels(target, None if expected is None else len(expected)))
     for name, images in (("source", source_images), ("target", target_images)):
         if images.ndim < 2 or len(images) < 2:
             raise ValueError(f"Argument `{name}`: expected a batch of at least 2 images; received shape {images.shape}.")
@@ -677,7 +684,10 @@ def _estimate_with_uncertainty(outputs, *, method, alpha, margin, bootstrap, see
 # ----------------------------------------------------------------------------- correction
 
 def _proportions(value, name, num_classes):
-    array = np.asarray(value, dtype=np.float64).reshape(-1) if not isinstance(value, str) else np.zeros(0)
+    try:
+        array = np.asarray(value, dtype=np.float64).reshape(-1) if not isinstance(value, str) else np.zeros(0)
+    except (TypeError, ValueError):  # a dict, ragged lists, ...
+        array = np.zeros(0)
     if array.shape != (num_classes,) or not np.all(np.isfinite(array)) or np.any(array < 0) or array.sum() <= 0:
         raise ValueError(
             f"Argument `{name}` must hold {num_classes} non-negative proportions (one per class of the model); "
