@@ -678,6 +678,7 @@ def _read_target(target, model):
     if isinstance(target, tf.data.Dataset):
         # Gradient methods pass over the target `epochs` times; every method re-estimates on all of it.
         check_not_endless(target, "target")
+        _check_target_spec(target.element_spec, tuple(model.input_shape[1:]))
         return target
     target = without_labels(target, len(model.input_shape) - 1)  # (images, labels): the labels are never read
     try:
@@ -695,6 +696,21 @@ def _read_target(target, model):
         raise TypeError(f"Argument `target` must hold numeric images; received an array of dtype {target.dtype}.")
     check_finite_images(target, "target")  # else the error named the internal `images` or `batch`
     return target
+
+
+def _check_target_spec(spec, expected):
+    """A dataset target's elements: images (batched or not) of the model's input shape, or (images, labels) pairs."""
+    if isinstance(spec, tuple) and spec:
+        spec = spec[0]
+    if not isinstance(spec, tf.TensorSpec) or not (spec.dtype.is_floating or spec.dtype.is_integer):
+        raise TypeError(f"Argument `target`: a dataset must yield numeric image tensors (or (images, labels) pairs); "
+                        f"its elements are {spec}.")
+    shape = spec.shape
+    images = shape[1:] if shape.rank == len(expected) + 1 else shape
+    if images.rank != len(expected) or any(e is not None and g is not None and e != g
+                                           for e, g in zip(expected, images.as_list())):
+        raise ValueError(f"Argument `target` must hold images of shape {expected} (the model's input); the dataset "
+                         f"yields elements of shape {tuple(shape.as_list())}.")
 
 
 def _match_channels(images, model):

@@ -245,6 +245,14 @@ def test_groupnorm_model_tent_and_errors(trained):
         da.adapt_at_test_time(model, np.full((4, 8, 8, 1), np.nan, "float32"), method="norm")  # named `images`
     with pytest.raises(TypeError, match="`target` must hold numeric images"):
         da.adapt_at_test_time(model, np.full((4, 8, 8, 1), "a"), method="norm")
+    import tensorflow as tf
+
+    with pytest.raises(ValueError, match=r"`target` must hold images of shape \(8, 8, 1\).*\(4, 4, 1\)"):
+        # "norm" re-estimated the statistics on 4x4 images of a fully convolutional model without a word
+        da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices(np.ones((6, 4, 4, 1), "float32")),
+                              method="norm")
+    with pytest.raises(TypeError, match="a dataset must yield numeric image tensors"):  # an AttributeError before
+        da.adapt_at_test_time(model, tf.data.Dataset.from_tensor_slices({"x": np.ones((6, 8, 8, 1), "float32")}))
     assert repr(InfoMax(**InfoMax(diversity=1.0).get_config())) == repr(InfoMax(diversity=1.0))
     assert da.TestTimeAdapter(model).method.name == "infomax"
     with pytest.raises(ValueError, match=r"`batch` must have shape \(None, 8, 8, 1\)"):
