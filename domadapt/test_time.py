@@ -32,7 +32,10 @@ recent predictions are checked with :func:`domadapt.validators.compare.collapse_
 (predictions the same for every image, near-uniform, or one class for almost every
 image) and with the predicted-class spread (the perplexity of the predicted-class
 histogram falling below half of its first value); on collapse the adapter returns to
-its last healthy state and warns.
+its last healthy state and warns. :func:`adapt_at_test_time` also judges the copy it
+returns, with the same two rules against the source model's predictions on up to
+``FINAL_CHECK_IMAGES`` target images: the stream's checks miss a target shorter than
+one window, the images after the last check and the last steps.
 
 Small batches: a BatchNormalization layer normalises with its batch statistics mixed
 with a running estimate of the target's, weighted ``prior / (prior + n)`` for a batch
