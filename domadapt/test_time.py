@@ -648,6 +648,8 @@ def _as_batch(batch, model):
                          f"inputs); received shape {tuple(images.shape)}.")
     if images.shape[0] == 0:
         raise ValueError("Argument `batch` is empty: pass at least one image.")
+    if not (images.dtype.is_floating or images.dtype.is_integer):  # strings: an UnimplementedError of the cast
+        raise TypeError(f"Argument `batch` must hold numeric images; received dtype {images.dtype.name}.")
     images = tf.cast(images, tf.float32)
     # One NaN image would enter the running statistics and every later output with them.
     if not bool(tf.reduce_all(tf.math.is_finite(images))):

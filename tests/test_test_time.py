@@ -257,6 +257,8 @@ def test_groupnorm_model_tent_and_errors(trained):
     assert da.TestTimeAdapter(model).method.name == "infomax"
     with pytest.raises(ValueError, match=r"`batch` must have shape \(None, 8, 8, 1\)"):
         da.TestTimeAdapter(model).predict(np.zeros((2, 8, 8)))
+    with pytest.raises(TypeError, match="`batch` must hold numeric images; received dtype string"):
+        da.TestTimeAdapter(model).predict(np.full((2, 8, 8, 1), "a"))  # TF's UnimplementedError before
 
 
 def test_command_line_on_folders(trained, tmp_path):
