@@ -326,7 +326,15 @@ def _same_shape(image, expected, argument):
 
 
 def _checked_labels(labels, num_classes, argument):
-    labels = tf.cast(tf.reshape(labels, []), tf.int32)
+    labels = tf.reshape(labels, [])
+    if labels.dtype.is_floating:
+        # Only the first element was checked for whole numbers on the host: the cast below would turn a later
+        # 0.5 or -0.5 into class 0 without a word.
+        whole = tf.logical_and(tf.math.is_finite(labels), tf.equal(labels, tf.round(labels)))
+        with tf.control_dependencies([tf.debugging.Assert(whole, [
+                f"{_PIPELINE_ERROR_MARKER} `{argument}` has a label that is not a whole class index:", labels])]):
+            labels = tf.identity(labels)
+    labels = tf.cast(labels, tf.int32)
     # Datasets are checked lazily: an out-of-range label deeper in the data stops
     # training with this message, which `fit` turns into a ValueError.
     tf.debugging.assert_greater_equal(labels, 0, message=f"{_PIPELINE_ERROR_MARKER} `{argument}` has a negative label")

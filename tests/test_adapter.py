@@ -360,6 +360,14 @@ def test_out_of_range_label_deep_in_a_dataset_becomes_a_value_error(compiled_ada
         compiled_adapter.fit(source=source, target=GOOD_X, epochs=2, batch_size=2, verbose=0, shuffle=False)
 
 
+def test_a_fractional_float_label_deep_in_a_dataset_becomes_a_value_error(compiled_adapter):
+    # Only the first element was checked for whole numbers: 0.5 was cast to class 0 and trained on.
+    labels = np.array([0, 1, 2, 0, 1, 0.5], "float32")
+    source = tf.data.Dataset.from_tensor_slices((GOOD_X, labels))
+    with pytest.raises(ValueError, match=r"`source` has a label that is not a whole class index"):
+        compiled_adapter.fit(source=source, target=GOOD_X, epochs=1, batch_size=2, verbose=0, shuffle=False)
+
+
 def test_a_dataset_of_unknown_image_size_with_a_later_image_of_another_size_is_a_value_error(compiled_adapter):
     """Declared (None, None, 1), as from_generator often is: only the first element was checked, and the 10x10 image
     stopped training with a raw batching error."""
