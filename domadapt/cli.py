@@ -218,6 +218,11 @@ def shift_verdict(p_value, permutations, level=0.05):
 
 
 def _gap(args):
+    if args.plot:  # the plot is a PNG (GapReport.plot): a bad suffix fails now, not after the measuring
+        suffix = Path(args.plot).suffix
+        if suffix.lower() not in ("", ".png"):
+            raise CommandError(f"--plot {args.plot}: the plot is a PNG; give a path ending in .png (or none).")
+        args.plot = args.plot if suffix else f"{args.plot}.png"
     # Folders are scanned and checked before TensorFlow is imported: a wrong path fails at once.
     (source, source_skipped), (target, target_skipped) = (open_unlabeled(args.source, args, args.max_images, 0),
                                                           open_unlabeled(args.target, args, args.max_images, 1))
@@ -969,7 +974,7 @@ def build_parser():
                             help="permutations of the MMD shift test (default 1000: p down to 0.001)")
     gap_parser.add_argument("--strict", action="store_true", help="stop with an error if any image cannot be read")
     gap_parser.add_argument("--json", help="write the table, the test and the verdict as JSON here")
-    gap_parser.add_argument("--plot", help="write the profile plot (PNG) here")
+    gap_parser.add_argument("--plot", help="write the profile plot (PNG) here (.png is added to a path without suffix)")
     gap_parser.add_argument("--overwrite", action="store_true",
                             help="replace existing --json/--plot/--export-label-shift files")
     _add_verbose(gap_parser)

@@ -60,6 +60,7 @@ def root(tmp_path_factory):
     keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(2, 3)]).save(root / "backbone.keras")
     (root / "not_a_model.keras").write_bytes(b"PK\x03\x04 not really a zip")
     (root / "existing.json").write_text('{"mine": true}')
+    (root / "existing.png").write_bytes(b"a picture of mine")
     (root / "existing_run").mkdir()
     (root / "existing_run" / "summary.json").write_text('{"an earlier run": true}')
     (root / "existing_run" / "notes.txt").write_text("mine")
@@ -154,8 +155,11 @@ CASES = {
                                   ["--permutations"]),
     "gap json exists": (GAP + ["{root}/source", "{root}/target", "--json", "{root}/existing.json"],
                         ["existing.json", "--overwrite"]),
-    "gap plot exists": (GAP + ["{root}/source", "{root}/target", "--plot", "{root}/existing.json"],
-                        ["existing.json", "--overwrite"]),
+    "gap plot exists": (GAP + ["{root}/source", "{root}/target", "--plot", "{root}/existing.png"],
+                        ["existing.png", "--overwrite"]),
+    "gap plot exists, named without suffix": (GAP + ["{root}/source", "{root}/target", "--plot", "{root}/existing"],
+                                              ["existing.png", "--overwrite"]),
+    "gap plot not a png": (GAP + ["{root}/source", "{root}/target", "--plot", "{fresh}.svg"], [".svg", "PNG"]),
     "gap json is a folder": (GAP + ["{root}/source", "{root}/target", "--json", "{root}/empty", "--overwrite"],
                              ["empty", "is a folder"]),
     "gap export without classifier": (GAP + ["{root}/source", "{root}/target", "--export-label-shift",

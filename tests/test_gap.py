@@ -259,8 +259,22 @@ def test_measure_profiles_every_layer_and_writes_json_and_plot(tmp_path):
     assert json.loads(path.read_text())["rows"][1]["layer"] == "first"
     with pytest.raises(FileExistsError, match="overwrite=True"):
         report.to_json(tmp_path / "gap.json")
+    import matplotlib
+
+    backend = matplotlib.get_backend()
     picture = report.plot(tmp_path / "gap.png")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.get_backend() == backend  # matplotlib.use("Agg") switched a notebook's backend
+    # Without a suffix matplotlib added .png after the overwrite check: an existing profile.png was replaced.
+    (tmp_path / "profile.png").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="profile.png exists"):
+        report.plot(tmp_path / "profile")
+    assert (tmp_path / "profile.png").read_bytes() == b"mine"
+    assert report.plot(tmp_path / "profile", overwrite=True) == tmp_path / "profile.png"
+    with pytest.raises(ValueError, match="the plot is a PNG"):
+        report.plot(tmp_path / "profile.svg")
+    with pytest.raises(ValueError, match="is a folder"):
+        report.to_json(tmp_path, overwrite=True)  # IsADirectoryError before
 
 
 def test_features_pools_feature_maps():

@@ -27,8 +27,21 @@ METRICS = {
 DEFAULT_METRICS = ("mmd", "frechet", "coral", "proxy_a_distance")
 
 
+def png_path(path):
+    """``path`` as the PNG file :meth:`GapReport.plot` writes: ``.png`` added when it has no suffix, a ValueError
+    for another one (matplotlib would pick the format from it: an SVG for ``.svg``, an error for others)."""
+    path = Path(path)
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"Argument `path`: the plot is a PNG; give a path ending in .png (or none); received {path}.")
+    return path
+
+
 def _check_writable(path, overwrite):
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"Argument `path`: {path} is a folder; expected a file path.")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,17 +91,19 @@ class GapReport:
         return path
 
     def plot(self, path, overwrite=False):
-        """Save a PNG: the per-layer profile (each metric scaled to its maximum) and a PCA view of the last layer."""
-        try:
-            import matplotlib
+        """Save a PNG: the per-layer profile (each metric scaled to its maximum) and a PCA view of the last layer.
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+        ``path`` gains ``.png`` when it has no suffix (the path returned is the file written); an existing
+        file is replaced only with ``overwrite=True``. matplotlib's global backend is left as it was.
+        """
+        try:
+            from matplotlib.figure import Figure
         except ImportError:
             raise ImportError("GapReport.plot needs matplotlib: pip install 'domadapt[plot]'") from None
-        path = _check_writable(path, overwrite)
-        figure, (profile, scatter) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained",
-                                                  gridspec_kw={"width_ratios": [1.5, 1]})
+        path = _check_writable(png_path(path), overwrite)
+        # A Figure of its own (Agg canvas), not pyplot: matplotlib.use("Agg") switched a notebook's backend.
+        figure = Figure(figsize=(12, 4.5), layout="constrained")
+        profile, scatter = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.5, 1]})
         positions = np.arange(len(self.rows))
         for metric in self.metrics:
             values = np.array([row[metric] for row in self.rows], dtype=float)
@@ -105,8 +120,7 @@ class GapReport:
         scatter.set_title(f"PCA of {self.rows[-1]['layer']} features")
         scatter.set_xticks([])
         scatter.set_yticks([])
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
+        figure.savefig(path, dpi=110, format="png")
         return path
 
 
