@@ -374,3 +374,24 @@ def test_covariance_overflow_and_an_oversized_permutation_test_are_clear_errors(
     source = np.zeros((12000, 2), "float32") + rng.normal(size=(12000, 2)).astype("float32")
     with pytest.raises(ValueError, match=r"Argument `max_samples`: 24000 pooled samples need ~6 GiB"):
         da.gap.mmd_test(source, source + 1.0, max_samples=12000)
+
+
+def test_gap_entry_points_check_datasets_sample_counts_and_pool_any_layer_rank(tmp_path):
+    backbone = small_backbone()
+    source, target = np.zeros((12, 12, 12, 3), "float32"), np.ones((12, 12, 12, 3), "float32")
+    with pytest.raises(ValueError, match=r"`source_images`: expected images of shape \(12, 12, 3\).*\(None, 6, 6, 3\)"):
+        da.gap.features(backbone, tf.data.Dataset.from_tensor_slices(np.zeros((4, 6, 6, 3), "float32")).batch(2),
+                        target, verbose=0)  # a raw tf.function binding error before
+    with pytest.raises(TypeError, match="`source_images`: a dataset must yield numeric image tensors"):
+        da.gap.features(backbone, tf.data.Dataset.from_tensor_slices({"image": source}).batch(2), target, verbose=0)
+    with pytest.raises(ValueError, match="`max_samples` must be at least 2"):  # NaN statistic, p = 0.048 before
+        da.gap.mmd_test(np.zeros((8, 3)), np.ones((8, 3)), permutations=20, max_samples=1)
+    with pytest.raises(ValueError, match="`max_samples` must be at least 4"):  # proxy-A's error named source_features
+        da.gap.measure(backbone, source, target, max_samples=3, verbose=0)
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
+        da.gap.measure(backbone, source, target, batch_size=0, verbose=0)
+    inputs = keras.Input((16, 3))
+    conv1d = keras.Model(inputs, keras.layers.Conv1D(4, 3, name="c1d")(inputs))
+    report = da.gap.measure(conv1d, np.zeros((8, 16, 3)), np.ones((8, 16, 3)), layers=["c1d"], metrics=("mmd",),
+                            verbose=0)  # its (N, 14, 4) output was passed unpooled and refused by the metric
+    assert [row["width"] for row in report.rows] == [48, 4]

@@ -31,14 +31,25 @@ def pooled_model(backbone):
     return keras.Model(inputs, _POOL[rank]()(backbone(inputs)))
 
 
-def as_images(images, name, image_shape):
+def as_images(images, name, image_shape, batch_size=256):
     if isinstance(images, tf.data.Dataset):
         # Datasets of (images, labels, ...) give their images; unbatched ones
-        # (e.g. da.datasets.image_folder(...).dataset) are batched here.
-        if isinstance(images.element_spec, tuple):
+        # (e.g. da.datasets.image_folder(...).dataset) are batched here, by `batch_size`.
+        spec = images.element_spec
+        if isinstance(spec, tuple) and spec:
+            spec = spec[0]
             images = images.map(lambda *element: element[0])
-        if images.element_spec.shape.rank == len(image_shape):
-            images = images.batch(256)
+        if not isinstance(spec, tf.TensorSpec) or not (spec.dtype.is_floating or spec.dtype.is_integer):
+            raise TypeError(f"Argument `{name}`: a dataset must yield numeric image tensors (or (images, labels) "
+                            f"pairs); its elements are {spec}.")
+        shape = spec.shape
+        per_image = shape if shape.rank == len(image_shape) else shape[1:]
+        if per_image.rank != len(image_shape) or any(
+                e is not None and g is not None and e != g for e, g in zip(image_shape, per_image.as_list())):
+            raise ValueError(f"Argument `{name}`: expected images of shape {tuple(image_shape)}, batched or not; the "
+                             f"dataset yields elements of shape {tuple(shape.as_list())}.")
+        if shape.rank == len(image_shape):
+            images = images.batch(batch_size)
         return images
     if hasattr(images, "numpy") and not isinstance(images, np.ndarray):
         images = images.numpy()
@@ -82,7 +93,7 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
                           input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
     outputs = []
     for name, images in (("source_images", source_images), ("target_images", target_images)):
-        images = as_images(images, name, image_shape)
+        images = as_images(images, name, image_shape, batch_size)
         if isinstance(images, tf.data.Dataset):
             batches, total = images, None
         else:

@@ -254,6 +254,9 @@ def mmd_test(source_features, target_features, *, permutations=1000, kernel="rbf
     source, target = as_features(source_features, target_features)
     check_positive(permutations, "permutations")
     check_positive(max_samples, "max_samples")
+    if max_samples < 2:  # the unbiased statistic divides by n (n - 1): NaN, with a p-value that looked significant
+        raise ValueError(f"Argument `max_samples` must be at least 2 (the unbiased MMD needs two samples per domain); "
+                         f"received max_samples={max_samples!r}.")
     rng = np.random.default_rng(check_seed(seed))
     source = subsample(source, max_samples, rng)
     target = subsample(target, max_samples, rng)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from domadapt.gap.checks import check_positive, check_seed, subsample
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
-from domadapt.gap.features import as_images, pooled_model
+from domadapt.gap.features import _POOL, as_images, pooled_model
 from domadapt.gap.kernels import kid, mmd
 from domadapt.gap.statistics import coral, frechet
 
@@ -189,6 +189,10 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
     if unknown or not metrics:
         raise ValueError(f"Argument `metrics`: unknown {unknown}; choose from {sorted(METRICS)}.")
     check_positive(max_samples, "max_samples")
+    if max_samples < 4:  # proxy-A-distance and the domain classifier hold out half of each domain
+        raise ValueError(f"Argument `max_samples` must be at least 4 (images per domain); received "
+                         f"max_samples={max_samples!r}.")
+    check_positive(batch_size, "batch_size")
     model = getattr(backbone, "feature_extractor", backbone)
     pooled = pooled_model(model)  # validates the backbone
     image_shape = tuple(pooled.input_shape[1:])
@@ -221,7 +225,12 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
     outputs = []
     for layer in chosen:
         output = layer.output
-        outputs.append(keras.layers.GlobalAveragePooling2D()(output) if len(output.shape) == 4 else output)
+        rank = len(getattr(output, "shape", ()))
+        if rank != 2 and rank not in _POOL:
+            raise ValueError(f"Argument `layers`: layer {layer.name!r} outputs shape {getattr(output, 'shape', None)}, "
+                             "which cannot be pooled to one vector per image (ranks 2 to 5 can).")
+        # Pooled as pooled_model pools a backbone's output: a Conv1D's (N, L, C) too, not only 2-D maps.
+        outputs.append(_POOL[rank]()(output) if rank != 2 else output)
     last = pooled(model.inputs[0]) if not chosen or chosen[-1] is not model.layers[-1] else None
     names = [layer.name for layer in chosen]
     if last is not None:
