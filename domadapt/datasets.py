@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +75,9 @@ def read_idx(path) -> np.ndarray:
     try:
         with (gzip.open if gzipped else open)(path, "rb") as handle:
             data = handle.read()
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path}: could not be read as a gzip-compressed IDX file ({error}); it may be truncated.") \
-            from None
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt compressed data
+        raise ValueError(f"{path}: could not be read as a gzip-compressed IDX file ({error}); it may be truncated "
+                         "or corrupt.") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
     dtype = np.dtype(_IDX_DTYPES[data[2]])
@@ -125,6 +126,13 @@ def load_fashion_mnist(directory=None):
                 raise
             continue
         for (images, labels), split in zip(splits, ("train", "t10k")):
+            # Swapped or foreign files read as IDX too: check what the docstring promises.
+            if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+                raise ValueError(f"{folder}: {split}-images-idx3-ubyte holds {images.dtype} of shape {images.shape}; "
+                                 "Fashion-MNIST's are uint8 (N, 28, 28).")
+            if labels.ndim != 1 or (labels.size and int(labels.max()) > 9):
+                raise ValueError(f"{folder}: {split}-labels-idx1-ubyte holds shape {labels.shape} with values up to "
+                                 f"{labels.max() if labels.size else None}; Fashion-MNIST's are (N,) classes 0-9.")
             if len(images) != len(labels):
                 raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} {split} labels.")
         return splits

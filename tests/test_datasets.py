@@ -34,6 +34,15 @@ def test_load_fashion_mnist_from_a_user_folder(tmp_path):
     write("t10k-labels-idx1-ubyte", np.array([4, 5], np.uint8))
     (train_x, train_y), (test_x, test_y) = load_fashion_mnist(tmp_path)
     assert train_x.shape == (3, 28, 28) and train_y.tolist() == [1, 2, 3] and test_y.tolist() == [4, 5]
+    # images and labels swapped, or a label Fashion-MNIST does not have: returned as they came before
+    write("train-images-idx3-ubyte", np.array([1, 2, 3], np.uint8))
+    write("train-labels-idx1-ubyte", np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte holds uint8 of shape \\(3,\\)"):
+        load_fashion_mnist(tmp_path)
+    write("train-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
+    write("train-labels-idx1-ubyte", np.array([1, 12, 3], np.uint8))
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte .* values up to 12"):
+        load_fashion_mnist(tmp_path)
     with pytest.raises(FileNotFoundError, match="t10k-images"):
         (tmp_path / "t10k-images-idx3-ubyte").unlink()
         load_fashion_mnist(tmp_path)
@@ -52,6 +61,12 @@ def test_read_idx_goes_by_content_and_names_a_truncated_gzip(tmp_path):
     (tmp_path / "cut.gz").write_bytes(gzip.compress(payload)[:-12])
     with pytest.raises(ValueError, match="cut.gz.*truncated"):
         read_idx(tmp_path / "cut.gz")
+    corrupt = bytearray(gzip.compress(payload))
+    corrupt[15] ^= 0xFF
+    corrupt[16] ^= 0xFF
+    (tmp_path / "corrupt.gz").write_bytes(bytes(corrupt))
+    with pytest.raises(ValueError, match="corrupt.gz.*corrupt"):  # a raw zlib.error before
+        read_idx(tmp_path / "corrupt.gz")
     (tmp_path / "header.idx").write_bytes(b"\x00\x00\x08\x03\x00\x00")
     with pytest.raises(ValueError, match="header is cut off"):
         read_idx(tmp_path / "header.idx")
