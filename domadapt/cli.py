@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import os
+import stat
 import sys
 from importlib import resources
 from pathlib import Path
@@ -46,12 +47,18 @@ def write_atomically(path, write):
 
     A run killed at any moment leaves either the complete previous file, the complete
     new one, or a hidden ``.NAME.PID.partial.SUFFIX`` file, never a truncated ``path``.
+    A file replaced keeps its permissions, and a symbolic link is written through (the
+    file it points to is replaced, the link stays).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
     try:
         write(temporary)
+        if path.exists():  # the rename would give the file the new one's mode (umask), e.g. 0600 -> 0644
+            os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(temporary, path)
     finally:
         if temporary.exists():

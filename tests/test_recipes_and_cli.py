@@ -257,3 +257,21 @@ def test_cli_refuses_clashing_options_before_any_work(tmp_path, capsys, monkeypa
     assert cli_main(["adapt-at-test-time", str(tmp_path / "classifier.keras"), str(tmp_path / "images.npy"), "--out",
                      str(tmp_path / "adapted"), "--eval", str(tmp_path / "eval")]) == 2
     assert "has 3 class folders but" in capsys.readouterr().err
+
+
+def test_overwriting_a_file_keeps_its_mode_and_writes_through_a_symbolic_link(tmp_path):
+    # --overwrite renamed a new 0644 file over a private 0600 one, and replaced a link by a plain file.
+    import os
+
+    from domadapt.cli import write_json
+
+    private = tmp_path / "private.json"
+    private.write_text("{}")
+    private.chmod(0o600)
+    write_json(private, {"new": 1})
+    assert oct(private.stat().st_mode & 0o777) == oct(0o600) and json.loads(private.read_text()) == {"new": 1}
+    link = tmp_path / "link.json"
+    link.symlink_to(private)
+    write_json(link, {"through": 2})
+    assert link.is_symlink() and json.loads(private.read_text()) == {"through": 2}
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "private.json"]  # no partial file left
