@@ -142,9 +142,9 @@ def image_count(images):
     return images.count if hasattr(images, "count") else len(images)
 
 
-def _at_least_two(images, path):
-    if image_count(images) < 2:
-        raise CommandError(f"{path} holds {image_count(images)} usable image; at least 2 are needed.")
+def _at_least(images, path, count=2, why=""):
+    if image_count(images) < count:
+        raise CommandError(f"{path} holds {image_count(images)} usable image(s); at least {count} are needed{why}.")
     return images
 
 
@@ -233,7 +233,9 @@ def _gap(args):
     # Folders are scanned and checked before TensorFlow is imported: a wrong path fails at once.
     (source, source_skipped), (target, target_skipped) = (open_unlabeled(args.source, args, args.max_images, 0),
                                                           open_unlabeled(args.target, args, args.max_images, 1))
-    _at_least_two(source, args.source), _at_least_two(target, args.target)
+    # proxy-A-distance and the domain classifier hold out half of each domain: da.gap.measure needs 4 per domain
+    why = " (the gap's domain classifier holds out half of each folder)"
+    _at_least(source, args.source, 4, why), _at_least(target, args.target, 4, why)
     if image_shape(source) != image_shape(target):
         raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)}: "
                            "folders are resized to --image-size, .npy/.npz arrays are not.")
@@ -604,7 +606,7 @@ def _run(args, recipe_module=None):
         raise CommandError(f"{args.source} holds one class folder ({classes[0]!r}); a classifier needs at least two "
                            "classes, one sub-folder each.")
     target, target_skipped = open_unlabeled(args.target, args, args.max_images, seed=1)
-    _at_least_two(target, args.target)
+    _at_least(target, args.target)
     if image_shape(target) != image_shape(source):
         raise CommandError(f"source images are {image_shape(source)} but target images are {image_shape(target)} "
                            f"({args.target}).")
@@ -1143,10 +1145,10 @@ def main(argv=None):
     elif args.command == "gap":
         if args.image_size < 8:
             parser.error("--image-size must be >= 8")
-        if args.max_samples < 2:
-            parser.error("--max-samples must be >= 2")
-        if args.max_images is not None and args.max_images < 2:
-            parser.error("--max-images must be >= 2")
+        if args.max_samples < 4:  # the domain classifier holds out half of each domain
+            parser.error("--max-samples must be >= 4")
+        if args.max_images is not None and args.max_images < 4:
+            parser.error("--max-images must be >= 4")
         if args.permutations < 1:
             parser.error("--permutations must be >= 1")
         if args.export_label_shift and not args.classifier:

@@ -35,6 +35,8 @@ def root(tmp_path_factory):
         png(root / "target" / f"{index}.png", rng.integers(60, 200, (SIZE, SIZE, 3)).astype("uint8"))
     (root / "empty").mkdir()
     png(root / "single" / "only.png", np.zeros((SIZE, SIZE, 3), "uint8"))
+    for index in range(3):  # the gap's domain classifier needs 4 per folder: an error that named `source_images` before
+        png(root / "three" / f"{index}.png", np.full((SIZE, SIZE, 3), 40 * index, "uint8"))
     (root / "corrupt").mkdir()
     (root / "corrupt" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
     (root / "corrupt" / "text.jpg").write_bytes(b"this is not a jpeg")
@@ -105,8 +107,10 @@ CASES = {
     "run empty target": (RUN + ["--source", "{root}/source", "--target", "{root}/empty", "--out", "{fresh}"],
                          ["empty", "no readable image"]),
     "run a single target image": (RUN + ["--source", "{root}/source", "--target", "{root}/single", "--out",
-                                         "{fresh}"], ["single", "1 usable image", "at least 2"]),
-    "gap a single image": (GAP + ["{root}/single", "{root}/target"], ["single", "at least 2"]),
+                                         "{fresh}"], ["single", "1 usable image(s)", "at least 2"]),
+    "gap a single image": (GAP + ["{root}/single", "{root}/target"], ["single", "at least 4"]),
+    "gap three images": (GAP + ["{root}/three", "{root}/target"], ["three", "3 usable image(s)", "at least 4"]),
+    "gap max samples 3": (GAP + ["{root}/source", "{root}/target", "--max-samples", "3"], ["--max-samples", ">= 4"]),
     "run corrupt target": (RUN + ["--source", "{root}/source", "--target", "{root}/corrupt", "--out", "{fresh}"],
                            ["corrupt", "none readable"]),
     "run mismatched target-labeled classes": (
