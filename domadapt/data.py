@@ -504,6 +504,16 @@ def pair(source, target=None, target_labeled=None, *, image_shape, num_classes, 
         target_images = element["target"]  # (5, 4, 4, 1): the short target repeats
     ```
     """
+    # fit checks these itself; pair is public too, and passed them on to numpy and tf.data raw.
+    seed, shuffle_buffer = check_seed(seed), check_positive_int(shuffle_buffer, "shuffle_buffer")
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, (int, np.integer)) or start_epoch < 0:
+        raise ValueError(f"Argument `start_epoch` must be a non-negative integer; received start_epoch={start_epoch!r}.")
+    num_classes = check_positive_int(num_classes, "num_classes")
+    if isinstance(image_shape, (str, bytes)) or not isinstance(image_shape, (tuple, list)) or not image_shape or any(
+            side is not None and (isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 1)
+            for side in image_shape):
+        raise ValueError("Argument `image_shape` must be the shape of one image, a tuple of positive integers (or "
+                         f"None for a free size), e.g. (32, 32, 3); received image_shape={image_shape!r}.")
     shape = dict(image_shape=tuple(image_shape), num_classes=num_classes)
     source_stream = _make_stream(source, argument="source", labeled=True, **shape)
     target_stream = None if target is None else _make_stream(target, argument="target", labeled=False, **shape)

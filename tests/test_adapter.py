@@ -442,3 +442,18 @@ def test_inputs_the_review_fixes_must_keep_accepting():
     adapter = da.DomainAdapter(conv_backbone(), num_classes=3)
     adapter.compile(optimizer="adam")
     adapter.evaluate(weighted, verbose=0)  # sample weights stay accepted where Keras takes them
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(seed="a"), "`seed`"),  # int() of numpy before
+    (dict(seed=-1), "`seed`"),  # accepted before
+    (dict(shuffle_buffer=0), "`shuffle_buffer`"),  # tf.data's InvalidArgumentError on a dataset before
+    (dict(start_epoch=1.7), "`start_epoch`"),  # truncated to 1 before
+    (dict(num_classes="2"), "`num_classes`"),  # numpy's UFuncTypeError before
+    (dict(num_classes=0), "`num_classes`"),  # "labels must be in [0, -1]" before
+    (dict(image_shape=None), "`image_shape`"),  # 'NoneType' object is not iterable before
+])
+def test_pair_checks_its_arguments_as_fit_does(kwargs, pattern):
+    arguments = {**dict(image_shape=(4, 4, 1), num_classes=2, batch_size=5), **kwargs}
+    with pytest.raises(ValueError, match=pattern):
+        da.data.pair((np.zeros((6, 4, 4, 1)), np.array([0, 1] * 3)), np.zeros((3, 4, 4, 1)), **arguments)
