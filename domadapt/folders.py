@@ -104,8 +104,20 @@ def _is_ignored(name: str) -> bool:
 # === Scanning ===
 
 
-def _walk(folder: Path, visited: set, files: list, skipped: list) -> None:
-    """Append the image files under ``folder`` (sorted, recursive, symlinked folders once) to ``files``."""
+def _read_under_its_own_name(link: Path, top: Path) -> bool:
+    """Whether the file ``link`` points to is an image the walk of ``top`` reads anyway (a duplicate if both count)."""
+    try:
+        target, base = link.resolve(strict=True), top.resolve(strict=True)
+        parts = target.relative_to(base).parts
+    except (OSError, RuntimeError, ValueError):  # broken, a loop, or outside the folder
+        return False
+    return target.suffix.lower() in IMAGE_SUFFIXES and not any(_is_ignored(part) for part in parts)
+
+
+def _walk(folder: Path, visited: set, files: list, skipped: list, top: Path | None = None) -> None:
+    """Append the image files under ``folder`` (sorted, recursive, symlinked folders once) to ``files``;
+    a symbolic link to an image read under its own name in the same walk is listed as skipped, not read twice."""
+    top = folder if top is None else top
     try:
         identity = os.stat(folder)
     except OSError as error:
@@ -130,13 +142,15 @@ def _walk(folder: Path, visited: set, files: list, skipped: list) -> None:
         except OSError:
             is_dir = is_file = False
         if is_dir:
-            _walk(path, visited, files, skipped)
+            _walk(path, visited, files, skipped, top)
             continue
         suffix = path.suffix.lower()
         if suffix in _UNSUPPORTED_SUFFIXES:
             skipped.append(SkippedFile(str(path), f"{_UNSUPPORTED_SUFFIXES[suffix]} files are not supported: convert to JPEG or PNG"))
         elif suffix in IMAGE_SUFFIXES:
-            if is_file:
+            if is_file and entry.is_symlink() and _read_under_its_own_name(path, top):
+                skipped.append(SkippedFile(str(path), f"a link to {path.resolve()}, which is read under its own name"))
+            elif is_file:
                 files.append(path)
             elif entry.is_symlink():
                 skipped.append(SkippedFile(str(path), "broken symbolic link"))

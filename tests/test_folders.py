@@ -261,6 +261,19 @@ def test_a_folder_linked_into_another_class_keeps_its_own_label_or_is_refused(tm
         read_labeled_folder(tmp_path / "root", (8, 8))
 
 
+def test_a_link_to_an_image_of_the_same_folder_is_not_read_twice(tmp_path):
+    # a.png counted twice (pixel values [10, 10, 20]): a duplicate sample in the gap statistics and in training.
+    (tmp_path / "root" / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (10, 10, 10)).save(tmp_path / "root" / "a.png")
+    Image.new("RGB", (8, 8), (20, 20, 20)).save(tmp_path / "root" / "sub" / "b.png")
+    os.symlink(tmp_path / "root" / "a.png", tmp_path / "root" / "a_link.png")
+    Image.new("RGB", (8, 8), (30, 30, 30)).save(tmp_path / "outside.png")
+    os.symlink(tmp_path / "outside.png", tmp_path / "root" / "sub" / "c.png")  # out of the tree: read
+    images, skipped = read_images(tmp_path / "root", (8, 8), return_skipped=True)
+    assert sorted(images[:, 0, 0, 0].tolist()) == [10, 20, 30]
+    assert [os.path.basename(item.path) for item in skipped] == ["a_link.png"] and "read under its own name" in skipped[0].reason
+
+
 def test_two_class_folders_with_one_name_in_two_unicode_forms_are_refused(tmp_path):
     import unicodedata
 
