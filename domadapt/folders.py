@@ -259,7 +259,12 @@ def _to_rgb_array(image) -> np.ndarray:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         values = np.asarray(image).astype(np.int64)
         grey = (np.clip(values, 0, 65535) * 255 + 32767) // 65535
-        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+        rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int) and not isinstance(transparent, bool):
+            # A 16-bit grey PNG's tRNS value marks transparent pixels: on the background, as for 8-bit images.
+            rgb[values == transparent] = np.asarray(BACKGROUND, dtype=np.uint8)
+        return rgb
     if mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64))
         grey = values * 255.0 if values.size and values.max() <= 1.0 else values

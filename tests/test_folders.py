@@ -88,6 +88,10 @@ def test_pixel_formats_become_the_same_rgb(photos):
     assert pixel("rgba.png", 0, 15) == [255, 127, 127]  # half-transparent red on white
     assert pixel("palette transparent.png", 8, 2) == [0, 0, 255] and pixel("palette transparent.png", 8, 12) == [255] * 3
     assert pixel("grey L.png") == [100] * 3 and pixel("grey alpha LA.png") == [255] * 3
+    # A 16-bit grey PNG with a tRNS value: its transparent pixels go on white too (they came out as the grey value).
+    Image.fromarray(np.full((4, 6), 1000, np.uint16)).save(photos.root.parent / "grey16 transparent.png",
+                                                          transparency=1000)
+    assert decode_image(photos.root.parent / "grey16 transparent.png")[0, 0].tolist() == [255] * 3
     assert np.abs(np.array(pixel("cmyk.jpg")) - [0, 255, 255]).max() <= 3  # cyan
     assert pixel("animated.gif") == [255, 0, 0]  # first frame
     for name in ("red.webp", "red.bmp", "red.tif", "café au lait ü 猫.png"):
