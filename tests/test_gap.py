@@ -384,6 +384,8 @@ def test_gap_entry_points_check_datasets_sample_counts_and_pool_any_layer_rank(t
                         target, verbose=0)  # a raw tf.function binding error before
     with pytest.raises(TypeError, match="`source_images`: a dataset must yield numeric image tensors"):
         da.gap.features(backbone, tf.data.Dataset.from_tensor_slices({"image": source}).batch(2), target, verbose=0)
+    with pytest.raises(ValueError, match="`verbose` must be 'auto', 0, 1 or 2"):  # int('x') before
+        da.gap.features(backbone, source, target, verbose="x")
     with pytest.raises(ValueError, match="`max_samples` must be at least 2"):  # NaN statistic, p = 0.048 before
         da.gap.mmd_test(np.zeros((8, 3)), np.ones((8, 3)), permutations=20, max_samples=1)
     with pytest.raises(ValueError, match="`max_samples` must be at least 4"):  # proxy-A's error named source_features

@@ -86,6 +86,8 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
     ```
     """
     check_positive_int(batch_size, "batch_size")
+    if verbose != "auto" and (isinstance(verbose, bool) or verbose not in (0, 1, 2)):
+        raise ValueError(f"Argument `verbose` must be 'auto', 0, 1 or 2 (as in Keras); received verbose={verbose!r}.")
     model = pooled_model(backbone)
     image_shape = tuple(model.input_shape[1:])
     # One trace for every batch size (the last batch is usually smaller).
