@@ -9,6 +9,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 
 from domadapt._files import apply_umask
 from domadapt.data import without_labels
@@ -48,14 +49,38 @@ class ValidatorCheckpoint(keras.callbacks.Callback):
     def __init__(self, validator="information_maximization", source=None, target=None, patience=None, restore_best=True):
         super().__init__()
         (self.validator,) = resolve_validators([validator])
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, (int, np.integer))
+                                     or patience < 0):
+            raise ValueError(f"Argument `patience` must be None or an integer >= 0; received patience={patience!r}.")
+        if not isinstance(restore_best, bool):
+            raise TypeError(f"Argument `restore_best` must be True or False; received restore_best={restore_best!r}.")
+        # Checked now, not at the end of the first epoch of training.
+        requires = getattr(self.validator, "requires", ())
+        if source is None and target is None:
+            raise ValueError("ValidatorCheckpoint needs validation data: pass `target` (unlabeled target images) "
+                             "and/or `source` (held-out labeled source images).")
+        if "target" in requires and target is None:
+            raise ValueError(f"Argument `target` is required by the {self.validator.name!r} validator.")
+        if ("source" in requires or "labeled_source" in requires) and source is None:
+            raise ValueError(f"Argument `source` is required by the {self.validator.name!r} validator.")
+        if "labeled_source" in requires and not (isinstance(source, (tuple, list)) and len(source) == 2):
+            raise TypeError(f"Argument `source` must be (images, labels) for the {self.validator.name!r} validator; "
+                            f"received {type(source).__name__}.")
         self.source = source
         self.target = target
         self.patience = patience
         self.restore_best = restore_best
+        self._reset()
+
+    def _reset(self):
         self.history = []
         self.best_epoch = None
         self._best_score = None
         self._best_weights = None
+
+    def on_train_begin(self, logs=None):
+        # Each fit searches its own epochs: a checkpoint reused in a second fit restored the first fit's best.
+        self._reset()
 
     def on_epoch_end(self, epoch, logs=None):
         # A DomainAdapter with per-domain batch-norm statistics is scored as fit would export these weights: its
@@ -69,6 +94,10 @@ class ValidatorCheckpoint(keras.callbacks.Callback):
         if logs is not None:
             logs[f"val_{self.validator.name}"] = value
         score = self.validator.ranking_score(value)
+        if not np.isfinite(score):  # never the best: a NaN first score locked the checkpoint to that epoch
+            if self.patience is not None and epoch - (-1 if self.best_epoch is None else self.best_epoch) >= self.patience:
+                self.model.stop_training = True
+            return
         if self._best_score is None or score > self._best_score:
             self._best_score, self.best_epoch = score, epoch
             self._best_weights = self.model.get_weights()

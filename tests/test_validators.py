@@ -17,6 +17,7 @@ from domadapt.validators import (
     SoftNeighborhoodDensity,
 )
 from domadapt.validators.snd import snd_of
+from domadapt.validators.base import Validator
 from domadapt.validators.compare import DEFAULT_VALIDATORS
 
 
@@ -408,3 +409,52 @@ def test_validate_predicts_each_image_set_once_with_the_scores_of_separate_calls
     # one joint (probabilities, features) pass per image set and statistics: source, target, and the
     # mmd validator's random subsets of each
     assert len(passes) <= 4, passes
+
+
+class _Scores(Validator):
+    """A validator returning a fixed sequence of scores, one per call."""
+
+    name = "scripted"
+    requires = ("target",)
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+
+    def __call__(self, model, source=None, target=None, *, feature_extractor=None):
+        return self.scores.pop(0)
+
+
+def test_validator_checkpoint_restarts_each_fit_never_picks_a_nan_and_checks_its_arguments(moons):
+    source_x, source_y, target_x, _ = moons
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(mlp_backbone(), num_classes=2, strategies=[da.CORAL()])
+    adapter.compile(optimizer="adam")
+    fit = dict(source=(source_x, source_y), target=target_x, verbose=0, collapse_guard=False)
+    # Reused in a second fit, it kept the first fit's best (score 5) and restored its weights.
+    checkpoint = da.callbacks.ValidatorCheckpoint(_Scores([5.0, 1.0, 0.5, 0.7]), target=target_x)
+    adapter.fit(epochs=2, callbacks=[checkpoint], **fit)
+    ends = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(adapter.get_weights()))
+    adapter.fit(epochs=2, callbacks=[record, checkpoint], **fit)
+    assert checkpoint.history == [0.5, 0.7] and checkpoint.best_epoch == 1
+    assert all(np.array_equal(a, b) for a, b in zip(adapter.get_weights(), ends[1]))
+    # A NaN first score locked the checkpoint to epoch 0.
+    checkpoint = da.callbacks.ValidatorCheckpoint(_Scores([float("nan"), 1.0, 2.0]), target=target_x)
+    ends.clear()
+    adapter.fit(epochs=3, callbacks=[record, checkpoint], **fit)
+    assert checkpoint.best_epoch == 2 and all(np.array_equal(a, b) for a, b in zip(adapter.get_weights(), ends[2]))
+    # Bad arguments: at construction, not at the end of the first epoch of training.
+    for kwargs, error, pattern in ((dict(patience="2"), ValueError, "`patience`"), (dict(patience=-1), ValueError, "`patience`"),
+                                   (dict(restore_best="no"), TypeError, "`restore_best`")):
+        with pytest.raises(error, match=pattern):
+            da.callbacks.ValidatorCheckpoint(target=target_x, **kwargs)
+    with pytest.raises(ValueError, match="needs validation data"):
+        da.callbacks.ValidatorCheckpoint()
+    with pytest.raises(ValueError, match="`source` is required by the 'reverse' validator"):
+        da.callbacks.ValidatorCheckpoint("reverse", target=target_x)
+    with pytest.raises(TypeError, match="`source` must be \\(images, labels\\)"):
+        da.callbacks.ValidatorCheckpoint("dev", source=source_x, target=target_x)
+    with pytest.raises(ValueError, match="`diversity` must be a finite number"):
+        da.EntropyMinimization(0.1, diversity=float("inf"))  # the loss went non-finite at step 1
+    with pytest.raises(TypeError, match="`verbose` must be True or False"):
+        da.FineTune(verbose="no")  # bool("no") is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import keras
@@ -58,8 +59,9 @@ class EntropyMinimization(WeightedStrategy):
 
     def __init__(self, weight=0.1, schedule=None, diversity=1.0, **kwargs):
         super().__init__(weight=weight, schedule=schedule, **kwargs)
-        if isinstance(diversity, bool) or not isinstance(diversity, numbers.Real) or not diversity >= 0:
-            raise ValueError(f"Argument `diversity` must be a number >= 0; received diversity={diversity!r}.")
+        if (isinstance(diversity, bool) or not isinstance(diversity, numbers.Real) or not diversity >= 0
+                or not math.isfinite(diversity)):  # inf made the loss non-finite at the first step
+            raise ValueError(f"Argument `diversity` must be a finite number >= 0; received diversity={diversity!r}.")
         self.diversity = float(diversity)
 
     def loss(self, step):

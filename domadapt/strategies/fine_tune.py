@@ -131,7 +131,9 @@ class FineTune(Strategy):
         self.decay = float(decay)
         self.batchnorm = batchnorm
         self.target_weight = None if target_weight is None else float(target_weight)
-        self.verbose = bool(verbose)
+        if not isinstance(verbose, bool):  # bool("no") is True
+            raise TypeError(f"Argument `verbose` must be True or False; received verbose={verbose!r}.")
+        self.verbose = verbose
         self.schedule = []  # [(epoch, [layer names unfrozen then])] for gradual unfreezing
         self.parameter_groups = None
         self._callbacks = []

@@ -37,6 +37,9 @@ class Validator:
     """
 
     name = "validator"
+    # The data it reads: "labeled_source" ((images, labels)), "source" (images), "target"; checked by
+    # da.callbacks.ValidatorCheckpoint when it is built, before any epoch is trained. () for unknown.
+    requires = ()
     higher_is_better = True
     reference = ""
     # The model tasks (DomainAdapter(task=...)) the score is defined for; da.validate checks it.

@@ -22,6 +22,7 @@ class DeepEmbeddedValidation(Validator):
     """
 
     name = "dev"
+    requires = ("labeled_source", "target")
     higher_is_better = False
     tasks = ("classification", "regression", "segmentation")
 

@@ -13,6 +13,7 @@ class Entropy(Validator):
     """
 
     name = "entropy"
+    requires = ("target",)
     higher_is_better = False
     tasks = ("classification", "segmentation")  # segmentation: the mean over pixels (ADVENT's entropy)
 

@@ -14,6 +14,7 @@ class InformationMaximization(Validator):
     """
 
     name = "information_maximization"
+    requires = ("target",)
     higher_is_better = True
     tasks = ("classification", "segmentation")  # segmentation: over pixels (H of the mean pixel prediction)
 

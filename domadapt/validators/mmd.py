@@ -22,6 +22,7 @@ class FeatureMMD(Validator):
     """
 
     name = "mmd"
+    requires = ("source", "target")
     higher_is_better = False
     tasks = ("classification", "regression", "segmentation")  # pooled features in every task
 

@@ -30,6 +30,7 @@ class ReverseValidation(Validator):
     """
 
     name = "reverse"
+    requires = ("labeled_source", "target")
     higher_is_better = True
 
     def __init__(self, max_samples=2000, l2=1e-2, seed=0):

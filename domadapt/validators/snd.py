@@ -22,6 +22,7 @@ class SoftNeighborhoodDensity(Validator):
     """
 
     name = "snd"
+    requires = ("target",)
     higher_is_better = True
 
     def __init__(self, temperature=0.05, use="probabilities", max_samples=2000, seed=0):

@@ -13,6 +13,7 @@ class SourceAccuracy(Validator):
     """
 
     name = "source_accuracy"
+    requires = ("labeled_source",)
     higher_is_better = True
 
     def __call__(self, model, source=None, target=None, *, feature_extractor=None):

@@ -43,6 +43,7 @@ class SourceError(Validator):
     """
 
     name = "source_error"
+    requires = ("labeled_source",)
     higher_is_better = False
     tasks = ("regression", "segmentation")
 
