@@ -243,7 +243,7 @@ def test_cli_refuses_clashing_options_before_any_work(tmp_path, capsys, monkeypa
     assert cli_main(["compare", str(tmp_path / "run_a"), str(tmp_path / "run_b")]) == 2
     assert "do not record one common resize (['crop', 'pad']); pass --resize" in capsys.readouterr().err
     np.save(tmp_path / "images.npy", np.zeros((6, 8, 8, 3), "uint8"))
-    same = tmp_path / "same.out"
+    same = tmp_path / "same.png"  # a PNG name: --plot refuses other suffixes first
     assert cli_main(["gap", str(tmp_path / "images.npy"), str(tmp_path / "images.npy"), "--backbone", "pixels",
                      "--json", str(same), "--plot", str(same)]) == 2
     assert "--json and --plot name the same file" in capsys.readouterr().err and not same.exists()
