@@ -94,14 +94,11 @@ class ValidatorCheckpoint(keras.callbacks.Callback):
         if logs is not None:
             logs[f"val_{self.validator.name}"] = value
         score = self.validator.ranking_score(value)
-        if not np.isfinite(score):  # never the best: a NaN first score locked the checkpoint to that epoch
-            if self.patience is not None and epoch - (-1 if self.best_epoch is None else self.best_epoch) >= self.patience:
-                self.model.stop_training = True
-            return
-        if self._best_score is None or score > self._best_score:
+        # A non-finite score is never the best: a NaN first score locked the checkpoint to that epoch.
+        if np.isfinite(score) and (self._best_score is None or score > self._best_score):
             self._best_score, self.best_epoch = score, epoch
             self._best_weights = self.model.get_weights()
-        elif self.patience is not None and epoch - self.best_epoch >= self.patience:
+        elif self.patience is not None and epoch - (-1 if self.best_epoch is None else self.best_epoch) >= self.patience:
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):

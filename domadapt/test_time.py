@@ -565,8 +565,7 @@ class TestTimeAdapter:
         probabilities = np.asarray(self._probabilities(np.concatenate(self._window)))
         self._window, self._window_images = [], 0
         reason = collapse_reason(probabilities)
-        counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(probabilities)
-        spread = float(np.exp(-np.sum(counts[counts > 0] * np.log(counts[counts > 0]))))
+        spread = _class_spread(probabilities)
         if reason is None and self._first_spread is not None and spread < SPREAD_DROP * self._first_spread:
             reason = (f"its predictions narrow onto fewer classes (class-spread perplexity {spread:.2f}, "
                       f"{self._first_spread:.2f} at the first check)")
@@ -840,14 +839,17 @@ def _final_collapse_reason(source_outputs, adapted_outputs):
     reason = collapse_reason(adapted)
     if reason is not None:
         return reason if collapse_reason(source) is None else None
-    spreads = []
-    for probabilities in (source, adapted):
-        counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(probabilities)
-        spreads.append(float(np.exp(-np.sum(counts[counts > 0] * np.log(counts[counts > 0])))))
-    if spreads[1] < SPREAD_DROP * spreads[0]:
-        return (f"its predictions narrow onto fewer classes (class-spread perplexity {spreads[1]:.2f}, "
-                f"{spreads[0]:.2f} for the source model on the same images)")
+    source_spread, adapted_spread = _class_spread(source), _class_spread(adapted)
+    if adapted_spread < SPREAD_DROP * source_spread:
+        return (f"its predictions narrow onto fewer classes (class-spread perplexity {adapted_spread:.2f}, "
+                f"{source_spread:.2f} for the source model on the same images)")
     return None
+
+
+def _class_spread(probabilities):
+    """The perplexity of the predicted-class histogram: the number of classes predictions are spread over."""
+    counts = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1]) / len(probabilities)
+    return float(np.exp(-np.sum(counts[counts > 0] * np.log(counts[counts > 0]))))
 
 
 # =========================================================================== command line

@@ -761,8 +761,10 @@ def prior_corrected(model, target_proportions, source_proportions):
     shift = np.where(q > 0, np.log(np.maximum(q, 1e-300)) - np.log(np.maximum(p, 1e-300)), -1e9).astype("float32")
     # A model corrected again (or a corrected one inside a larger model) already holds these names.
     taken = {layer.name for layer in classifier._flatten_layers(include_self=False)}  # noqa: SLF001
-    suffix = next(f"_{i}" if i else "" for i in range(len(taken) + 1)
-                  if f"prior_correction{f'_{i}' if i else ''}" not in taken)
+    suffix, index = "", 0
+    while f"prior_correction{suffix}" in taken:
+        index += 1
+        suffix = f"_{index}"
     adjust = keras.layers.Dense(num_classes, use_bias=True, trainable=False, dtype="float32",
                                 name=f"prior_correction{suffix}", kernel_initializer="identity",
                                 bias_initializer=keras.initializers.Constant(shift))

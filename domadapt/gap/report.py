@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from domadapt._files import png_path
 from domadapt.gap.checks import check_positive, check_seed, subsample
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
 from domadapt.gap.features import _POOL, as_images, pooled_model
@@ -25,17 +26,6 @@ METRICS = {
     "domain_classifier_auc": domain_classifier_auc,
 }
 DEFAULT_METRICS = ("mmd", "frechet", "coral", "proxy_a_distance")
-
-
-def png_path(path):
-    """``path`` as the PNG file :meth:`GapReport.plot` writes: ``.png`` added when it has no suffix, a ValueError
-    for another one (matplotlib would pick the format from it: an SVG for ``.svg``, an error for others)."""
-    path = Path(path)
-    if not path.suffix:
-        return path.with_name(path.name + ".png")
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"Argument `path`: the plot is a PNG; give a path ending in .png (or none); received {path}.")
-    return path
 
 
 def _check_writable(path, overwrite):
