@@ -225,13 +225,11 @@ def shift_verdict(p_value, permutations, level=0.05):
 
 
 def _gap(args):
-    if args.plot:  # the plot is a PNG (GapReport.plot): a bad suffix fails now, not after the measuring
-        from domadapt._files import png_path
-
-        try:
-            args.plot = str(png_path(args.plot))
-        except ValueError:
-            raise CommandError(f"--plot {args.plot}: the plot is a PNG; give a path ending in .png (or none).") from None
+    if args.plot:  # the plot is a PNG (GapReport.plot's rule; the CLI imports only public modules): checked now
+        suffix = Path(args.plot).suffix
+        if suffix.lower() not in ("", ".png"):
+            raise CommandError(f"--plot {args.plot}: the plot is a PNG; give a path ending in .png (or none).")
+        args.plot = args.plot if suffix else f"{args.plot}.png"
     # Folders are scanned and checked before TensorFlow is imported: a wrong path fails at once.
     (source, source_skipped), (target, target_skipped) = (open_unlabeled(args.source, args, args.max_images, 0),
                                                           open_unlabeled(args.target, args, args.max_images, 1))
