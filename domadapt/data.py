@@ -289,7 +289,7 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _St
     if cardinality >= 0:
         if batched:
             num_batches = cardinality
-            size = cardinality * user_batch_size
+            size = _batched_size(dataset, cardinality, user_batch_size, image_spec.shape[0])
         else:
             size = cardinality
     if batched:
@@ -307,6 +307,59 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _St
     return _Stream(argument, labeled, size, dataset=dataset, user_batch_size=user_batch_size,
                   user_num_batches=num_batches, check_finite=image_spec.dtype.is_floating,
                   first_images=first_images)
+
+
+# Datasets whose random access (tf.data.experimental.at) reads only the elements asked for: the last batch of a
+# pipeline made of these costs one batch. Others (cache() fills itself whole, a generator, interleave) are not
+# asked. Names of tf.data's classes; should they change, sizes fall back to the estimate, never to an error.
+_CHEAP_RANDOM_ACCESS = {"_TensorSliceDataset", "_TensorDataset", "_RangeDataset", "_ZipDataset", "_MapDataset",
+                        "_ParallelMapDataset", "_ShuffleDataset", "_TakeDataset", "_SkipDataset", "_PrefetchDataset",
+                        "_OptionsDataset"}
+_BATCHING = {"_BatchDataset", "_ParallelBatchDataset"}
+# Above the batching: datasets that keep the order of the batches, so the last index is the last (partial) batch.
+_ORDER_KEEPING = {"_MapDataset", "_ParallelMapDataset", "_TakeDataset", "_SkipDataset", "_PrefetchDataset",
+                  "_OptionsDataset"}
+
+
+def _batched_size(dataset, cardinality, batch_size, static_batch_size):
+    """The number of images of a batched dataset of ``cardinality`` batches of ``batch_size`` (its first's).
+
+    ``cardinality * batch_size`` counts the last, partial batch of ``.batch()`` as full (1000 images in
+    batches of 64 are not 1024); the size sets the steps of an epoch of another batch size and the reported
+    sizes. A static batch size (``drop_remainder=True``) has no partial batch. Otherwise the last batch is
+    read by random access, where the pipeline reads only that batch (:data:`_CHEAP_RANDOM_ACCESS`, batches
+    in order); elsewhere (``cache()``, a generator, ``interleave``, batches shuffled) the estimate
+    ``cardinality * batch_size`` stays: reading the last batch there may read the whole dataset.
+    """
+    estimate = cardinality * batch_size
+    if static_batch_size is not None or cardinality < 1:
+        return estimate
+    try:
+        if not _last_batch_readable(dataset):
+            return estimate
+        # tf.data's own rewrites (a map and a batch fused into one) have no random access: off for this read.
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        last = tf.nest.flatten(tf.data.experimental.at(dataset.with_options(options), cardinality - 1))[0]
+    except (tf.errors.OpError, AttributeError, TypeError, ValueError, NotImplementedError):
+        return estimate
+    if not last.shape.rank or not 0 < last.shape[0] <= batch_size:
+        return estimate
+    return (cardinality - 1) * batch_size + int(last.shape[0])
+
+
+def _last_batch_readable(dataset) -> bool:
+    """Whether the last index of ``dataset`` is its last batch, read alone by random access: datasets that keep
+    the batches' order above one ``batch()``, datasets of cheap random access below it."""
+    name, inputs = type(dataset).__name__, dataset._inputs()
+    if name in _BATCHING:
+        return len(inputs) == 1 and _all_cheap(inputs[0])
+    return name in _ORDER_KEEPING and len(inputs) == 1 and _last_batch_readable(inputs[0])
+
+
+def _all_cheap(dataset) -> bool:
+    """Whether every dataset of a pipeline is in :data:`_CHEAP_RANDOM_ACCESS`."""
+    return type(dataset).__name__ in _CHEAP_RANDOM_ACCESS and all(_all_cheap(d) for d in dataset._inputs())
 
 
 def _checked_images(images, argument):
