@@ -9,8 +9,10 @@ One scanner and one decoder serve both paths:
   not followed twice). Other files (``notes.txt``) are ignored; photo formats that
   cannot be decoded here (``.heic``, ``.avif``, camera raw) are listed as skipped.
 - **Labeled folders.** One sub-folder per class (searched recursively); labels
-  follow the sorted class-folder names. Images directly in the top folder are
-  listed as skipped (they belong to no class).
+  follow the sorted class-folder names. Class names are composed Unicode (NFC):
+  ``café`` written on macOS (decomposed, NFD) and elsewhere is one name, with one
+  label. Images directly in the top folder are listed as skipped (they belong to
+  no class).
 - **Skipped, not fatal.** Empty, truncated, unreadable and non-image files are
   left out and listed as :class:`SkippedFile` ``(path, reason)``; ``strict=True``
   makes any of them an error. A folder (or class folder) left with no readable
@@ -196,7 +198,9 @@ def _scan(root: Path, labeled: bool, class_names):
         if unknown:
             raise ValueError(f"{root}: class folders {unknown} are not among the expected classes {class_names}.")
     else:
-        class_names = folders
+        # NFC names, sorted as NFC: a macOS folder "e\u0301t\u00e9" sorts before "f" and a composed one after, so
+        # the same classes read from two machines got other names and other labels.
+        class_names = sorted(on_disk)
     groups = []
     for name in class_names:
         files: list = []
@@ -432,6 +436,7 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
     second copy), or a list of arrays when ``image_size`` is ``None``.
     """
     groups, class_names, skipped = _scan(root, labeled, class_names)
+    present = _present(root) if labeled else {}
     rng = np.random.default_rng(check_seed(seed))
     files, labels, images = [], [], []
     capacity = sum(len(c) if max_images is None else min(len(c), max_images) for c in groups)
@@ -440,7 +445,7 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
     work = (lambda p: _decode(p, image_size, resize)) if decode else _check
     with ThreadPoolExecutor(_WORKERS) as pool:
         for label, candidates in enumerate(groups):
-            if labeled and not candidates and class_names[label] not in _present(root):
+            if labeled and not candidates and unicodedata.normalize("NFC", class_names[label]) not in present:
                 continue  # an expected class the folder does not have (e.g. a labeled target subset)
             order = list(range(len(candidates)))
             if max_images is not None and len(candidates) > max_images:
@@ -468,7 +473,9 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
                             result, filled = filled, filled + 1
                         chosen.append((index, result))
             if not chosen:
-                where = root / class_names[label] if labeled else root
+                where = root
+                if labeled:  # the folder as it is on disk (a class named in the other Unicode form)
+                    where = root / present.get(unicodedata.normalize("NFC", class_names[label]), class_names[label])
                 found = f"{len(candidates)} image files, none readable" if candidates else "no image files"
                 raise ValueError(
                     f"{where} holds no readable image ({found}; read: {', '.join(sorted(IMAGE_SUFFIXES))})."
@@ -490,7 +497,8 @@ def _gather(root: Path, *, labeled, class_names, image_size, resize, max_images,
 
 
 def _present(root: Path):
-    return {entry.name for entry in os.scandir(root) if entry.is_dir()}
+    """The sub-folders of ``root``, ``{NFC name: name on disk}``: an expected class is present in either form."""
+    return {unicodedata.normalize("NFC", entry.name): entry.name for entry in os.scandir(root) if entry.is_dir()}
 
 
 # === Streaming ===

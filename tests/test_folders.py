@@ -237,6 +237,28 @@ def test_class_names_match_folders_in_either_unicode_form_and_jfif_counts_as_jpe
     assert images[labels == 1].mean() > 250  # the white image of the decomposed folder
 
 
+def test_class_names_are_composed_unicode_so_a_macos_folder_gets_the_same_names_and_labels(tmp_path):
+    # Class names were the on-disk names: a source written on macOS ("e\u0301te\u0301", decomposed) and a target
+    # written elsewhere ("\u00e9t\u00e9") read as two names, and sorted on opposite sides of "fleur": other labels.
+    # An expected class whose decomposed folder had no image was also taken as absent, silently.
+    import unicodedata
+
+    for form in ("NFD", "NFC"):
+        for name, colour in (("été", (255, 255, 255)), ("fleur", (0, 0, 0))):
+            (tmp_path / form / unicodedata.normalize(form, name)).mkdir(parents=True)
+            Image.new("RGB", (8, 8), colour).save(tmp_path / form / unicodedata.normalize(form, name) / "a.png")
+    if len(set(os.listdir(tmp_path / "NFD")) | set(os.listdir(tmp_path / "NFC"))) < 3:
+        pytest.skip("this file system stores one Unicode form of a name")
+    read = {form: read_labeled_folder(tmp_path / form, (8, 8)) for form in ("NFD", "NFC")}
+    for images, labels, names in read.values():
+        assert names == ["fleur", unicodedata.normalize("NFC", "été")]
+        assert images[labels == 0].mean() == 0 and images[labels == 1].mean() == 255
+    assert image_folder(tmp_path / "NFD", image_size=(8, 8)).class_names == read["NFC"][2]
+    os.remove(tmp_path / "NFD" / unicodedata.normalize("NFD", "été") / "a.png")
+    with pytest.raises(ValueError, match="holds no readable image"):
+        read_labeled_folder(tmp_path / "NFD", (8, 8), class_names=read["NFC"][2])
+
+
 def test_an_npz_with_several_arrays_and_no_images_key_is_refused(tmp_path):
     np.savez(tmp_path / "mnist.npz", x_test=np.zeros((2, 8, 8)), x_train=np.zeros((5, 8, 8)))
     with pytest.raises(ValueError, match=r"several arrays \(x_test, x_train\) and none named 'images' or 'x'"):
