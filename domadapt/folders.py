@@ -739,6 +739,11 @@ def read_images(path, image_size=None, max_images=None, seed=0, *, resize="stret
     if images.dtype.kind not in "biuf" or images.ndim not in (3, 4):
         raise ValueError(f"{path}: expected numeric images of shape (N, H, W) or (N, H, W, C); received an array of "
                          f"shape {images.shape} and dtype {images.dtype}.")
+    if images.size == 0:
+        # As a folder without an image: an empty array was returned without a word, to fail (or measure nothing) later.
+        what = "no images" if len(images) == 0 else "images without pixels"
+        raise ValueError(f"{path} holds {what}: expected an array of shape (N, H, W) or (N, H, W, C) with N, H, W "
+                         f"(and C) at least 1; received an array of shape {images.shape}.")
     if images.ndim == 3:
         images = images[..., None]
     if max_images is not None and len(images) > max_images:

@@ -312,6 +312,18 @@ def test_two_class_folders_with_one_name_in_two_unicode_forms_are_refused(tmp_pa
         read_labeled_folder(tmp_path, (8, 8))
 
 
+def test_an_array_file_without_images_is_refused_like_a_folder_without_images(tmp_path):
+    # An empty .npy or .npz array was returned as (0, 8, 8, 1) without a word; a folder without images is an error.
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8, 1), "uint8"))
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 8, 8), "float32"))
+    np.save(tmp_path / "flat.npy", np.zeros((5, 0, 8), "uint8"))
+    for name in ("empty.npy", "empty.npz"):
+        with pytest.raises(ValueError, match=rf"{name} holds no images: .* received an array of shape \(0, 8, 8"):
+            read_images(tmp_path / name)
+    with pytest.raises(ValueError, match=r"flat.npy holds images without pixels: .* shape \(5, 0, 8\)"):
+        read_images(tmp_path / "flat.npy")
+
+
 def test_bad_array_files_and_seeds_are_clear_errors_naming_the_path_or_argument(tmp_path):
     # A flat (N, 784) array or a labels-only .npz passed silently, an empty file was an EOFError traceback,
     # a cut .npz a BadZipFile, a bad seed numpy's message.
