@@ -277,6 +277,24 @@ def test_measure_profiles_every_layer_and_writes_json_and_plot(tmp_path):
         report.to_json(tmp_path, overwrite=True)  # IsADirectoryError before
 
 
+def test_gap_of_images_scaled_255x_apart_is_refused_as_training_refuses_them():
+    # uint8 source pixels and [0, 1] target pixels: fit refuses them, but features/measure measured the scale, a
+    # huge gap of nothing, without a word. Same message as fit's (da.data.scale_mismatch), arrays and datasets alike.
+    rng = np.random.default_rng(0)
+    photos = (rng.random((20, 12, 12, 3)) * 255).astype("uint8")
+    scaled = rng.random((20, 12, 12, 3)).astype("float32")
+    message = r"Arguments `target_images` and `source_images` are scaled differently: .* multiply `target_images` by 255"
+    with pytest.raises(ValueError, match=message):
+        da.gap.features(small_backbone(), photos, scaled, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        da.gap.features(small_backbone(), tf.data.Dataset.from_tensor_slices(photos).batch(8),
+                        tf.data.Dataset.from_tensor_slices(scaled), verbose=0)
+    with pytest.raises(ValueError, match=message):
+        da.gap.measure(small_backbone(), photos, scaled, metrics=("mmd",), verbose=0)
+    source, target = da.gap.features(small_backbone(), photos, scaled * 255, verbose=0)  # scaled alike: measured
+    assert source.shape == target.shape == (20, 16)
+
+
 def test_features_pools_feature_maps():
     source, target = da.gap.features(small_backbone(), np.zeros((5, 12, 12, 3)), np.ones((7, 12, 12, 3)), verbose=0)
     assert source.shape == (5, 16) and target.shape == (7, 16)

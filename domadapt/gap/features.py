@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from domadapt.data import check_positive_int
+from domadapt.data import check_positive_int, scale_mismatch
 
 _POOL = {3: keras.layers.GlobalAveragePooling1D, 4: keras.layers.GlobalAveragePooling2D, 5: keras.layers.GlobalAveragePooling3D}
 
@@ -65,13 +65,30 @@ def as_images(images, name, image_shape, batch_size=256):
     return images  # cast per batch (or after subsampling) by the callers: a float32 copy of all would be 4x uint8
 
 
+def check_same_scale(images) -> None:
+    """A ValueError when two checked image sets (``{argument: array or dataset}``, from :func:`as_images`) look
+    scaled ~255x apart, [0, 1] and [0, 255]: training refuses them with this message, and a gap measured
+    between them is the scale, huge and meaningless. Arrays: their first 256 images; datasets: their first batch.
+    """
+    samples = {}
+    for name, value in images.items():
+        if isinstance(value, tf.data.Dataset):
+            value = next(iter(value.take(1)), None)  # one batch read twice: the price of refusing before the pass
+            value = None if value is None else value.numpy()
+        samples[name] = None if value is None else value[:256]
+    mismatch = scale_mismatch(samples, lambda name: f"`{name}`")
+    if mismatch:
+        raise ValueError("Arguments " + mismatch)
+
+
 def features(backbone, source_images, target_images, *, batch_size=256, verbose="auto"):
     """Pooled features of source and target images, batched, with Keras' progress bar.
 
     Args:
         backbone: a Keras model (feature maps are global-average pooled) or a
             ``da.DomainAdapter`` (its feature extractor).
-        source_images, target_images: arrays (N, H, W, C) or datasets of image batches.
+        source_images, target_images: arrays (N, H, W, C) or datasets of image batches,
+            scaled alike: one in [0, 1] and the other in [0, 255] is a ``ValueError``.
         batch_size: images per forward pass.
 
     Returns:
@@ -93,9 +110,11 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
     # One trace for every batch size (the last batch is usually smaller).
     forward = tf.function(lambda x: model(x, training=False),
                           input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
+    checked = {name: as_images(images, name, image_shape, batch_size)
+               for name, images in (("source_images", source_images), ("target_images", target_images))}
+    check_same_scale(checked)
     outputs = []
-    for name, images in (("source_images", source_images), ("target_images", target_images)):
-        images = as_images(images, name, image_shape, batch_size)
+    for name, images in checked.items():
         if isinstance(images, tf.data.Dataset):
             batches, total = images, None
         else:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from domadapt._files import png_path
 from domadapt.gap.checks import check_positive, check_seed, subsample
 from domadapt.gap.classifier import domain_classifier_auc, proxy_a_distance
-from domadapt.gap.features import _POOL, as_images, pooled_model
+from domadapt.gap.features import _POOL, as_images, check_same_scale, pooled_model
 from domadapt.gap.kernels import kid, mmd
 from domadapt.gap.statistics import coral, frechet
 
@@ -154,7 +154,8 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
 
     Args:
         backbone: a functional/Sequential Keras model (or a ``da.DomainAdapter``).
-        source_images, target_images: image arrays (N, H, W, C).
+        source_images, target_images: image arrays (N, H, W, C), scaled alike (one in
+            [0, 1] and the other in [0, 255] is a ``ValueError``).
         layers: ``"auto"`` (up to 6 evenly spaced layers, ending at the output),
             a list of layer names, or ``"output"``.
         metrics: names from ``mmd``, ``frechet``, ``coral``, ``kid``,
@@ -196,6 +197,7 @@ def measure(backbone, source_images, target_images, *, layers="auto", metrics=DE
         checked[name] = as_images(value, name, image_shape)
         if len(checked[name]) < 4:  # proxy-A-distance and the domain classifier hold out half of each domain
             raise ValueError(f"Argument `{name}`: needs at least 4 images; received {len(checked[name])}.")
+    check_same_scale(checked)
     source = subsample(checked["source_images"], max_samples, rng).astype("float32")
     target = subsample(checked["target_images"], max_samples, rng).astype("float32")
 
