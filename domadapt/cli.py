@@ -836,6 +836,7 @@ def _compare(args):
     # The validators hold the images (and 'reverse' trains on them): a bounded random subset of each folder.
     scored = args.max_images or COMPARE_IMAGES
     (source_x, source_y), target_x = sample(source, scored, 0), sample(target, scored, 1)
+    _check_same_scale({source_path: source_x, target_path: target_x})  # a .npy target in [0, 1], a folder in [0, 255]
     for name, model in models.items():
         expected = tuple(model.input_shape[1:])
         if len(expected) != 3 or any(e is not None and e != a for e, a in zip(expected, source_x.shape[1:])):
@@ -1095,6 +1096,10 @@ def adapt_at_test_time(args):
         if len(evaluation.class_names) != model.output_shape[-1]:  # before adapting, not after
             raise CommandError(f"{args.eval} has {len(evaluation.class_names)} class folders but {args.classifier} "
                                f"outputs {model.output_shape[-1]} classes.")
+        if not Path(args.target).is_dir():
+            # A .npy target in [0, 1] adapted on, then scored on --eval's folder in [0, 255]: the accuracies compare
+            # two scales, not before and after. (A target folder is read as --eval is: one scale.)
+            _check_same_scale({args.target: target[:256], args.eval: sample(evaluation, 256, 3)[0]})
     print(f"{num_target} target images; adapting {model.name} with {args.method} ...")
     adapted = da.adapt_at_test_time(model, target, method=args.method, epochs=args.epochs, batch_size=args.batch_size)
     summary = {"classifier": str(args.classifier), "target": str(args.target), "method": args.method,

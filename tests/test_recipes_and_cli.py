@@ -253,10 +253,40 @@ def test_cli_refuses_clashing_options_before_any_work(tmp_path, capsys, monkeypa
     for name in ("a", "b", "c"):
         (tmp_path / "eval" / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "eval" / name / "0.png")
-    monkeypatch.setattr(da, "adapt_at_test_time", lambda *args, **kwargs: pytest.fail("adapted before the check"))
+    # Patched where it is defined: the CLI's import of every public name (to load a saved model) resets da's.
+    monkeypatch.setattr("domadapt.test_time.adapt_at_test_time",
+                        lambda *args, **kwargs: pytest.fail("adapted before the check"))
     assert cli_main(["adapt-at-test-time", str(tmp_path / "classifier.keras"), str(tmp_path / "images.npy"), "--out",
                      str(tmp_path / "adapted"), "--eval", str(tmp_path / "eval")]) == 2
     assert "has 3 class folders but" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_target_array_scaled_apart_from_the_folders_it_is_scored_with(tmp_path, capsys, monkeypatch):
+    # A .npy target in [0, 1] with folders read in [0, 255]: adapt-at-test-time adapted on it and reported --eval's
+    # accuracy before and after, compare scored the runs on both; gap and run refused it already.
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "scaled.npy", rng.random((8, 8, 8, 3)).astype("float32"))
+    for name in ("a", "b"):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        for index in range(3):
+            Image.fromarray((rng.random((8, 8, 3)) * 255).astype("uint8")).save(tmp_path / "eval" / name / f"{index}.png")
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2, activation="softmax")])
+    (tmp_path / "run").mkdir()
+    model.save(tmp_path / "run" / "classifier.keras")
+    # Patched where it is defined: the CLI's import of every public name (to load a saved model) resets da's.
+    monkeypatch.setattr("domadapt.test_time.adapt_at_test_time",
+                        lambda *args, **kwargs: pytest.fail("adapted before the check"))
+    assert cli_main(["adapt-at-test-time", str(tmp_path / "run" / "classifier.keras"), str(tmp_path / "scaled.npy"),
+                     "--out", str(tmp_path / "adapted"), "--eval", str(tmp_path / "eval")]) == 2
+    assert "scaled.npy' and " in capsys.readouterr().err.replace("\n", " ")
+    (tmp_path / "run" / "summary.json").write_text(json.dumps(
+        {"data": {"image_size": 8, "source": str(tmp_path / "eval"), "target": str(tmp_path / "scaled.npy")}}))
+    assert cli_main(["compare", str(tmp_path / "run"), "--validators", "entropy"]) == 2
+    error = capsys.readouterr().err
+    assert "are scaled differently" in error and "multiply" in error and "scaled.npy" in error
 
 
 def test_overwriting_a_file_keeps_its_mode_and_writes_through_a_symbolic_link(tmp_path):
