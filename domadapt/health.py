@@ -284,6 +284,14 @@ class CollapseGuard(keras.callbacks.Callback):
     ``bn_mode`` (whose exported model uses the lagging moving statistics) are judged
     on the training steps' predictions.
 
+    When ``fit`` ends, the model it returns is judged once more on the probe: one
+    class for at least ``single_class_share`` of the probed target images is a
+    collapse there whatever the training steps showed (the rules above excuse it
+    early in a fit, where it is often an unadapted model's snapshot). With
+    ``back_off`` the weights of the last healthy epoch end whose probe was spread
+    over classes are restored (a second snapshot is kept in host memory when it is
+    not the last healthy one); without one, or with ``back_off=False``, it warns only.
+
     Nothing is judged during the first ``warmup_steps`` steps of a ``fit`` (an
     untrained model's outputs are uninformative and its accuracy is chance; on
     data it cannot learn it stays so, and that is no strategy's doing), but the
@@ -405,13 +413,17 @@ class CollapseGuard(keras.callbacks.Callback):
             count = min(self.probe_size, len(target_images))
             self._target_probe = target_images[np.unique(np.linspace(0, len(target_images) - 1, count).round().astype(int))]
 
+    def _probe_predictions(self):
+        """The probe's predicted probabilities with the current weights, as fit would export the model."""
+        if self._probe_batchnorm:
+            return self._predict_with_reestimated_statistics()
+        return self.model.predict(self._target_probe, batch_size=self._probe_batch_size, verbose=0)
+
     def _probe_statistics(self, statistics):
         """``statistics`` with its target part measured on the probe, with the current weights."""
-        if self._probe_batchnorm:
-            probabilities = self._predict_with_reestimated_statistics()
-        else:
-            probabilities = self.model.predict(self._target_probe, batch_size=self._probe_batch_size, verbose=0)
+        probabilities = self._probe_predictions()
         mean, entropy, share = prediction_statistics(probabilities)
+        self._probe_share = share
         return {**statistics, "num_target": float(len(probabilities)),
                 "steps_target_top_class_share": statistics["target_top_class_share"],
                 "target_mean_probabilities": mean, "target_mean_entropy": entropy, "target_top_class_share": share}
@@ -431,6 +443,11 @@ class CollapseGuard(keras.callbacks.Callback):
 
     def _reset_run(self):
         self._healthy = None  # (epoch, model values, optimizer values) of the last healthy epoch end
+        # (epoch, model values, optimizer values, top-class share) of the last healthy epoch end whose probed
+        # target predictions were spread over classes: what the end-of-fit check restores (often _healthy itself)
+        self._spread = None
+        self._probe_share = None  # top-class share of the probe at the last check (None: no probe then)
+        self._last_logs = {}  # the last epoch's logs (the end-of-fit check's advice reads its discriminators)
         self._largest_feature_std = 0.0
         self._best_source_accuracy = None
         self._lowest_top_class_share = None  # of the training steps' predictions (the drift rule)
@@ -466,8 +483,50 @@ class CollapseGuard(keras.callbacks.Callback):
         self._epochs_done += 1
         if healthy and self.back_off and self._scale() > 0:
             self._healthy = (epoch, *self._snapshot())
+            if self._probe_share is not None and self._probe_share < self.single_class_share:
+                self._spread = (*self._healthy, self._probe_share)
         if logs is not None:
             logs["adaptation_scale"] = self._scale()
+        self._last_logs = dict(logs or {})
+
+    def on_train_end(self, logs=None):
+        self._final_check()
+
+    def _final_check(self):
+        """Judge the model fit returns: one class for >= ``single_class_share`` of the probed target images is
+        a collapse whatever the training steps showed; restore the last spread epoch end, or say none was.
+
+        The rules above let a one-class probe pass while the training steps' predictions spread, and an
+        uncertain pile-up that was there from the first judgement: early in a fit that is an unadapted model
+        (the demo's rain after one epoch). At the end it is the model the user gets. A DANN variant trained
+        with a confusion loss at weight 1 on the suite's fog put 100% of the probe in one class at four of
+        its five epoch ends while its steps spread (37-64%), and fit returned it, 11% accurate, without a word.
+        """
+        if (self._target_probe is None or self.single_class_share > 1 or self._steps < self.warmup_steps
+                or getattr(self.model, "health", None) is None):
+            return
+        _, _, share = prediction_statistics(self._probe_predictions())
+        if share < self.single_class_share:
+            return
+        epoch = max(self._epoch, 0)
+        message = (f"CollapseGuard: the model fit returns puts {share:.1%} of the target images probed "
+                   f"({len(self._target_probe)}) in one class")
+        spread = self._spread
+        if self.back_off and spread is not None:
+            spread_epoch, model_values, optimizer_values, spread_share = spread
+            self._restore(model_values, optimizer_values)
+            message += (f". Restored the weights of epoch {spread_epoch + 1}, the last epoch end whose predictions "
+                        f"spread over classes ({spread_share:.0%} in its top class).")
+        else:
+            message += (". back_off=False: nothing changed." if not self.back_off else
+                        ". No epoch end of this fit spread them either: the shift itself may do this (a model "
+                        "trained without adaptation would show it too), or the target truly holds one class "
+                        "(pass single_class_share=1.01 then).")
+        if spread is None or not self.back_off:
+            message += self._adversarial_advice(self._last_logs)
+        self.events.append({"epoch": epoch, "batch": None, "reasons": [f"the model fit returns puts {share:.1%} of "
+                            "target images in one class"], "terms": {}, "scale": self._scale()})
+        warnings.warn(message, CollapseWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ rules
     def collapse_reasons(self, statistics, epochs_done):
@@ -534,6 +593,7 @@ class CollapseGuard(keras.callbacks.Callback):
         health = self.model.health
         statistics = health.read()
         health.reset()
+        self._probe_share = None
         if not statistics["num_source"] or self._scale() == 0:
             return True
         if self._target_probe is not None:

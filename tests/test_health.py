@@ -415,3 +415,63 @@ def test_a_caught_collapse_with_an_adversary_reports_its_discriminator_and_what_
            "near-certain: its reversed gradient vanishes)" in advice
     guard.set_model(da.DomainAdapter(mlp_backbone(64), num_classes=10, strategies=[da.MMD()]))
     assert guard._adversarial_advice({"mmd_loss": 0.1}) == ""
+
+
+def _fit_with_probe(seed=0, epochs=2, **guard_arguments):
+    """An MMD adapter fitted on three Gaussian classes with a probing guard (healthy: no rule fires)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]], "float32")
+    y = rng.integers(0, 3, 600)
+    x = (centres[y] + rng.normal(size=(600, 2))).astype("float32")
+    keras.utils.set_random_seed(seed)
+    adapter = da.DomainAdapter(mlp_backbone(2), num_classes=3, strategies=[da.MMD()])
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
+    guard = da.callbacks.CollapseGuard(probe_size=200, warmup_steps=0, **guard_arguments)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapter.fit(source=(x, y), target=x[::-1].copy(), epochs=epochs, batch_size=64, verbose=0, collapse_guard=guard)
+    assert not [w for w in caught if issubclass(w.category, CollapseWarning)] and not guard.events
+    return adapter, guard, x
+
+
+def _one_class_share(adapter, x):
+    return np.bincount(adapter.predict(x, verbose=0).argmax(axis=1), minlength=3).max() / len(x)
+
+
+def test_the_model_fit_returns_is_judged_at_the_end_and_a_one_class_one_is_rolled_back():
+    # A probe in one class at the end is the model the user gets, whatever the training steps showed:
+    # the rules that excuse it early in a fit (an unadapted snapshot) must not let fit return it silently.
+    adapter, guard, x = _fit_with_probe()
+    spread_share = _one_class_share(adapter, x)
+    assert spread_share < 0.6  # three balanced classes, learnt
+    bias = adapter.head.weights[-1]
+    kept = keras.ops.convert_to_numpy(bias).copy()
+    bias.assign([0.0, 50.0, 0.0])  # what the last steps left: every image in class 1
+    with pytest.warns(CollapseWarning, match=r"100.0% of the target images probed \(200\) in one class.*Restored "
+                                             r"the weights of epoch 2"):
+        guard.on_train_end()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), kept)
+    assert _one_class_share(adapter, x) == spread_share and guard.events[-1]["epoch"] == 1
+
+
+def test_the_end_check_warns_only_without_a_spread_epoch_or_without_back_off_and_can_be_turned_off():
+    for arguments, expected in (({"back_off": False}, "nothing changed"), ({}, "No epoch end of this fit spread")):
+        adapter, guard, x = _fit_with_probe(**arguments)
+        if not arguments:
+            guard._spread = None  # every epoch end put the probe in one class (the suite's fog, early epochs)
+        adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
+        with pytest.warns(CollapseWarning, match=expected):
+            guard.on_train_end()
+        assert _one_class_share(adapter, x) == 1.0  # nothing to restore: warned, unchanged
+    adapter, guard, x = _fit_with_probe(single_class_share=1.01)  # a target that truly holds one class
+    adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        guard.on_train_end()
+    # A fit still within the warm-up is not judged (an untrained model's outputs are no strategy's doing).
+    adapter, guard, x = _fit_with_probe()
+    guard.warmup_steps = 10**6
+    adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        guard.on_train_end()
