@@ -548,3 +548,15 @@ def test_label_shift_reads_a_labeled_target_pair_and_refuses_bad_batch_sizes_and
             da.gap.label_shift(classifier, source, target, batch_size=bad)  # deep inside; 0 was accepted
     with pytest.raises(ValueError, match="`target_proportions` must hold 2 non-negative proportions"):
         da.gap.prior_corrected(classifier, {"a": 1}, [0.5, 0.5])  # float() TypeError before
+
+
+def test_images_scaled_255x_apart_are_refused_before_estimating():
+    # A [0, 255] source against a [0, 1] target: the estimate would read the scale as a class mix.
+    rng = np.random.default_rng(0)
+    classifier = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    source_images = rng.integers(0, 256, (64, 4, 4, 1)).astype("float32")
+    labels = rng.integers(0, 2, 64)
+    with pytest.raises(ValueError, match="scaled differently"):
+        da.gap.label_shift(classifier, (source_images, labels), source_images / 255.0, bootstrap=0)
+    result = da.gap.label_shift(classifier, (source_images, labels), source_images[::-1].copy(), bootstrap=0)
+    assert np.isclose(np.sum(result.target_proportions), 1.0)

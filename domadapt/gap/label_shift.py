@@ -28,6 +28,7 @@ from scipy import optimize, stats
 from domadapt._files import apply_umask
 from domadapt.data import check_image_shape, without_labels
 from domadapt.gap.checks import check_seed
+from domadapt.gap.features import check_same_scale
 
 __all__ = ["LabelShiftResult", "label_shift", "label_shift_check", "logits_model", "prior_corrected"]
 
@@ -576,6 +577,8 @@ def label_shift(model, source, target, *, method="bbse", alpha=0.05, margin=0.0,
         # AUC) silently off.
         if images.dtype.kind == "f" and not np.isfinite(images).all():
             raise ValueError(f"Argument `{name}` contains NaN or inf values.")
+    # [0, 255] against [0, 1]: the estimate would read the scale as a class mix (fit refuses such a pair too)
+    check_same_scale({"source": source_images, "target": target_images})
     source_labels = _as_labels(source[1], len(source_images))
     scorer = logits_model(classifier)
     source_scores = _scores(scorer, source_images, batch_size)
