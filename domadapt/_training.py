@@ -168,7 +168,20 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
         callbacks.append(StopOnNonFinite())
     for strategy in adapter.strategies:
         callbacks.extend(strategy.callbacks())
+    if guard is not None:  # last: it judges the weights every other callback leaves (EarlyStopping restores there)
+        callbacks.append(_FinalCollapseCheck(guard))
     return callbacks
+
+
+class _FinalCollapseCheck(keras.callbacks.Callback):
+    """Runs the collapse guard's end-of-fit check after every other callback's ``on_train_end``."""
+
+    def __init__(self, guard):
+        super().__init__()
+        self.guard = guard
+
+    def on_train_end(self, logs=None):
+        self.guard.final_check()
 
 
 # Callbacks that see the model as it trains, not as fit exports it: Keras' own bookkeeping, resumption

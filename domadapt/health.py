@@ -284,7 +284,7 @@ class CollapseGuard(keras.callbacks.Callback):
     ``bn_mode`` (whose exported model uses the lagging moving statistics) are judged
     on the training steps' predictions.
 
-    When ``fit`` ends, the model it returns is judged once more on the probe: one
+    When ``fit`` ends (after the other callbacks), the model it returns is judged once more on the probe: one
     class for at least ``single_class_share`` of the probed target images is a
     collapse there whatever the training steps showed (the rules above excuse it
     early in a fit, where it is often an unadapted model's snapshot). With
@@ -489,12 +489,13 @@ class CollapseGuard(keras.callbacks.Callback):
             logs["adaptation_scale"] = self._scale()
         self._last_logs = dict(logs or {})
 
-    def on_train_end(self, logs=None):
-        self._final_check()
-
-    def _final_check(self):
+    def final_check(self):
         """Judge the model fit returns: one class for >= ``single_class_share`` of the probed target images is
         a collapse whatever the training steps showed; restore the last spread epoch end, or say none was.
+
+        ``DomainAdapter.fit`` calls it after every other callback's ``on_train_end`` (an
+        ``EarlyStopping(restore_best_weights=True)`` restores its epoch there), before it re-estimates
+        batch-norm statistics.
 
         The rules above let a one-class probe pass while the training steps' predictions spread, and an
         uncertain pile-up that was there from the first judgement: early in a fit that is an unadapted model
@@ -502,8 +503,10 @@ class CollapseGuard(keras.callbacks.Callback):
         with a confusion loss at weight 1 on the suite's fog put 100% of the probe in one class at four of
         its five epoch ends while its steps spread (37-64%), and fit returned it, 11% accurate, without a word.
         """
-        if (self._target_probe is None or self.single_class_share > 1 or self._steps < self.warmup_steps
-                or getattr(self.model, "health", None) is None):
+        if self._target_probe is None or self.single_class_share > 1 or getattr(self.model, "health", None) is None:
+            return
+        # The warm-up excuses an untrained model: steps of earlier fits count (a resumed fit's are few).
+        if max(self._steps, int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))) < self.warmup_steps:
             return
         _, _, share = prediction_statistics(self._probe_predictions())
         if share < self.single_class_share:

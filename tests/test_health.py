@@ -449,7 +449,7 @@ def test_the_model_fit_returns_is_judged_at_the_end_and_a_one_class_one_is_rolle
     bias.assign([0.0, 50.0, 0.0])  # what the last steps left: every image in class 1
     with pytest.warns(CollapseWarning, match=r"100.0% of the target images probed \(200\) in one class.*Restored "
                                              r"the weights of epoch 2"):
-        guard.on_train_end()
+        guard.final_check()
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), kept)
     assert _one_class_share(adapter, x) == spread_share and guard.events[-1]["epoch"] == 1
 
@@ -461,17 +461,54 @@ def test_the_end_check_warns_only_without_a_spread_epoch_or_without_back_off_and
             guard._spread = None  # every epoch end put the probe in one class (the suite's fog, early epochs)
         adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
         with pytest.warns(CollapseWarning, match=expected):
-            guard.on_train_end()
+            guard.final_check()
         assert _one_class_share(adapter, x) == 1.0  # nothing to restore: warned, unchanged
     adapter, guard, x = _fit_with_probe(single_class_share=1.01)  # a target that truly holds one class
     adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error", CollapseWarning)
-        guard.on_train_end()
+        guard.final_check()
     # A fit still within the warm-up is not judged (an untrained model's outputs are no strategy's doing).
     adapter, guard, x = _fit_with_probe()
     guard.warmup_steps = 10**6
     adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error", CollapseWarning)
-        guard.on_train_end()
+        guard.final_check()
+
+
+class _OneClassAtLastEpoch(keras.callbacks.Callback):
+    """Stands for whatever made the last epoch's weights one-class: a huge bias on class 0."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epochs - 1:
+            self.model.head.weights[-1].assign([100.0, -100.0])
+
+
+def test_the_end_check_judges_the_weights_the_other_callbacks_leave_and_counts_earlier_steps():
+    # EarlyStopping(restore_best_weights=True) restores its best epoch in on_train_end: the check must come after
+    # it, or it judges (and reports on) weights fit does not return. Here its best epoch is the one-class one.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 2)).astype("float32")
+    y = (x[:, 0] > 0).astype(int)
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(mlp_backbone(2), num_classes=2, strategies=[da.MMD()])
+    adapter.compile(optimizer="adam")
+    stopping = keras.callbacks.EarlyStopping(monitor="cls_loss", mode="min", patience=100,
+                                             restore_best_weights=True)
+    guard = da.callbacks.CollapseGuard(warmup_steps=0)
+    with pytest.warns(CollapseWarning, match="Restored the weights of epoch 4"):
+        adapter.fit(source=(x, y), target=x[::-1].copy(), epochs=4, batch_size=32, verbose=0,
+                    callbacks=[_OneClassAtLastEpoch(4), stopping], collapse_guard=guard)
+    predictions = adapter.predict(x, verbose=0).argmax(axis=1)
+    assert np.bincount(predictions, minlength=2).max() / len(x) < 0.9
+    # A resumed fit's own steps are few: the warm-up counts the optimizer's steps of earlier fits too.
+    adapter, guard, x = _fit_with_probe()  # 20 optimizer steps
+    guard._steps, guard.warmup_steps = 0, 15
+    adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
+    with pytest.warns(CollapseWarning, match="Restored"):
+        guard.final_check()
