@@ -231,6 +231,7 @@ def _looks_like_labels(labels, images) -> bool:
 
 
 def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _Stream:
+    given = dataset  # as the user built it: its batching is what _batched_size reads
     image_spec, label_spec = _split_element_spec(dataset.element_spec, labeled, argument)
     rank = len(image_spec.shape) if image_spec.shape.rank is not None else None
     if rank == len(image_shape) + 1:
@@ -289,7 +290,7 @@ def _dataset_stream(dataset, argument, labeled, image_shape, num_classes) -> _St
     if cardinality >= 0:
         if batched:
             num_batches = cardinality
-            size = _batched_size(dataset, cardinality, user_batch_size, image_spec.shape[0])
+            size = _batched_size(given, cardinality, user_batch_size, image_spec.shape[0])
         else:
             size = cardinality
     if batched:
@@ -316,6 +317,8 @@ _CHEAP_RANDOM_ACCESS = {"_TensorSliceDataset", "_TensorDataset", "_RangeDataset"
                         "_ParallelMapDataset", "_ShuffleDataset", "_TakeDataset", "_SkipDataset", "_PrefetchDataset",
                         "_OptionsDataset"}
 _BATCHING = {"_BatchDataset", "_ParallelBatchDataset"}
+# Above a batching, datasets that change neither the batches nor their number.
+_TRANSPARENT = {"_PrefetchDataset", "_OptionsDataset"}
 # Above the batching: datasets that keep the order of the batches, so the last index is the last (partial) batch.
 _ORDER_KEEPING = {"_MapDataset", "_ParallelMapDataset", "_TakeDataset", "_SkipDataset", "_PrefetchDataset",
                   "_OptionsDataset"}
@@ -326,15 +329,26 @@ def _batched_size(dataset, cardinality, batch_size, static_batch_size):
 
     ``cardinality * batch_size`` counts the last, partial batch of ``.batch()`` as full (1000 images in
     batches of 64 are not 1024); the size sets the steps of an epoch of another batch size and the reported
-    sizes. A static batch size (``drop_remainder=True``) has no partial batch. Otherwise the last batch is
-    read by random access, where the pipeline reads only that batch (:data:`_CHEAP_RANDOM_ACCESS`, batches
-    in order); elsewhere (``cache()``, a generator, ``interleave``, batches shuffled) the estimate
-    ``cardinality * batch_size`` stays: reading the last batch there may read the whole dataset.
+    sizes. A static batch size (``drop_remainder=True``) has no partial batch. A dataset that ends in
+    ``.batch()`` (then perhaps ``prefetch``/``with_options``) holds what it batches, when that count is known
+    (``cache()``, ``shard()`` and generators with ``assert_cardinality`` included). Otherwise (a map after the
+    batching) the last batch is read by random access, where the pipeline reads only that batch
+    (:data:`_CHEAP_RANDOM_ACCESS`, batches in order); elsewhere (``padded_batch``, batches shuffled or
+    repeated, an unknown count) the estimate ``cardinality * batch_size`` stays: reading the last batch there
+    may read the whole dataset.
     """
     estimate = cardinality * batch_size
     if static_batch_size is not None or cardinality < 1:
         return estimate
     try:
+        # The common case, `.batch(n)` (parallel or not; then prefetch/options): what it batches, counted.
+        batching = dataset
+        while type(batching).__name__ in _TRANSPARENT and len(batching._inputs()) == 1:
+            batching = batching._inputs()[0]
+        if type(batching).__name__ in _BATCHING and len(batching._inputs()) == 1:
+            images = int(batching._inputs()[0].cardinality())
+            if images >= 0 and -(-images // batch_size) == cardinality:
+                return images
         if not _last_batch_readable(dataset):
             return estimate
         # tf.data's own rewrites (a map and a batch fused into one) have no random access: off for this read.

@@ -90,15 +90,21 @@ def test_batched_and_unbatched_datasets_are_accepted_alike(moons):
 def test_a_batched_dataset_with_a_partial_last_batch_counts_its_true_size():
     # 1000 images in batches of 64: 15 full batches and one of 40, not 1024 images; with batch_size=100 an epoch is
     # 10 steps (the estimate 1024 made it 11). The last batch is read alone (random access), also behind a shuffle
-    # and a map; a pipeline where that is not cheap (cache()) keeps the estimate.
+    # and a map; a dataset ending in .batch() (parallel, after cache() or shard()) counts what it batches; a pipeline
+    # where reading the last batch alone is not cheap (padded_batch, batches shuffled) keeps the estimate.
     images, labels = np.zeros((1000, 2), "float32"), np.arange(1000) % 2
     plain = tf.data.Dataset.from_tensor_slices((images, labels))
     for dataset in (plain.batch(64), plain.shuffle(1000).map(lambda x, y: (x, y), num_parallel_calls=2).batch(64)):
         paired = da.data.pair(dataset, dataset.map(lambda x, y: x), image_shape=(2,), num_classes=2, batch_size=100)
         assert (paired.source_size, paired.target_size, paired.steps_per_epoch) == (1000, 1000, 10)
         assert da.data.pair(dataset, image_shape=(2,), num_classes=2).steps_per_epoch == 16  # its own batches
+    for dataset in (plain.batch(64, num_parallel_calls=2).prefetch(2), plain.cache().batch(64),
+                    plain.batch(64).map(lambda x, y: (x, y))):
+        paired = da.data.pair(dataset, image_shape=(2,), num_classes=2, batch_size=100)
+        assert (paired.source_size, paired.steps_per_epoch) == (1000, 10)
     assert da.data.pair(plain.batch(64, drop_remainder=True), image_shape=(2,), num_classes=2).source_size == 960
-    assert da.data.pair(plain.cache().batch(64), image_shape=(2,), num_classes=2).source_size == 1024  # documented limit
+    assert da.data.pair(plain.shard(2, 0).batch(64), image_shape=(2,), num_classes=2).source_size == 500
+    assert da.data.pair(plain.padded_batch(64), image_shape=(2,), num_classes=2).source_size == 1024  # documented limit
 
 
 def test_target_labels_never_reach_training(moons):
