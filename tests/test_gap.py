@@ -415,3 +415,25 @@ def test_gap_entry_points_check_datasets_sample_counts_and_pool_any_layer_rank(t
     report = da.gap.measure(conv1d, np.zeros((8, 16, 3)), np.ones((8, 16, 3)), layers=["c1d"], metrics=("mmd",),
                             verbose=0)  # its (N, 14, 4) output was passed unpooled and refused by the metric
     assert [row["width"] for row in report.rows] == [48, 4]
+
+
+def test_a_read_once_dataset_gives_every_image_and_the_scale_check_reads_images_only():
+    # The scale check reads a dataset's first batch; the features must still include it (a generator over one
+    # iterator cannot restart: 40 of 50 rows came back).
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    backbone = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(2, 3)])
+    batches = (rng.uniform(0, 1, (10, 4, 4, 1)).astype("float32") for _ in range(5))
+    once = tf.data.Dataset.from_generator(lambda: batches, output_signature=tf.TensorSpec((None, 4, 4, 1), tf.float32))
+    source_features, target_features = da.gap.features(backbone, rng.uniform(0, 1, (20, 4, 4, 1)), once, verbose=0)
+    assert len(source_features) == 20 and len(target_features) == 50
+    # Features of sensors, not images: a gain of 60 between the two sets is the shift to measure, not a mistake.
+    dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    source_features, target_features = da.gap.features(dense, rng.uniform(0, 1, (30, 3)), rng.uniform(0, 60, (30, 3)),
+                                                       verbose=0)
+    assert target_features.shape == (30, 4)
+    # Images are judged on evenly spaced ones, not the first 256: dark first images do not hide a [0, 255] set.
+    bright_late = np.concatenate([np.zeros((300, 4, 4, 1)), rng.uniform(0, 255, (300, 4, 4, 1))])
+    with pytest.raises(ValueError, match="scaled differently"):
+        da.gap.features(backbone, rng.uniform(0, 1, (20, 4, 4, 1)), bright_late, verbose=0)

@@ -560,3 +560,18 @@ def test_images_scaled_255x_apart_are_refused_before_estimating():
         da.gap.label_shift(classifier, (source_images, labels), source_images / 255.0, bootstrap=0)
     result = da.gap.label_shift(classifier, (source_images, labels), source_images[::-1].copy(), bootstrap=0)
     assert np.isclose(np.sum(result.target_proportions), 1.0)
+
+
+def test_the_scale_check_leaves_non_image_inputs_alone():
+    # 1-D scores whose classes lie at [0, 1] and [60, 100]: a target of mostly class 0 is a class mix to estimate,
+    # whatever its order (sorted by class, its first values all lay in [0, 1] and it was refused as [0, 1] images).
+    rng = np.random.default_rng(0)
+    classifier = keras.Sequential([keras.Input((1,)), keras.layers.Rescaling(1 / 30.0, offset=-1.0),
+                                   keras.layers.Dense(2, activation="softmax")])
+    classifier.layers[-1].set_weights([np.array([[-8.0, 8.0]]), np.zeros(2)])
+    def draw(labels):
+        return np.where(labels == 0, rng.uniform(0, 1, len(labels)), rng.uniform(60, 100, len(labels)))[:, None]
+    source_labels = rng.integers(0, 2, 1000)
+    target_labels = np.sort((rng.uniform(size=1000) > 0.95).astype(int))
+    result = da.gap.label_shift(classifier, (draw(source_labels), source_labels), draw(target_labels), bootstrap=0)
+    assert abs(result.target_proportions[0] - 0.95) < 0.03

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -66,17 +68,17 @@ def as_images(images, name, image_shape, batch_size=256):
 
 
 def check_same_scale(images) -> None:
-    """A ValueError when two checked image sets (``{argument: array or dataset}``, from :func:`as_images`) look
-    scaled ~255x apart, [0, 1] and [0, 255]: training refuses them with this message, and a gap measured
-    between them is the scale, huge and meaningless. Arrays: their first 256 images; datasets: their first batch.
+    """A ValueError when two image sets (``{argument: array, or None}``) look scaled ~255x apart, [0, 1] and
+    [0, 255]: training refuses them with this message, and a gap measured between them is the scale, huge and
+    meaningless. Judged on up to 256 evenly spaced images of each; only on images (arrays of rank >= 3: a
+    gain between two sets of sensor features is a shift to measure, not a mistake).
     """
     samples = {}
     for name, value in images.items():
-        if isinstance(value, tf.data.Dataset):
-            value = next(iter(value.take(1)), None)  # one batch read twice: the price of refusing before the pass
-            value = None if value is None else value.numpy()
-        samples[name] = None if value is None else value[:256]
-    mismatch = scale_mismatch(samples, lambda name: f"`{name}`")
+        if value is None or np.ndim(value) < 3 or not len(value):
+            continue
+        samples[name] = value[np.unique(np.linspace(0, len(value) - 1, min(256, len(value))).round().astype(int))]
+    mismatch = scale_mismatch(samples, lambda name: f"`{name}`") if len(samples) == 2 else None
     if mismatch:
         raise ValueError("Arguments " + mismatch)
 
@@ -112,11 +114,22 @@ def features(backbone, source_images, target_images, *, batch_size=256, verbose=
                           input_signature=[tf.TensorSpec((None, *image_shape), tf.float32)])
     checked = {name: as_images(images, name, image_shape, batch_size)
                for name, images in (("source_images", source_images), ("target_images", target_images))}
-    check_same_scale(checked)
+    # A dataset is read once: its first batch is judged for scale, then fed first (a one-shot generator
+    # cannot restart, and a shuffle buffer would fill twice).
+    streams, firsts = {}, {}
+    for name, images in checked.items():
+        if isinstance(images, tf.data.Dataset):
+            streams[name] = iter(images)
+            first = next(streams[name], None)
+            firsts[name] = None if first is None else first.numpy()
+        else:
+            firsts[name] = images
+    check_same_scale(firsts)
     outputs = []
     for name, images in checked.items():
         if isinstance(images, tf.data.Dataset):
-            batches, total = images, None
+            batches = itertools.chain([] if firsts[name] is None else [firsts[name]], streams[name])
+            total = None
         else:
             batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
             total = -(-len(images) // batch_size)
