@@ -191,9 +191,10 @@ def _scan(root: Path, labeled: bool, class_names):
         if isinstance(class_names, (str, bytes)) or not all(isinstance(name, str) for name in class_names):
             raise TypeError(f"Argument `class_names` must be a list of folder names (str); received {class_names!r}.")
         class_names = list(class_names)
-        if len(set(class_names)) != len(class_names):
-            raise ValueError(f"Argument `class_names` names a class twice: {class_names}.")
         expected = {unicodedata.normalize("NFC", name) for name in class_names}
+        if len(expected) != len(class_names):  # "café" composed and decomposed are one folder name
+            raise ValueError(f"Argument `class_names` names a class twice (names are compared as composed Unicode, "
+                             f"NFC): {class_names}.")
         unknown = sorted(folder for normal, folder in on_disk.items() if normal not in expected)
         if unknown:
             raise ValueError(f"{root}: class folders {unknown} are not among the expected classes {class_names}.")

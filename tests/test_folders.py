@@ -257,6 +257,10 @@ def test_class_names_are_composed_unicode_so_a_macos_folder_gets_the_same_names_
     os.remove(tmp_path / "NFD" / unicodedata.normalize("NFD", "été") / "a.png")
     with pytest.raises(ValueError, match="holds no readable image"):
         read_labeled_folder(tmp_path / "NFD", (8, 8), class_names=read["NFC"][2])
+    # One class named in both forms is named twice (it was reported as one image reached through a symbolic link).
+    with pytest.raises(ValueError, match="names a class twice"):
+        read_labeled_folder(tmp_path / "NFC", (8, 8), class_names=["fleur", unicodedata.normalize("NFC", "été"),
+                                                                   unicodedata.normalize("NFD", "été")])
 
 
 def test_an_npz_with_several_arrays_and_no_images_key_is_refused(tmp_path):
