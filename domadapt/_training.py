@@ -155,12 +155,14 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
         # DANN, MMD and BNM run back (DANN 71.9% -> 57.9%). With bn_mode="domain" fit exports statistics
         # re-estimated on the target with the final weights: the probe is judged so too. Other modes export
         # the moving statistics; their models are judged on the training steps' predictions.
+        # bn_mode="domain" re-estimates every BN layer on the target at fit's end, frozen ones included (a
+        # frozen pretrained backbone judged with its source statistics was rolled back three times for a
+        # one-class probe the exported model did not have).
         probe_batchnorm = []
-        if any(layer.trainable for layer in batchnorm_layers(adapter)):
-            if getattr(adapter, "source_batchnorm_statistics", None):
-                probe_batchnorm = adapter._batchnorm.layers  # noqa: SLF001
-            else:
-                target_images = None
+        if getattr(adapter, "source_batchnorm_statistics", None):
+            probe_batchnorm = adapter._batchnorm.layers  # noqa: SLF001
+        elif any(layer.trainable for layer in batchnorm_layers(adapter)):
+            target_images = None
         guard._watch_target(target_images, probe_batch_size, probe_batchnorm)  # noqa: SLF001 (the target rules' probe)
     callbacks = _with_exported_statistics(adapter, callbacks, exported_target)
     callbacks = [*([guard] if guard is not None else []), *callbacks, ScheduleClock(adapter, planned_steps, steps_done)]

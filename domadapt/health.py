@@ -290,7 +290,12 @@ class CollapseGuard(keras.callbacks.Callback):
     early in a fit, where it is often an unadapted model's snapshot). With
     ``back_off`` the weights of the last healthy epoch end whose probe was spread
     over classes are restored (a second snapshot is kept in host memory when it is
-    not the last healthy one); without one, or with ``back_off=False``, it warns only.
+    not the last healthy one; epoch ends after the strategies were switched off count
+    too); without one, or with ``back_off=False``, it warns only. Without a probe (a
+    dataset target, ``probe_size=None``, a training BatchNormalization layer under
+    ``bn_mode="joint"``/``"separate"``) there is no end-of-fit check. Called by hand
+    after ``fit``, a restore keeps the restored moving statistics (``fit`` re-estimates
+    them only at its own end).
 
     Nothing is judged during the first ``warmup_steps`` steps of a ``fit`` (an
     untrained model's outputs are uninformative and its accuracy is chance; on
@@ -481,10 +486,19 @@ class CollapseGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         healthy = self._check(epoch, None, logs)
         self._epochs_done += 1
-        if healthy and self.back_off and self._scale() > 0:
-            self._healthy = (epoch, *self._snapshot())
-            if self._probe_share is not None and self._probe_share < self.single_class_share:
-                self._spread = (*self._healthy, self._probe_share)
+        if healthy and self.back_off:
+            share = self._probe_share
+            if share is None and self._target_probe is not None and self.single_class_share <= 1:
+                # not judged at this epoch end (a check_every batch check read the period; or the strategies
+                # are off): the end-of-fit check still needs to know whether these weights spread the target
+                share = prediction_statistics(self._probe_predictions())[2]
+            spread = share is not None and share < self.single_class_share
+            if self._scale() > 0 or spread:  # after the switch-off, source-only epochs are restore points too
+                snapshot = (epoch, *self._snapshot())
+                if self._scale() > 0:
+                    self._healthy = snapshot
+                if spread:
+                    self._spread = (*snapshot, share)
         if logs is not None:
             logs["adaptation_scale"] = self._scale()
         self._last_logs = dict(logs or {})
@@ -512,14 +526,14 @@ class CollapseGuard(keras.callbacks.Callback):
         if share < self.single_class_share:
             return
         epoch = max(self._epoch, 0)
-        message = (f"CollapseGuard: the model fit returns puts {share:.1%} of the target images probed "
+        message = (f"CollapseGuard: at the end of training the model puts {share:.1%} of the target images probed "
                    f"({len(self._target_probe)}) in one class")
         spread = self._spread
         if self.back_off and spread is not None:
             spread_epoch, model_values, optimizer_values, spread_share = spread
             self._restore(model_values, optimizer_values)
             message += (f". Restored the weights of epoch {spread_epoch + 1}, the last epoch end whose predictions "
-                        f"spread over classes ({spread_share:.0%} in its top class).")
+                        f"spread over classes ({spread_share:.1%} in its top class).")
         else:
             message += (". back_off=False: nothing changed." if not self.back_off else
                         ". No epoch end of this fit spread them either: the shift itself may do this (a model "
@@ -527,8 +541,8 @@ class CollapseGuard(keras.callbacks.Callback):
                         "(pass single_class_share=1.01 then).")
         if spread is None or not self.back_off:
             message += self._adversarial_advice(self._last_logs)
-        self.events.append({"epoch": epoch, "batch": None, "reasons": [f"the model fit returns puts {share:.1%} of "
-                            "target images in one class"], "terms": {}, "scale": self._scale()})
+        self.events.append({"epoch": epoch, "batch": None, "reasons": [f"at the end of training {share:.1%} of the "
+                            "target images probed in one class"], "terms": {}, "scale": self._scale()})
         warnings.warn(message, CollapseWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ rules

@@ -512,3 +512,69 @@ def test_the_end_check_judges_the_weights_the_other_callbacks_leave_and_counts_e
     adapter.head.weights[-1].assign([0.0, 50.0, 0.0])
     with pytest.warns(CollapseWarning, match="Restored"):
         guard.final_check()
+
+
+def _clusters(seed=0, offset=1.5):
+    """300 source and 300 target vectors of three Gaussian classes in 8 dimensions (the target moved by ``offset``)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (3, 8))
+    source_y, target_y = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
+    source_x = (centres[source_y] + rng.normal(0, 1, (300, 8))).astype("float32")
+    target_x = (centres[target_y] + rng.normal(0, 1, (300, 8)) + offset).astype("float32")
+    return source_x, source_y, target_x, target_y
+
+
+class _Bias(keras.callbacks.Callback):
+    """At the end of epoch ``at`` (0-based), or at the start of epoch ``start``, a large bias on one class."""
+
+    def __init__(self, at=None, start=None, value=(50.0, 0.0, 0.0)):
+        super().__init__()
+        self.at, self.start, self.value = at, start, value
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.start:
+            self.model.head.weights[-1].assign(self.value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            self.model.head.weights[-1].assign(self.value)
+
+
+def _guarded_fit(guard, callbacks, epochs, backbone=None, strategies=None, offset=1.5):
+    source_x, source_y, target_x, target_y = _clusters(offset=offset)
+    keras.utils.set_random_seed(0)
+    adapter = da.DomainAdapter(backbone or mlp_backbone(8), num_classes=3, strategies=strategies or [da.MMD()])
+    adapter.compile(optimizer=keras.optimizers.Adam(1e-2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapter.fit(source=(source_x, source_y), target=target_x, epochs=epochs, batch_size=32, verbose=0,
+                    collapse_guard=guard, callbacks=callbacks)
+    share = np.bincount(adapter.predict(target_x, verbose=0).argmax(axis=1), minlength=3).max() / 300
+    return share, [str(w.message) for w in caught if issubclass(w.category, CollapseWarning)]
+
+
+def test_the_end_check_has_restore_points_with_batch_checks_and_after_the_strategies_are_switched_off():
+    # check_every dividing the epoch: the batch check read the period, the epoch end was not probed, no restore
+    # point was kept and the warning said no epoch spread the target (all three had).
+    share, caught = _guarded_fit(da.callbacks.CollapseGuard(warmup_steps=5, check_every=5), [_Bias(at=2)], epochs=3)
+    assert share < 0.6 and any("Restored the weights of epoch 3" in message for message in caught)
+    # Switched off at epoch 2: epochs 3 and 4 train source-only and spread the target; the end check went back to
+    # epoch 1 (the last restore point before the switch-off) and threw them away.
+    guard = da.callbacks.CollapseGuard(warmup_steps=5, max_collapses=1)
+    share, caught = _guarded_fit(guard, [_Bias(start=1, value=(0.0, 0.0, 500.0)), _Bias(at=3)], epochs=4)
+    assert guard.events[0]["scale"] == 0.0 and share < 0.6
+    assert "Restored the weights of epoch 4" in caught[-1]
+
+
+def test_a_frozen_batchnorm_backbone_is_probed_with_the_target_statistics_fit_exports():
+    # bn_mode="domain" re-estimates frozen BN layers on the target too; the probe predicted with the source's
+    # statistics, saw a one-class target the exported model did not have, and rolled the fit back three times.
+    source_x, _, _, _ = _clusters()
+    norm = keras.layers.BatchNormalization()
+    backbone = keras.Sequential([keras.Input((8,)), norm, keras.layers.Dense(16), keras.layers.ReLU()])
+    norm.moving_mean.assign(source_x.mean(axis=0))  # pretrained on the source
+    norm.moving_variance.assign(source_x.var(axis=0))
+    norm.trainable = False
+    share, caught = _guarded_fit(da.callbacks.CollapseGuard(warmup_steps=5), [], epochs=3, backbone=backbone,
+                                 strategies=[da.MMD(weight=0.1)], offset=26.5)
+    assert not caught and share < 0.9
