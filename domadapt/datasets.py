@@ -11,6 +11,7 @@ in one public place, so that editing the demo cannot change a benchmark.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -86,7 +87,7 @@ def read_idx(path) -> np.ndarray:
     if len(data) < offset:
         raise ValueError(f"{path}: the IDX header is cut off ({len(data)} bytes, {offset} expected for rank {rank}).")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: np.prod wraps at 2**64 (a crafted header)
     if len(data) - offset != expected:
         raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - offset} bytes follow.")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))

@@ -21,6 +21,10 @@ def test_read_idx_rejects_a_truncated_file(tmp_path):
     path.write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x01\x02")
     with pytest.raises(ValueError, match="header says shape"):
         read_idx(path)
+    # Sizes whose product wraps to 0 in 64 bits (2**31 * 2**31 * 4) and no data: numpy's raw reshape error before.
+    path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4))
+    with pytest.raises(ValueError, match="header says shape"):
+        read_idx(path)
 
 
 def test_load_fashion_mnist_from_a_user_folder(tmp_path):
