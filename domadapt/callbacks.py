@@ -184,6 +184,11 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     does). Weights are saved as in Keras (a partial weights file is
     detected on loading and the ``double_checkpoint`` copy used).
 
+    When training ends (``delete_checkpoint=True``, the default) it removes the files
+    it wrote and then the folder if that left it empty; Keras' removes the whole
+    ``backup_dir`` tree, whatever else the user keeps there (a ``backup_dir`` of
+    ``"."`` emptied the working directory).
+
     Example:
 
     ```python
@@ -195,6 +200,18 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     adapter.fit(source=(np.random.rand(32, 2), np.random.randint(0, 2, 32)), epochs=2, verbose=0, callbacks=[backup])
     ```
     """
+
+    def on_train_end(self, logs=None):
+        if "://" in str(self.backup_dir) or not self.delete_checkpoint:
+            return super().on_train_end(logs)
+        for path in (self._weights_path, self._training_metadata_path, self._prev_weights_path,
+                     self._prev_training_metadata_path):
+            if os.path.isfile(path):
+                os.remove(path)
+        try:
+            os.rmdir(self.backup_dir)  # only if nothing else is in it
+        except OSError:
+            pass
 
     def _save_model(self):
         if "://" in str(self.backup_dir):  # gs://, s3://, ram://: Keras' file_utils writes there, os cannot

@@ -530,3 +530,19 @@ def test_a_file_name_that_is_not_utf8_is_listed_not_a_crash(tmp_path):
     with contextlib.redirect_stdout(stdout):
         _report_skipped([(name, "bad")], "the target folder")
     stdout.getvalue().encode("utf-8")
+
+
+def test_the_backup_removes_only_its_own_files_when_training_ends(tmp_path):
+    """Keras' BackupAndRestore removes its whole backup_dir at the end; a folder the user keeps files in lost them."""
+    import domadapt as da
+
+    (tmp_path / "notes.txt").write_text("mine")
+    adapter = da.DomainAdapter(keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)]), num_classes=2)
+    adapter.compile(optimizer="adam")
+    source = (np.random.rand(16, 2).astype("float32"), np.random.randint(0, 2, 16))
+    adapter.fit(source=source, epochs=2, verbose=0,
+                callbacks=[da.callbacks.BackupAndRestore(str(tmp_path), double_checkpoint=True)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "backup"
+    adapter.fit(source=source, epochs=2, verbose=0, callbacks=[da.callbacks.BackupAndRestore(str(empty))])
+    assert not empty.exists()  # its own folder, emptied: removed as Keras does
