@@ -137,6 +137,10 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
         raise TypeError("Argument `collapse_guard` must be True, False or a da.callbacks.CollapseGuard; received "
                         f"{collapse_guard!r} of type {type(collapse_guard).__name__}.")
     given = [c for c in callbacks if isinstance(c, CollapseGuard)]
+    guards = {id(g): g for g in given + ([collapse_guard] if isinstance(collapse_guard, CollapseGuard) else [])}
+    if len(guards) > 1:  # all but one were dropped without a word
+        raise ValueError(f"fit takes one da.callbacks.CollapseGuard; received {len(guards)} (in `callbacks` and "
+                         "`collapse_guard`). Pass one, with the rules and thresholds you want.")
     callbacks = [c for c in callbacks if not isinstance(c, CollapseGuard)]
     guard = given[0] if given else (collapse_guard if isinstance(collapse_guard, CollapseGuard) else None)
     task = getattr(getattr(adapter, "task", None), "name", "classification")

@@ -94,6 +94,12 @@ def test_guard_arguments_are_checked():
     x = np.zeros((8, 2), "float32")
     with pytest.raises(TypeError, match="collapse_guard"):
         adapter.fit(source=(x, np.zeros(8, int)), target=x, collapse_guard="on", verbose=0)
+    # Two guards: all but one were dropped without a word. The same one passed both ways is one guard.
+    first, second = da.callbacks.CollapseGuard(), da.callbacks.CollapseGuard(max_collapses=1)
+    for arguments in ({"callbacks": [first, second]}, {"callbacks": [first], "collapse_guard": second}):
+        with pytest.raises(ValueError, match="one da.callbacks.CollapseGuard; received 2"):
+            adapter.fit(source=(x, np.zeros(8, int)), target=x, verbose=0, **arguments)
+    adapter.fit(source=(x, np.zeros(8, int)), target=x, verbose=0, callbacks=[first], collapse_guard=first)
 
 
 # ------------------------------------------------------------------ behaviour in fit
