@@ -253,12 +253,23 @@ def test_cli_refuses_clashing_options_before_any_work(tmp_path, capsys, monkeypa
     for name in ("a", "b", "c"):
         (tmp_path / "eval" / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "eval" / name / "0.png")
-    # Patched where it is defined: the CLI's import of every public name (to load a saved model) resets da's.
-    monkeypatch.setattr("domadapt.test_time.adapt_at_test_time",
-                        lambda *args, **kwargs: pytest.fail("adapted before the check"))
+    _forbid_adapting(monkeypatch)
     assert cli_main(["adapt-at-test-time", str(tmp_path / "classifier.keras"), str(tmp_path / "images.npy"), "--out",
                      str(tmp_path / "adapted"), "--eval", str(tmp_path / "eval")]) == 2
     assert "has 3 class folders but" in capsys.readouterr().err
+
+
+def _forbid_adapting(monkeypatch):
+    """adapt_at_test_time fails the test if called. Patched where it is defined, since the CLI's import of every
+    public name (to load a saved model) copies it onto `domadapt`; patched there too, so that copy is undone after
+    the test (it leaked the failing stand-in into every later test of test-time adaptation)."""
+    import domadapt
+
+    def fail(*args, **kwargs):
+        pytest.fail("adapted before the check")
+
+    monkeypatch.setattr(domadapt, "adapt_at_test_time", fail)
+    monkeypatch.setattr("domadapt.test_time.adapt_at_test_time", fail)
 
 
 def test_cli_refuses_a_target_array_scaled_apart_from_the_folders_it_is_scored_with(tmp_path, capsys, monkeypatch):
@@ -276,9 +287,7 @@ def test_cli_refuses_a_target_array_scaled_apart_from_the_folders_it_is_scored_w
                               keras.layers.Dense(2, activation="softmax")])
     (tmp_path / "run").mkdir()
     model.save(tmp_path / "run" / "classifier.keras")
-    # Patched where it is defined: the CLI's import of every public name (to load a saved model) resets da's.
-    monkeypatch.setattr("domadapt.test_time.adapt_at_test_time",
-                        lambda *args, **kwargs: pytest.fail("adapted before the check"))
+    _forbid_adapting(monkeypatch)
     assert cli_main(["adapt-at-test-time", str(tmp_path / "run" / "classifier.keras"), str(tmp_path / "scaled.npy"),
                      "--out", str(tmp_path / "adapted"), "--eval", str(tmp_path / "eval")]) == 2
     assert "scaled.npy' and " in capsys.readouterr().err.replace("\n", " ")
