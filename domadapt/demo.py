@@ -165,6 +165,10 @@ def main(argv=None):
     # Published numbers someone can reproduce: with deterministic kernels (and the seeds of train_one)
     # a rerun on the same machine and library versions prints the same accuracies (train s aside).
     tf.config.experimental.enable_op_determinism()
+    # One op at a time (each still uses every core): deterministic kernels are not enough when two alignment
+    # terms run side by side. DANN + MMD gave 6 different weights in 6 processes after 16 steps (a tiny MLP),
+    # and the combined recipe 57.5-58.1%; with one inter-op thread, the same weights every time.
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     name, data = load_sunny_rainy(args.fashion_mnist, per_domain=args.per_domain, shift=rain_streaks)
     print(f"Data: {name}; {len(data['source_x'])} labeled sunny source images, "
           f"{len(data['target_x'])} unlabeled rainy target images, {len(data['target_test_x'])} rainy test images.")
