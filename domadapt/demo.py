@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from domadapt.datasets import load_sunny_rainy, small_cnn
@@ -168,7 +169,12 @@ def main(argv=None):
     # One op at a time (each still uses every core): deterministic kernels are not enough when two alignment
     # terms run side by side. DANN + MMD gave 6 different weights in 6 processes after 16 steps (a tiny MLP),
     # and the combined recipe 57.5-58.1%; with one inter-op thread, the same weights every time.
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process (main() called from a notebook or script)
+        warnings.warn("TensorFlow was initialised before the demo, so it cannot run one op at a time; its numbers "
+                      "may differ from run to run in the last digits. Run `python -m domadapt.demo` in a fresh "
+                      "process to reproduce the published ones.", RuntimeWarning, stacklevel=2)
     name, data = load_sunny_rainy(args.fashion_mnist, per_domain=args.per_domain, shift=rain_streaks)
     print(f"Data: {name}; {len(data['source_x'])} labeled sunny source images, "
           f"{len(data['target_x'])} unlabeled rainy target images, {len(data['target_test_x'])} rainy test images.")

@@ -132,6 +132,28 @@ def test_demo_refuses_to_replace_files_it_did_not_write_and_a_missing_data_folde
     assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
+def test_demo_after_tensorflow_ran_warns_that_its_numbers_may_vary_instead_of_failing(tmp_path, monkeypatch):
+    # One inter-op thread (what makes the demo's numbers reproduce) cannot be set once TensorFlow has run:
+    # main() called from a notebook died with TensorFlow's raw RuntimeError before doing anything.
+    import tensorflow as tf
+
+    import domadapt.demo as demo
+
+    def already_initialised(count):
+        raise RuntimeError("Inter op parallelism cannot be modified after initialization.")
+
+    class Reached(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(tf.config.threading, "set_inter_op_parallelism_threads", already_initialised)
+    monkeypatch.setattr(demo, "load_sunny_rainy", stop)
+    with pytest.warns(RuntimeWarning, match="cannot run one op at a time"), pytest.raises(Reached):
+        demo.main(["--out", str(tmp_path / "out")])
+
+
 def test_a_fashion_mnist_folder_named_by_the_environment_is_used_or_refused_never_replaced(tmp_path, monkeypatch):
     # A missing or incomplete $DOMADAPT_FASHION_MNIST fell back to Debian's copy without a word.
     from domadapt.datasets import load_fashion_mnist
