@@ -123,6 +123,19 @@ class ScheduleClock(keras.callbacks.Callback):
         self.adapter.planned_steps.assign(float(self.planned_steps))
 
 
+def flat_callbacks(callbacks):
+    """``fit``'s ``callbacks`` as one flat list: nested lists and tuples, and the callbacks of a
+    ``keras.callbacks.CallbackList`` (its guard was not seen as one: a second guard was added beside it,
+    without the target probe or the end-of-fit check)."""
+    flat = []
+    for callback in keras.tree.flatten(callbacks or []):
+        if isinstance(callback, keras.callbacks.CallbackList):
+            flat.extend(flat_callbacks(list(callback.callbacks)))
+        else:
+            flat.append(callback)
+    return flat
+
+
 def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonfinite, collapse_guard=True,
                   target_images=None, probe_batch_size=None, exported_target=None):
     """The collapse guard, the user's callbacks, the schedule clock, StopOnNonFinite (unless given or off), the strategies' own.
@@ -139,7 +152,7 @@ def fit_callbacks(adapter, callbacks, planned_steps, steps_done, *, stop_on_nonf
     given = [c for c in callbacks if isinstance(c, CollapseGuard)]
     guards = {id(g): g for g in given + ([collapse_guard] if isinstance(collapse_guard, CollapseGuard) else [])}
     if len(guards) > 1:  # all but one were dropped without a word
-        raise ValueError(f"fit takes one da.callbacks.CollapseGuard; received {len(guards)} (in `callbacks` and "
+        raise ValueError(f"fit takes one da.callbacks.CollapseGuard; received {len(guards)} (in `callbacks` and/or "
                          "`collapse_guard`). Pass one, with the rules and thresholds you want.")
     callbacks = [c for c in callbacks if not isinstance(c, CollapseGuard)]
     guard = given[0] if given else (collapse_guard if isinstance(collapse_guard, CollapseGuard) else None)

@@ -591,7 +591,7 @@ class DomainAdapter(keras.Model):
                 f"strategy has {local_devices} local devices. Use "
                 "bn_mode='domain' (per-domain statistics, shared scale/shift), which supports several devices.")
         check_requirements(self.strategies, target=target, target_labeled=target_labeled)
-        callbacks = list(keras.tree.flatten(callbacks or []))  # nested lists, as keras.Model.fit takes them
+        callbacks = _training.flat_callbacks(callbacks)  # nested lists and CallbackLists, as keras.Model.fit takes them
         # Resuming: every stream starts where an uninterrupted run would be at that epoch.
         start_epoch = max(int(initial_epoch), _training.restored_epoch(callbacks))
         paired = self._pair(

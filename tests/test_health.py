@@ -100,6 +100,12 @@ def test_guard_arguments_are_checked():
         with pytest.raises(ValueError, match="one da.callbacks.CollapseGuard; received 2"):
             adapter.fit(source=(x, np.zeros(8, int)), target=x, verbose=0, **arguments)
     adapter.fit(source=(x, np.zeros(8, int)), target=x, verbose=0, callbacks=[first], collapse_guard=first)
+    # A guard inside a keras CallbackList is a guard (one was added beside it, without the probe or the end check).
+    with pytest.raises(ValueError, match="received 2"):
+        adapter.fit(source=(x, np.zeros(8, int)), target=x, verbose=0, collapse_guard=second,
+                    callbacks=keras.callbacks.CallbackList([first]))
+    adapter.fit(source=(x, np.zeros(8, int)), target=x, verbose=0, callbacks=[keras.callbacks.CallbackList([first])])
+    assert first._target_probe is not None  # the guard fit used, watching the target
 
 
 # ------------------------------------------------------------------ behaviour in fit
