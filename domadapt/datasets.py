@@ -83,12 +83,14 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     rank = data[3]
+    if rank > 32:  # numpy's arrays hold at most 64 dimensions; no IDX file in use has more than a few
+        raise ValueError(f"{path} is not a valid IDX file: its header declares {rank} dimensions.")
     offset = 4 + 4 * rank
     if len(data) < offset:
         raise ValueError(f"{path}: the IDX header is cut off ({len(data)} bytes, {offset} expected for rank {rank}).")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     expected = math.prod(shape) * dtype.itemsize  # Python integers: np.prod wraps at 2**64 (a crafted header)
-    if len(data) - offset != expected:
+    if len(data) - offset != expected or any(size > 2**31 for size in shape):
         raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but {len(data) - offset} bytes follow.")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
 

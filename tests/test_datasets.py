@@ -25,6 +25,12 @@ def test_read_idx_rejects_a_truncated_file(tmp_path):
     path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4))
     with pytest.raises(ValueError, match="header says shape"):
         read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 0, 2**32 - 1, 2**32 - 1))  # 0 bytes, too big to hold
+    with pytest.raises(ValueError, match="header says shape"):
+        read_idx(path)
+    path.write_bytes(b"\x00\x00\x08\x46" + struct.pack(">70I", *[1] * 70) + b"\x01")  # 70 dimensions of 1
+    with pytest.raises(ValueError, match="declares 70 dimensions"):
+        read_idx(path)
 
 
 def test_load_fashion_mnist_from_a_user_folder(tmp_path):
