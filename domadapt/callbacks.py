@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -204,8 +205,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs=None):
         if "://" in str(self.backup_dir) or not self.delete_checkpoint:
             return super().on_train_end(logs)
+        # what _save_model writes, and a temporary metadata file a killed process left behind
+        partial = glob.glob(os.path.join(glob.escape(str(self.backup_dir)), ".training_metadata.*.partial"))
         for path in (self._weights_path, self._training_metadata_path, self._prev_weights_path,
-                     self._prev_training_metadata_path):
+                     self._prev_training_metadata_path, *partial):
             if os.path.isfile(path):
                 os.remove(path)
         try:

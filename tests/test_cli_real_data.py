@@ -537,6 +537,7 @@ def test_the_backup_removes_only_its_own_files_when_training_ends(tmp_path):
     import domadapt as da
 
     (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / ".training_metadata.x1.partial").write_text("")  # left by a process killed mid-write
     adapter = da.DomainAdapter(keras.Sequential([keras.Input((2,)), keras.layers.Dense(4)]), num_classes=2)
     adapter.compile(optimizer="adam")
     source = (np.random.rand(16, 2).astype("float32"), np.random.randint(0, 2, 16))
