@@ -1,6 +1,6 @@
 """Targets whose class mix differs (issue #22): alignment unweighted vs class-weighted, and the estimate's error.
 
-    .venv/bin/python benchmarks/label_shift.py                   # accuracy: 2 shifts x 2 targets x 3 seeds (~40 min, 2 cores)
+    .venv/bin/python benchmarks/label_shift.py                   # accuracy: 2 shifts x 2 targets x 3 seeds (~50 min, 2 cores)
     .venv/bin/python benchmarks/label_shift.py --estimates-only  # estimate + verdict: source-only and adapted (~15 min)
     .venv/bin/python benchmarks/label_shift.py --quick           # smoke test, writes to a temp dir
     .venv/bin/python benchmarks/label_shift.py --report-only     # regenerate label_shift.md from label_shift.json
@@ -149,7 +149,11 @@ def run(args, out_dir, machine):
     suite.configure_determinism()
     path = out_dir / "label_shift.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    payload = {"description": "benchmarks/label_shift.py", "machine": machine, "rows": [],
+    # A partial rerun (--shifts/--methods/--seeds) replaces its own rows and keeps the others.
+    rerun = lambda row: (row["shift"] in args.shifts and row["seed"] in args.seeds  # noqa: E731
+                         and row["method"] in {*args.methods, "source_only"})
+    payload = {"description": "benchmarks/label_shift.py", "machine": machine,
+               "rows": [row for row in previous.get("rows", []) if not rerun(row)],
                **{key: previous[key] for key in ("estimates", "estimate_machine", "estimate_settings", "estimate_seconds",
                                                       "appearance_auc_choice") if key in previous}}
     sizes = QUICK_SIZES if args.quick else SIZES
